@@ -1,0 +1,192 @@
+"""A demo model run of synthetic images, for the local mode and the tests.
+
+Simple shapes (circle, square, triangle) of random colours on a textured background, 1-4 per image,
+with bounding boxes, a radio answer (the largest shape) and a checklist answer (the shapes present),
+so every model type can train on it. Rows carry Labelbox's model-run export shape and are split into
+training/validation/test plus a few unassigned rows. Deterministic for a seed.
+
+    python -m shared.demo --out var/model_runs [--images 300] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import uuid
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = ("circle", "square", "triangle")
+RADIO = "largest_shape"
+CHECKLIST = "shapes_present"
+IMAGE_SIZE = 160
+
+
+def _ids(seed: int) -> tuple[str, str]:
+    rng = random.Random(f"ids-{seed}")
+    model_run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    model_id = "c" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(24))
+    return model_run_id, model_id
+
+
+def _cuid(rng: random.Random) -> str:
+    return "c" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(24))
+
+
+def _background(rng: random.Random, size: int) -> Image.Image:
+    base = tuple(rng.randint(60, 200) for _ in range(3))
+    img = Image.new("RGB", (size, size), base)
+    draw = ImageDraw.Draw(img)
+    for _ in range(30):
+        x, y = rng.randrange(size), rng.randrange(size)
+        r = rng.randint(2, 10)
+        shade = tuple(max(0, min(255, c + rng.randint(-35, 35))) for c in base)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
+    return img.filter(ImageFilter.GaussianBlur(1.2))
+
+
+def _draw_image(rng: random.Random, size: int) -> tuple[bytes, list[dict]]:
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    objects: list[dict] = []
+    placed: list[tuple[int, int, int, int]] = []
+    for _ in range(rng.randint(1, 4)):
+        for _try in range(30):
+            side = rng.randint(18, 52)
+            left, top = rng.randint(0, size - side), rng.randint(0, size - side)
+            box = (left, top, left + side, top + side)
+            if all(box[2] <= p[0] or box[0] >= p[2] or box[3] <= p[1] or box[1] >= p[3] for p in placed):
+                break
+        else:
+            continue
+        placed.append(box)
+        cls = rng.choice(CLASSES)
+        colour = tuple(rng.choice((rng.randint(0, 60), rng.randint(195, 255))) for _ in range(3))
+        l, t, r, b = box
+        if cls == "circle":
+            draw.ellipse((l, t, r - 1, b - 1), fill=colour)
+        elif cls == "square":
+            draw.rectangle((l, t, r - 1, b - 1), fill=colour)
+        else:
+            draw.polygon([((l + r) / 2, t), (r - 1, b - 1), (l, b - 1)], fill=colour)
+        objects.append({"class": cls, "left": l, "top": t, "width": r - l, "height": b - t})
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=92)
+    return out.getvalue(), objects
+
+
+def _split_for(index: int, total: int) -> str | None:
+    """About 2/3 training, 15% validation, 15% test, the last few rows unassigned."""
+    unassigned = max(1, total // 30)
+    if index >= total - unassigned:
+        return None
+    fraction = index / max(1, total - unassigned)
+    if fraction < 0.70:
+        return "training"
+    return "validation" if fraction < 0.85 else "test"
+
+
+def export_row(
+    *,
+    data_row_id: str,
+    global_key: str,
+    row_data: str,
+    width: int,
+    height: int,
+    model_id: str,
+    model_run_id: str,
+    objects: list[dict],
+    split: str | None,
+    rng: random.Random,
+) -> dict:
+    """One row in Labelbox's model-run export shape (see README, 'A local model run')."""
+    annotation_objects = [
+        {
+            "feature_id": _cuid(rng),
+            "feature_schema_id": f"schema-{o['class']}",
+            "name": o["class"],
+            "value": o["class"],
+            "annotation_kind": "ImageBoundingBox",
+            "classifications": [],
+            "bounding_box": {"top": o["top"], "left": o["left"], "height": o["height"], "width": o["width"]},
+        }
+        for o in objects
+    ]
+    largest = max(objects, key=lambda o: o["width"] * o["height"])["class"]
+    present = sorted({o["class"] for o in objects})
+    classifications = [
+        {"name": RADIO, "value": RADIO, "radio_answer": {"name": largest, "value": largest, "classifications": []}},
+        {
+            "name": CHECKLIST,
+            "value": CHECKLIST,
+            "checklist_answers": [{"name": p, "value": p, "classifications": []} for p in present],
+        },
+    ]
+    run: dict = {
+        "name": "demo run",
+        "labels": [
+            {
+                "label_kind": "Default",
+                "version": "1.0.0",
+                "id": _cuid(rng),
+                "annotations": {"objects": annotation_objects, "classifications": classifications, "relationships": []},
+            }
+        ],
+        "predictions": [],
+    }
+    if split is not None:
+        run["split"] = split
+    return {
+        "data_row": {"id": data_row_id, "global_key": global_key, "row_data": row_data},
+        "media_attributes": {"height": height, "width": width, "mime_type": "image/jpeg"},
+        "experiments": {model_id: {"name": "demo model", "runs": {model_run_id: run}}},
+    }
+
+
+def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7) -> Path:
+    """Writes a local model run folder and returns it; an existing identical demo is rewritten as-is."""
+    model_run_id, model_id = _ids(seed)
+    folder = Path(out_dir) / model_run_id
+    media = folder / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    with open(folder / "export.ndjson", "w") as export:
+        for index in range(images):
+            data_row_id = _cuid(rng)
+            jpeg, objects = _draw_image(rng, IMAGE_SIZE)
+            name = f"shape-{index:05d}.jpg"
+            (media / name).write_bytes(jpeg)
+            row = export_row(
+                data_row_id=data_row_id,
+                global_key=name,
+                row_data=f"media/{name}",
+                width=IMAGE_SIZE,
+                height=IMAGE_SIZE,
+                model_id=model_id,
+                model_run_id=model_run_id,
+                objects=objects,
+                split=_split_for(index, images),
+                rng=rng,
+            )
+            export.write(json.dumps(row, separators=(",", ":")) + "\n")
+    (folder / "model_run.json").write_text(
+        json.dumps({"id": model_run_id, "model_id": model_id, "name": f"demo shapes (seed {seed})"}, indent=1)
+    )
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("var/model_runs"))
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    folder = create_demo_model_run(args.out, images=args.images, seed=args.seed)
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The chain's own vocabulary for training data: data rows, splits, boxes. No I/O, no vendor formats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Split(StrEnum):
+    TRAINING = "training"
+    VALIDATION = "validation"
+    TEST = "test"
+    UNASSIGNED = "unassigned"
+
+    @classmethod
+    def parse(cls, value: object) -> Split:
+        """Lenient: Labelbox has spelt splits in upper and lower case over the years; unknown is UNASSIGNED."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            aliases = {"train": "training", "valid": "validation", "val": "validation"}
+            text = aliases.get(text, text)
+            for member in cls:
+                if member.value == text:
+                    return member
+        return cls.UNASSIGNED
+
+
+@dataclass(frozen=True)
+class PixelBox:
+    """A box in pixel coordinates of the original image, top-left origin (Labelbox's convention)."""
+
+    label: str
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class NormalizedBox:
+    """A box normalized to [0, 1] of the image size (Vertex's convention)."""
+
+    label: str
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+@dataclass(frozen=True)
+class Example:
+    """One data row ready for training: where its image is, its size, its split and its labels."""
+
+    data_row_id: str
+    media_url: str
+    mime_type: str | None
+    width: int | None
+    height: int | None
+    split: Split
+    boxes: tuple[PixelBox, ...] = ()
+    labels: tuple[str, ...] = ()  # classification answers
+    global_key: str | None = None

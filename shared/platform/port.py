@@ -1,0 +1,83 @@
+"""The labeling platform port.
+
+Both adapters speak Labelbox's shapes: export rows are Labelbox model-run export rows (dicts), uploaded
+predictions and metrics are Labelbox NDJSON import rows. So the conversions are tested once and the
+local file-backed model run is a faithful stand-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from shared.examples import Split
+
+MAX_STATUS_MESSAGE = 255  # Labelbox keeps at most 255 characters of a model run's error message
+
+
+class ModelRunStatus(StrEnum):
+    EXPORTING_DATA = "EXPORTING_DATA"
+    PREPARING_DATA = "PREPARING_DATA"
+    TRAINING_MODEL = "TRAINING_MODEL"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class ModelRunInfo:
+    id: str
+    model_id: str | None
+    name: str | None = None
+
+
+@dataclass
+class UploadResult:
+    """Outcome of one prediction import: which rows Labelbox accepted and the per-row errors."""
+
+    name: str
+    accepted: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PlatformError(RuntimeError):
+    """The labeling platform refused or failed a call; the message is safe to show a user."""
+
+
+def cut_message(message: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+class LabelingPlatform(Protocol):
+    def get_model_run(self, model_run_id: str) -> ModelRunInfo: ...
+
+    def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
+        """Streams the model run's export rows (Labelbox model-run export shape), never all in memory."""
+        ...
+
+    def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:
+        """Split of every data row, for exports whose rows do not carry it (`model_run_data_rows()`)."""
+        ...
+
+    def open_media(self, row_data: str) -> Iterator[bytes]:
+        """The bytes of a data row's media, in chunks (an http(s) URL, or a file the platform holds)."""
+        ...
+
+    def update_status(
+        self,
+        model_run_id: str,
+        status: ModelRunStatus,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """Sets the model run's training status; the error message is cut to 255 characters."""
+        ...
+
+    def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None: ...
+
+    def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
+        """Imports prediction and metric rows (Labelbox NDJSON) and waits for the import to finish."""
+        ...

@@ -1,0 +1,254 @@
+"""The run record: the one truth about a model run's progress through the chain.
+
+Pure data and pure transitions, no I/O. `RunRepository` (run_repository.py) loads a record, applies one
+of these transitions and writes it back conditionally, retrying on conflict, so a transition is the unit
+of concurrency: two invocations can never both claim a stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+CHAIN_STAGES = ("etl", "train", "monitor", "inference")
+
+
+class StageState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"  # the caller now owns the stage and must finish or fail it
+    DONE = "done"  # the stage already succeeded; nothing to do without force
+    BUSY = "busy"  # another live invocation owns the stage
+    RUN_FINISHED = "run_finished"  # the run failed or completed; restart needs force at the webhook
+
+
+class LostOwnership(RuntimeError):
+    """Another invocation took the stage over (its lease expired); this one must stop writing."""
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class StageRecord:
+    state: StageState = StageState.PENDING
+    attempts: int = 0
+    owner: str | None = None
+    heartbeat_at: float | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Watch:
+    """A long job that `monitor` polls: what it is, its resource name, and where to go when it ends."""
+
+    kind: str  # "dataset_import" | "training" | "batch_prediction"
+    ref: str
+    next_stage: str
+    since: float
+    attempt: int = 0
+    next_look_at: float | None = None
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    model_run_id: str
+    model_type: str
+    task: str
+    backend: str
+    created_at: str
+    model_id: str | None = None
+    status: RunStatus = RunStatus.RUNNING
+    restarts: int = 0
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    data_quality: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    uploads: dict[str, Any] = field(default_factory=dict)
+    handoffs: list[str] = field(default_factory=list)
+    watch: Watch | None = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    # -- serialisation -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        data = copy.deepcopy(data)
+        stages = {
+            name: StageRecord(**{**s, "state": StageState(s["state"])}) for name, s in data.pop("stages").items()
+        }
+        watch = data.pop("watch", None)
+        return cls(
+            **{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "status"},
+            status=RunStatus(data["status"]),
+            stages=stages,
+            watch=Watch(**watch) if watch else None,
+        )
+
+    def stage(self, name: str) -> StageRecord:
+        return self.stages.setdefault(name, StageRecord())
+
+    def log(self, now: float, stage: str, event: str, **detail: Any) -> None:
+        """Appends to the event log; entries are never edited or removed."""
+        entry: dict[str, Any] = {"at": iso(now), "stage": stage, "event": event}
+        if detail:
+            entry["detail"] = detail
+        self.events.append(entry)
+
+
+def new_run(
+    *, run_id: str, model_run_id: str, model_type: str, task: str, backend: str, model_id: str | None, now: float
+) -> RunRecord:
+    record = RunRecord(
+        run_id=run_id,
+        model_run_id=model_run_id,
+        model_type=model_type,
+        task=task,
+        backend=backend,
+        model_id=model_id,
+        created_at=iso(now),
+        stages={name: StageRecord() for name in CHAIN_STAGES},
+    )
+    record.log(now, "model_run", "created", model_type=model_type, backend=backend)
+    return record
+
+
+def restart(record: RunRecord, now: float) -> None:
+    """Forced restart from the webhook: every stage back to pending; artifacts stay for resuming copies."""
+    record.restarts += 1
+    record.status = RunStatus.RUNNING
+    record.error = None
+    record.watch = None
+    record.handoffs = []
+    record.jobs = {}
+    record.uploads = {}
+    record.metrics = {}
+    record.stages = {name: StageRecord() for name in CHAIN_STAGES}
+    record.log(now, "model_run", "restarted", restarts=record.restarts)
+
+
+def claim(
+    record: RunRecord,
+    stage: str,
+    owner: str,
+    now: float,
+    *,
+    lease_s: float,
+    force: bool = False,
+    owner_alive: bool | None = None,
+) -> ClaimOutcome:
+    """Tries to make `owner` the one invocation working on `stage`.
+
+    A running stage belongs to its owner while its heartbeat is younger than `lease_s`; `owner_alive`
+    (known only locally, where the owner's process can be checked) settles staleness at once.
+    `force` redoes a succeeded stage but never steals a live one.
+    """
+    if record.status is not RunStatus.RUNNING and not force:
+        return ClaimOutcome.RUN_FINISHED
+    s = record.stage(stage)
+    if s.state is StageState.SUCCEEDED and not force:
+        return ClaimOutcome.DONE
+    if s.state is StageState.RUNNING and s.owner != owner:
+        stale = owner_alive is False or (s.heartbeat_at is None or now - s.heartbeat_at > lease_s)
+        if not stale:
+            return ClaimOutcome.BUSY
+        record.log(now, stage, "taken_over", previous_owner=s.owner, reason="owner gone or lease expired")
+    if force and record.status is not RunStatus.RUNNING:
+        record.status = RunStatus.RUNNING
+        record.error = None
+    s.state = StageState.RUNNING
+    s.attempts += 1
+    s.owner = owner
+    s.heartbeat_at = now
+    s.started_at = iso(now)
+    s.finished_at = None
+    s.error = None
+    record.log(now, stage, "started", attempt=s.attempts, forced=force)
+    return ClaimOutcome.CLAIMED
+
+
+def check_owner(record: RunRecord, stage: str, owner: str) -> StageRecord:
+    s = record.stage(stage)
+    if s.state is not StageState.RUNNING or s.owner != owner:
+        raise LostOwnership(f"stage {stage} of run {record.run_id} is no longer owned by this invocation")
+    return s
+
+
+def heartbeat(record: RunRecord, stage: str, owner: str, now: float, progress: dict[str, Any] | None) -> None:
+    s = check_owner(record, stage, owner)
+    s.heartbeat_at = now
+    if progress:
+        s.progress.update(progress)
+
+
+def succeed(record: RunRecord, stage: str, owner: str, now: float, **detail: Any) -> None:
+    s = check_owner(record, stage, owner)
+    s.state = StageState.SUCCEEDED
+    s.finished_at = iso(now)
+    s.owner = None
+    record.log(now, stage, "succeeded", **detail)
+
+
+def release(record: RunRecord, stage: str, owner: str, now: float, *, waiting_for: str) -> None:
+    """Gives the stage back to pending while a long job it started runs; a later call resumes it."""
+    s = check_owner(record, stage, owner)
+    s.state = StageState.PENDING
+    s.owner = None
+    record.log(now, stage, "waiting", waiting_for=waiting_for)
+
+
+def fail_run(record: RunRecord, stage: str, now: float, error: str, *, owner: str | None = None) -> None:
+    """Marks the stage and the whole run failed. `error` must already be free of secrets."""
+    s = record.stage(stage)
+    if owner is not None and s.owner not in (None, owner):
+        raise LostOwnership(f"stage {stage} of run {record.run_id} is owned by another invocation")
+    s.state = StageState.FAILED
+    s.finished_at = iso(now)
+    s.owner = None
+    s.error = error
+    record.status = RunStatus.FAILED
+    record.error = error
+    record.watch = None
+    record.log(now, stage, "failed", error=error)
+
+
+def complete_run(record: RunRecord, now: float) -> None:
+    record.status = RunStatus.COMPLETE
+    record.log(now, "inference", "run_complete")
+
+
+def mark_handoff(record: RunRecord, key: str, now: float) -> bool:
+    """Records a hand-off once; False if it was already made (a duplicate delivery must not repeat it)."""
+    if key in record.handoffs:
+        return False
+    record.handoffs.append(key)
+    record.log(now, key.split(":", 1)[0], "handoff", to=key)
+    return True

@@ -1,0 +1,99 @@
+"""Loads and conditionally updates run records in the object store.
+
+Every update is read-modify-write with a generation precondition, retried with jittered backoff on
+conflict: the mutation runs again on the fresh record, so it must be a pure function of the record.
+Before any write the serialised record is checked for secret values, so a secret cannot reach the
+bucket even if a bug put one into an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from shared.config import Secret
+from shared.run_record import RunRecord
+from shared.store.port import NO_OBJECT, NotFound, ObjectStore, PreconditionFailed
+
+T = TypeVar("T")
+
+
+class SecretLeak(RuntimeError):
+    """A write would have stored a secret; refused."""
+
+
+class RunNotFound(KeyError):
+    pass
+
+
+def record_key(run_id: str) -> str:
+    return f"runs/{run_id}/run.json"
+
+
+class RunRepository:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        secrets: Iterable[Secret] = (),
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 50,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._secrets = [s.reveal() for s in secrets if s.reveal()]
+        self._max_attempts = max_attempts
+
+    def _encode(self, record: RunRecord) -> bytes:
+        text = json.dumps(record.to_dict(), indent=1, sort_keys=True)
+        for secret in self._secrets:
+            if secret in text:
+                raise SecretLeak(f"refusing to write run record {record.run_id}: it contains a secret value")
+        return text.encode()
+
+    def uri(self, run_id: str) -> str:
+        return self.store.uri(record_key(run_id))
+
+    def get(self, run_id: str) -> RunRecord | None:
+        try:
+            data = self.store.read(record_key(run_id))
+        except NotFound:
+            return None
+        return RunRecord.from_dict(json.loads(data))
+
+    def create(self, record: RunRecord) -> bool:
+        """Writes a new record; False if one already exists (somebody else created it first)."""
+        try:
+            self.store.write(
+                record_key(record.run_id),
+                self._encode(record),
+                content_type="application/json",
+                if_generation=NO_OBJECT,
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    def update(self, run_id: str, mutate: Callable[[RunRecord], T]) -> tuple[RunRecord, T]:
+        """Applies `mutate` to the current record and writes it back only if nobody wrote in between.
+
+        `mutate` may raise to abort without writing; its return value is passed back to the caller.
+        """
+        key = record_key(run_id)
+        for attempt in range(self._max_attempts):
+            try:
+                data, generation = self.store.read_versioned(key)
+            except NotFound:
+                raise RunNotFound(run_id) from None
+            record = RunRecord.from_dict(json.loads(data))
+            result = mutate(record)
+            try:
+                self.store.write(key, self._encode(record), content_type="application/json", if_generation=generation)
+            except PreconditionFailed:
+                time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
+                continue
+            return record, result
+        raise RuntimeError(f"run record {run_id}: gave up after {self._max_attempts} conflicting writes")

@@ -1,0 +1,1 @@
+"""Training backend port: dataset, training job and batch prediction, on Vertex AI or the local engine."""
