@@ -65,14 +65,14 @@ def _draw_image(rng: random.Random, size: int) -> tuple[bytes, list[dict]]:
         placed.append(box)
         cls = rng.choice(CLASSES)
         colour = tuple(rng.choice((rng.randint(0, 60), rng.randint(195, 255))) for _ in range(3))
-        l, t, r, b = box
+        x0, y0, x1, y1 = box
         if cls == "circle":
-            draw.ellipse((l, t, r - 1, b - 1), fill=colour)
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
         elif cls == "square":
-            draw.rectangle((l, t, r - 1, b - 1), fill=colour)
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
         else:
-            draw.polygon([((l + r) / 2, t), (r - 1, b - 1), (l, b - 1)], fill=colour)
-        objects.append({"class": cls, "left": l, "top": t, "width": r - l, "height": b - t})
+            draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
+        objects.append({"class": cls, "left": x0, "top": y0, "width": x1 - x0, "height": y1 - y0})
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=92)
     return out.getvalue(), objects
@@ -118,7 +118,11 @@ def export_row(
     largest = max(objects, key=lambda o: o["width"] * o["height"])["class"]
     present = sorted({o["class"] for o in objects})
     classifications = [
-        {"name": RADIO, "value": RADIO, "radio_answer": {"name": largest, "value": largest, "classifications": []}},
+        {
+            "name": RADIO,
+            "value": RADIO,
+            "radio_answer": {"name": largest, "value": largest, "classifications": []},
+        },
         {
             "name": CHECKLIST,
             "value": CHECKLIST,
@@ -132,7 +136,11 @@ def export_row(
                 "label_kind": "Default",
                 "version": "1.0.0",
                 "id": _cuid(rng),
-                "annotations": {"objects": annotation_objects, "classifications": classifications, "relationships": []},
+                "annotations": {
+                    "objects": annotation_objects,
+                    "classifications": classifications,
+                    "relationships": [],
+                },
             }
         ],
         "predictions": [],

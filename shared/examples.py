@@ -14,7 +14,7 @@ class Split(StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> Split:
-        """Lenient: Labelbox has spelt splits in upper and lower case over the years; unknown is UNASSIGNED."""
+        """Lenient: Labelbox has spelt splits in upper and lower case; unknown is UNASSIGNED."""
         if isinstance(value, str):
             text = value.strip().lower()
             aliases = {"train": "training", "valid": "validation", "val": "validation"}

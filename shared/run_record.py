@@ -103,7 +103,8 @@ class RunRecord:
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         data = copy.deepcopy(data)
         stages = {
-            name: StageRecord(**{**s, "state": StageState(s["state"])}) for name, s in data.pop("stages").items()
+            name: StageRecord(**{**s, "state": StageState(s["state"])})
+            for name, s in data.pop("stages").items()
         }
         watch = data.pop("watch", None)
         return cls(
@@ -125,7 +126,14 @@ class RunRecord:
 
 
 def new_run(
-    *, run_id: str, model_run_id: str, model_type: str, task: str, backend: str, model_id: str | None, now: float
+    *,
+    run_id: str,
+    model_run_id: str,
+    model_type: str,
+    task: str,
+    backend: str,
+    model_id: str | None,
+    now: float,
 ) -> RunRecord:
     record = RunRecord(
         run_id=run_id,

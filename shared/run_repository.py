@@ -91,7 +91,9 @@ class RunRepository:
             record = RunRecord.from_dict(json.loads(data))
             result = mutate(record)
             try:
-                self.store.write(key, self._encode(record), content_type="application/json", if_generation=generation)
+                self.store.write(
+                    key, self._encode(record), content_type="application/json", if_generation=generation
+                )
             except PreconditionFailed:
                 time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
                 continue

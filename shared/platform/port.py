@@ -61,8 +61,12 @@ class LabelingPlatform(Protocol):
         """Split of every data row, for exports whose rows do not carry it (`model_run_data_rows()`)."""
         ...
 
-    def open_media(self, row_data: str) -> Iterator[bytes]:
+    def open_media(self, row_data: str, *, model_run_id: str | None = None) -> Iterator[bytes]:
         """The bytes of a data row's media, in chunks (an http(s) URL, or a file the platform holds)."""
+        ...
+
+    def media_size(self, row_data: str, *, model_run_id: str | None = None) -> int | None:
+        """The media's size in bytes when the source can tell cheaply (HEAD, stat); None otherwise."""
         ...
 
     def update_status(

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,14 @@ from typing import BinaryIO
 from shared.store.port import NO_OBJECT, Generation, NotFound, PreconditionFailed, split_gs_uri
 
 _LOCK_SUFFIX = ".lock~"
+_TMP_SUFFIX = ".tmp"
+# A folder is a key prefix, not an object; a key below a file names nothing.
+_NO_OBJECT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """A lock file, or the temporary file of a write in progress (or of a crashed one): not an object."""
+    return name.endswith(_LOCK_SUFFIX) or (name.startswith(".") and name.endswith(_TMP_SUFFIX))
 
 
 def _generation(data: bytes) -> str:
@@ -54,7 +63,7 @@ class LocalFolderStore:
     def read(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
-        except FileNotFoundError:
+        except _NO_OBJECT_ERRORS:
             raise NotFound(key) from None
 
     def read_versioned(self, key: str) -> tuple[bytes, Generation]:
@@ -72,7 +81,7 @@ class LocalFolderStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _replace(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)
@@ -84,7 +93,12 @@ class LocalFolderStore:
             raise
 
     def write(
-        self, key: str, data: bytes, *, content_type: str | None = None, if_generation: Generation | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_generation: Generation | None = None,
     ) -> Generation:
         path = self.path(key)
         if if_generation is None:
@@ -113,15 +127,16 @@ class LocalFolderStore:
 
     def open_read(self, key: str) -> BinaryIO:
         try:
-            return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes the stream
-        except FileNotFoundError:
+            return open(self.path(key), "rb")
+        except _NO_OBJECT_ERRORS:
             raise NotFound(key) from None
 
     def size(self, key: str) -> int | None:
         try:
-            return self.path(key).stat().st_size
-        except FileNotFoundError:
+            info = self.path(key).stat()
+        except _NO_OBJECT_ERRORS:
             return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -131,7 +146,7 @@ class LocalFolderStore:
         base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.endswith((_LOCK_SUFFIX, ".tmp")):
+                if _is_bookkeeping(name):
                     continue
                 key = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
                 if key.startswith(prefix):

@@ -46,7 +46,12 @@ class ObjectStore(Protocol):
         ...
 
     def write(
-        self, key: str, data: bytes, *, content_type: str | None = None, if_generation: Generation | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_generation: Generation | None = None,
     ) -> Generation:
         """Writes the whole object atomically; with `if_generation`, only if still at that version."""
         ...

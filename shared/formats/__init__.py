@@ -1,0 +1,1 @@
+"""Format conversions between Labelbox, the chain and Vertex AI: pure functions, no I/O."""

@@ -1,0 +1,188 @@
+"""Labelbox model-run export row -> `Example`.
+
+Export rows nest a data row's labels under `experiments[<model id>].runs[<model run id>]`. Rows are
+parsed defensively: where the split lives is not documented (see the README), box numbers can be
+missing or malformed, and one bad row must never stop an export of a million. A row that cannot be
+used becomes a `Skipped` with a short reason that is counted and reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.examples import Example, PixelBox, Split
+from shared.model_types import Task
+
+SPLIT_KEYS = ("split", "data_split", "dataSplit", "Data Split")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    data_row_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Converted:
+    example: Example
+    dropped_boxes: Counter[str] = field(default_factory=Counter)
+
+
+def _run_of(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | None:
+    experiments = row.get("experiments")
+    if not isinstance(experiments, Mapping):
+        return None
+    for experiment in experiments.values():
+        runs = experiment.get("runs") if isinstance(experiment, Mapping) else None
+        if isinstance(runs, Mapping) and isinstance(runs.get(model_run_id), Mapping):
+            return runs[model_run_id]
+    return None
+
+
+def split_of(run: Mapping[str, Any]) -> Split | None:
+    """The split recorded on the run object, under any of the keys Labelbox has used; None if absent."""
+    for key in SPLIT_KEYS:
+        value = run.get(key)
+        if isinstance(value, Mapping):  # {"name": "training"} or {"value": ...}
+            value = value.get("name") or value.get("value")
+        if isinstance(value, str) and value.strip():
+            return Split.parse(value)
+    return None
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return int(value)
+    return None
+
+
+def _box(obj: Mapping[str, Any]) -> PixelBox | str:
+    """A pixel box from an export object, or the reason it cannot be one."""
+    bbox = obj.get("bounding_box") or obj.get("bbox")
+    name = obj.get("name") or obj.get("value")
+    if not isinstance(name, str) or not name.strip():
+        return "box without a feature name"
+    if not isinstance(bbox, Mapping):
+        return "box without coordinates"
+    try:
+        values = [float(bbox[k]) for k in ("left", "top", "width", "height")]
+    except (KeyError, TypeError, ValueError):
+        return "box with malformed coordinates"
+    if not all(math.isfinite(v) for v in values):
+        return "box with malformed coordinates"
+    left, top, width, height = values
+    if width <= 0 or height <= 0:
+        return "box with zero or negative size"
+    return PixelBox(name.strip(), left, top, width, height)
+
+
+def _answers(classifications: Any, task: Task, question: str | None) -> tuple[str | None, list[str]]:
+    """(question, answer names) for the first radio (single) or checklist (multi) question, or `question`."""
+    if not isinstance(classifications, list):
+        return None, []
+    for c in classifications:
+        if not isinstance(c, Mapping):
+            continue
+        name = c.get("name") or c.get("value")
+        if question is not None and name != question:
+            continue
+        if task is Task.SINGLE_LABEL_CLASSIFICATION and isinstance(c.get("radio_answer"), Mapping):
+            answer = c["radio_answer"].get("name") or c["radio_answer"].get("value")
+            return name, [answer] if isinstance(answer, str) and answer else []
+        if task is Task.MULTI_LABEL_CLASSIFICATION and isinstance(c.get("checklist_answers"), list):
+            answers = [
+                a.get("name") or a.get("value") for a in c["checklist_answers"] if isinstance(a, Mapping)
+            ]
+            return name, sorted({a for a in answers if isinstance(a, str) and a})
+    return None, []
+
+
+def example_from_row(
+    row: Mapping[str, Any],
+    *,
+    model_run_id: str,
+    task: Task,
+    split_fallback: Mapping[str, Split] | None = None,
+    question: str | None = None,
+) -> Converted | Skipped:
+    """Converts one export row; `question` pins the classification question once the first row chose it."""
+    if not isinstance(row, Mapping):
+        return Skipped(None, "row is not a JSON object")
+    data_row = row.get("data_row")
+    data_row_id = data_row.get("id") if isinstance(data_row, Mapping) else None
+    if not isinstance(data_row_id, str) or not data_row_id:
+        return Skipped(None, "row without a data row id")
+    row_data = data_row.get("row_data")
+    if not isinstance(row_data, str) or not row_data:
+        return Skipped(data_row_id, "row without an image URL")
+    run = _run_of(row, model_run_id)
+    if run is None:
+        return Skipped(data_row_id, "row not in this model run")
+    labels = run.get("labels")
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], Mapping):
+        return Skipped(data_row_id, "row without a label")
+    annotations = labels[0].get("annotations")
+    if not isinstance(annotations, Mapping):
+        return Skipped(data_row_id, "label without annotations")
+
+    split = split_of(run)
+    if split is None:
+        split = (split_fallback or {}).get(data_row_id, Split.UNASSIGNED)
+
+    media = row.get("media_attributes") if isinstance(row.get("media_attributes"), Mapping) else {}
+    mime = media.get("mime_type") or media.get("mimeType")
+    boxes: list[PixelBox] = []
+    dropped: Counter[str] = Counter()
+    labels_out: list[str] = []
+    if task is Task.OBJECT_DETECTION:
+        for obj in annotations.get("objects") or []:
+            if not isinstance(obj, Mapping):
+                dropped["box is not a JSON object"] += 1
+                continue
+            kind = obj.get("annotation_kind")
+            if kind not in (None, "ImageBoundingBox") and "bounding_box" not in obj:
+                continue  # polygons, masks, points: not for a box detector
+            box = _box(obj)
+            if isinstance(box, str):
+                dropped[box] += 1
+            else:
+                boxes.append(box)
+        if not boxes:
+            return Skipped(data_row_id, "row without usable bounding boxes")
+    else:
+        _question, labels_out = _answers(annotations.get("classifications"), task, question)
+        if not labels_out:
+            return Skipped(data_row_id, "row without a classification answer")
+
+    global_key = data_row.get("global_key")
+    example = Example(
+        data_row_id=data_row_id,
+        media_url=row_data,
+        mime_type=mime if isinstance(mime, str) else None,
+        width=_positive_int(media.get("width")),
+        height=_positive_int(media.get("height")),
+        split=split,
+        boxes=tuple(boxes),
+        labels=tuple(labels_out),
+        global_key=global_key if isinstance(global_key, str) else None,
+    )
+    return Converted(example, dropped)
+
+
+def classification_question(row: Mapping[str, Any], *, model_run_id: str, task: Task) -> str | None:
+    """The question a classification run trains on: the first radio/checklist question of a row."""
+    run = _run_of(row, model_run_id) if isinstance(row, Mapping) else None
+    labels = run.get("labels") if run else None
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], Mapping):
+        return None
+    annotations = labels[0].get("annotations")
+    if not isinstance(annotations, Mapping):
+        return None
+    question, answers = _answers(annotations.get("classifications"), task, None)
+    return question if answers else None

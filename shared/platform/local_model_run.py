@@ -1,0 +1,231 @@
+"""A file-backed Labelbox model run: the labeling platform of the local mode.
+
+One folder per model run, in Labelbox's shapes, so a user can build one by hand (README, "A local
+model run"):
+
+    <model_runs_dir>/<model_run_id>/
+        model_run.json        {"id", "model_id", "name"}
+        export.ndjson         one Labelbox model-run export row per line
+        splits.json           optional {data_row_id: "TRAINING" | ...}, like model_run_data_rows()
+        media/...             images that rows point at with relative `row_data` paths
+        status.ndjson         written here: one line per status update, in order
+        config.json           written here: the latest update_config
+        predictions/<name>.ndjson   written here: each prediction import, as uploaded
+
+Uploads are validated the way the Labelbox SDK and server validate them (one of dataRow.id/globalKey,
+known data rows, confidences in [0, 1], no reserved metric names), so errors surface locally first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from shared.examples import Split
+from shared.platform.port import ModelRunInfo, ModelRunStatus, PlatformError, UploadResult, cut_message
+from shared.run_record import iso
+
+RESERVED_METRIC_NAMES = frozenset(
+    {
+        "true_positive_count",
+        "false_positive_count",
+        "true_negative_count",
+        "false_negative_count",
+        "precision",
+        "recall",
+        "f1",
+        "iou",
+    }
+)
+_CHUNK = 1 << 16
+
+
+class LocalModelRuns:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def folder(self, model_run_id: str) -> Path:
+        folder = (self.root / model_run_id).resolve()
+        if folder.parent != self.root or not (folder / "model_run.json").is_file():
+            raise PlatformError(f"model run {model_run_id} not found in {self.root}")
+        return folder
+
+    def get_model_run(self, model_run_id: str) -> ModelRunInfo:
+        info = json.loads((self.folder(model_run_id) / "model_run.json").read_text())
+        return ModelRunInfo(id=model_run_id, model_id=info.get("model_id"), name=info.get("name"))
+
+    def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
+        path = self.folder(model_run_id) / "export.ndjson"
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    yield {"_malformed": f"line {number} is not valid JSON"}
+
+    def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:
+        path = self.folder(model_run_id) / "splits.json"
+        if not path.is_file():
+            return {}
+        return {k: Split.parse(v) for k, v in json.loads(path.read_text()).items()}
+
+    def _media_path(self, row_data: str, folder: Path | None) -> Path | None:
+        parsed = urlparse(row_data)
+        if parsed.scheme == "file":
+            return Path(unquote(parsed.path))
+        if parsed.scheme or folder is None:
+            return None
+        path = (folder / row_data).resolve()
+        if folder not in path.parents:
+            raise PlatformError(f"media path {row_data!r} leaves the model run folder")
+        return path
+
+    def open_media(self, row_data: str, *, model_run_id: str | None = None) -> Iterator[bytes]:
+        folder = self.folder(model_run_id) if model_run_id else None
+        path = self._media_path(row_data, folder)
+        if path is None:
+            yield from _http_media(row_data)
+            return
+        try:
+            with open(path, "rb") as media:
+                while chunk := media.read(_CHUNK):
+                    yield chunk
+        except FileNotFoundError:
+            raise PlatformError(f"media file not found: {row_data}") from None
+
+    def media_size(self, row_data: str, *, model_run_id: str | None = None) -> int | None:
+        path = self._media_path(row_data, self.folder(model_run_id) if model_run_id else None)
+        if path is None:
+            return None
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _append(self, path: Path, entry: Mapping[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    def update_status(
+        self,
+        model_run_id: str,
+        status: ModelRunStatus,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {"at": iso(time.time()), "status": ModelRunStatus(status).value}
+        if metadata:
+            entry["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+        if error_message:
+            entry["error_message"] = cut_message(error_message)
+        self._append(self.folder(model_run_id) / "status.ndjson", entry)
+
+    def statuses(self, model_run_id: str) -> list[dict[str, Any]]:
+        path = self.folder(model_run_id) / "status.ndjson"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
+        folder = self.folder(model_run_id)
+        tmp = folder / ".config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
+        os.replace(tmp, folder / "config.json")
+
+    def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
+        folder = self.folder(model_run_id)
+        known = self._data_row_ids(folder)
+        errors: list[dict[str, Any]] = []
+        accepted: list[dict[str, Any]] = []
+        for row in rows:
+            problem = _row_problem(row, known)
+            if problem:
+                errors.append(
+                    {
+                        "uuid": row.get("uuid"),
+                        "dataRow": row.get("dataRow"),
+                        "status": "FAILURE",
+                        "errors": [{"name": "ValidationError", "message": problem}],
+                    }
+                )
+            else:
+                accepted.append(row)
+        target = folder / "predictions" / f"{_safe_name(name)}.ndjson"
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in accepted))
+        os.replace(tmp, target)
+        return UploadResult(name=name, accepted=len(accepted), errors=errors)
+
+    def uploaded(self, model_run_id: str) -> list[dict[str, Any]]:
+        folder = self.folder(model_run_id) / "predictions"
+        rows: list[dict[str, Any]] = []
+        for path in sorted(folder.glob("*.ndjson")) if folder.is_dir() else []:
+            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        return rows
+
+    def _data_row_ids(self, folder: Path) -> set[str]:
+        ids = set()
+        with open(folder / "export.ndjson", encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    ids.add(json.loads(line)["data_row"]["id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        return ids
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+
+
+def _row_problem(row: Mapping[str, Any], known: set[str]) -> str | None:
+    data_row = row.get("dataRow")
+    if not isinstance(data_row, Mapping) or len({"id", "globalKey"} & set(data_row)) != 1:
+        return "dataRow must have exactly one of id or globalKey"
+    if "id" in data_row and data_row["id"] not in known:
+        return f"data row {data_row['id']} is not in this model run"
+    if "metricValue" in row:
+        name = row.get("metricName")
+        if isinstance(name, str) and name.lower() in RESERVED_METRIC_NAMES:
+            return f"metricName {name!r} is reserved"
+        return None
+    if not (row.get("name") or row.get("schemaId")):
+        return "one of name or schemaId is required"
+    confidence = row.get("confidence")
+    if confidence is not None and not (isinstance(confidence, (int, float)) and 0 <= confidence <= 1):
+        return "confidence must be between 0 and 1"
+    bbox = row.get("bbox")
+    if bbox is not None:
+        try:
+            values = [float(bbox[k]) for k in ("top", "left", "height", "width")]
+        except (KeyError, TypeError, ValueError):
+            return "bbox needs numeric top, left, height and width"
+        if not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
+            return "bbox must have a positive size"
+    return None
+
+
+def _http_media(url: str) -> Iterator[bytes]:
+    try:
+        with requests.get(url, stream=True, timeout=(10, 60)) as response:
+            if response.status_code >= 400:
+                raise PlatformError(
+                    f"media download failed with HTTP {response.status_code}: {url.split('?')[0]}"
+                )
+            yield from response.iter_content(_CHUNK)
+    except requests.RequestException as exc:
+        raise PlatformError(f"media download failed ({type(exc).__name__}): {url.split('?')[0]}") from None

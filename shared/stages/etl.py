@@ -1,0 +1,216 @@
+"""ETL: the model run's export -> Vertex import JSONL, staged images and a row manifest in the bucket.
+
+Rows are streamed from the export and handled in blocks of `etl_chunk_rows`: each block's images are
+staged concurrently, and its import lines and manifest lines are written as one chunk file each, so
+memory stays flat however many rows the run holds. The manifest (one line per kept row, including the
+unassigned rows that do not train) is what `inference` joins predictions and ground truth through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from typing import Any
+
+from shared import run_record as rr
+from shared.data_quality import DataQuality
+from shared.examples import Split
+from shared.formats.labelbox_export import Converted, classification_question, example_from_row
+from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes
+from shared.image_staging import ImageStager, NotStaged
+from shared.model_types import Task
+from shared.platform.port import ModelRunStatus
+from shared.stages.runner import StageAnswer, StageContext, StageFailed
+
+IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
+MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
+
+
+def etl_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/etl/"
+
+
+def import_uri_pattern(store_uri: str) -> str:
+    """Vertex accepts wildcards in import URIs; the local engine expands the same pattern."""
+    return store_uri + IMPORT_CHUNK.split("{")[0] + "*.jsonl"
+
+
+def _blocks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while block := list(islice(iterator, size)):
+        yield block
+
+
+def _jsonl(lines: list[Mapping[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+class _SplitLookup:
+    """Falls back to the platform's per-row splits, fetched once and only if a row lacks its split."""
+
+    def __init__(self, ctx: StageContext, model_run_id: str) -> None:
+        self._ctx = ctx
+        self._model_run_id = model_run_id
+        self._splits: Mapping[str, Split] | None = None
+
+    def get(self, data_row_id: str, default: Split = Split.UNASSIGNED) -> Split:
+        if self._splits is None:
+            self._splits = self._ctx.services.platform.data_row_splits(self._model_run_id)
+        return self._splits.get(data_row_id, default)
+
+
+def run_etl(ctx: StageContext) -> StageAnswer:
+    services, settings = ctx.services, ctx.services.settings
+    record = ctx.record()
+    task = Task(record.task)
+    store = services.store
+    prefix = etl_prefix(record.run_id)
+    quality = DataQuality(task)
+    names = LabelNames()
+    question: str | None = None
+    splits = _SplitLookup(ctx, record.model_run_id)
+    chunk = 0
+    status_set = False
+
+    with ImageStager(
+        store,
+        services.platform,
+        run_id=record.run_id,
+        model_run_id=record.model_run_id,
+        max_bytes=settings.etl_max_image_bytes,
+        max_pixels=settings.etl_max_image_pixels,
+        concurrency=settings.etl_copy_concurrency,
+    ) as stager:
+        for block in _blocks(services.platform.export_rows(record.model_run_id), settings.etl_chunk_rows):
+            if not status_set:  # the export is ready: from here on we prepare data
+                ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
+                status_set = True
+            converted: list[Converted] = []
+            for row in block:
+                quality.rows_seen += 1
+                if task.is_classification and question is None:
+                    question = classification_question(row, model_run_id=record.model_run_id, task=task)
+                result = example_from_row(
+                    row, model_run_id=record.model_run_id, task=task, split_fallback=splits, question=question
+                )
+                if isinstance(result, Converted):
+                    converted.append(result)
+                else:
+                    quality.skip(result.reason)
+            import_lines: list[dict[str, Any]] = []
+            manifest_lines: list[dict[str, Any]] = []
+            for item, staged in zip(
+                converted, stager.stage_many([c.example for c in converted]), strict=True
+            ):
+                example = item.example
+                if isinstance(staged, NotStaged):
+                    quality.skip(staged.reason)
+                    continue
+                quality.drop_boxes(item.dropped_boxes)
+                boxes = None
+                if task is Task.OBJECT_DETECTION:
+                    try:
+                        boxes, dropped = normalize_boxes(example.boxes, staged.width, staged.height)
+                    except TooManyBoxes:
+                        quality.skip("image with more than 500 boxes")
+                        continue
+                    quality.drop_boxes(dropped)
+                    if not boxes:
+                        quality.skip("no box left after Vertex's size limits")
+                        continue
+                labels = [b.label for b in boxes] if boxes is not None else list(example.labels)
+                quality.keep(example.split, labels)
+                manifest_lines.append(
+                    {
+                        "data_row_id": example.data_row_id,
+                        "global_key": example.global_key,
+                        "image_uri": staged.uri,
+                        "mime_type": staged.mime_type,
+                        "width": staged.width,
+                        "height": staged.height,
+                        "split": example.split.value,
+                        "boxes": [
+                            [
+                                b.label,
+                                b.x_min * staged.width,
+                                b.y_min * staged.height,
+                                (b.x_max - b.x_min) * staged.width,
+                                (b.y_max - b.y_min) * staged.height,
+                            ]
+                            for b in boxes or []
+                        ],
+                        "labels": list(example.labels),
+                    }
+                )
+                if example.split is not Split.UNASSIGNED:
+                    import_lines.append(
+                        import_line(example, image_uri=staged.uri, task=task, names=names, boxes=boxes)
+                    )
+            store.write(
+                prefix + IMPORT_CHUNK.format(chunk), _jsonl(import_lines), content_type="application/jsonl"
+            )
+            store.write(
+                prefix + MANIFEST_CHUNK.format(chunk),
+                _jsonl(manifest_lines),
+                content_type="application/jsonl",
+            )
+            chunk += 1
+            ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk)
+
+    _remove_stale_chunks(store, prefix, chunk)
+    report = quality.to_dict()
+    artifacts = {
+        "import_jsonl": import_uri_pattern(store.uri(prefix)),
+        "manifest": store.uri(prefix) + MANIFEST_CHUNK.split("{")[0] + "*.jsonl",
+        "images": store.uri(f"runs/{record.run_id}/images/"),
+        "etl_chunks": str(chunk),
+    }
+    label_map = names.to_feature() if names.to_vertex else {}
+
+    def record_results(r: rr.RunRecord) -> None:
+        r.data_quality = report
+        r.artifacts.update(artifacts)
+        r.artifacts["label_map"] = json.dumps(label_map, sort_keys=True)
+        if question:
+            r.artifacts["classification_question"] = question
+
+    ctx.update(record_results)
+    if not status_set:
+        raise StageFailed("the model run's export is empty: add labeled data rows to the model run")
+    problems = quality.vertex_problems()
+    if problems:
+        raise StageFailed("training data not usable: " + " | ".join(problems))
+
+    services.platform.update_status(
+        record.model_run_id,
+        ModelRunStatus.PREPARING_DATA,
+        metadata={**quality.summary(), "import_jsonl": artifacts["import_jsonl"]},
+    )
+    ctx.succeed("train", rows_kept=quality.rows_kept)
+    return StageAnswer(
+        200, {"run_id": record.run_id, "stage": "etl", "outcome": "succeeded", "data_quality": report}
+    )
+
+
+def _remove_stale_chunks(store: Any, prefix: str, chunks: int) -> None:
+    """A re-run over fewer rows must not leave chunks of the previous run behind."""
+    for template in (IMPORT_CHUNK, MANIFEST_CHUNK):
+        stem = template.split("{")[0]
+        for key in list(store.list(prefix + stem)):
+            try:
+                index = int(key.rsplit("-", 1)[1].split(".")[0])
+            except (IndexError, ValueError):
+                continue
+            if index >= chunks:
+                store.delete(key)
+
+
+def read_manifest(store: Any, run_id: str) -> Iterator[dict[str, Any]]:
+    """Streams the manifest lines ETL wrote for a run, chunk by chunk."""
+    prefix = etl_prefix(run_id) + MANIFEST_CHUNK.split("{")[0]
+    for key in store.list(prefix):
+        with store.open_read(key) as stream:
+            for line in stream:
+                if line.strip():
+                    yield json.loads(line)

@@ -1,0 +1,203 @@
+"""Runs one stage for one run: claim it in the run record, do the work, record the outcome.
+
+Every stage goes through here, so claiming, heartbeats, failure handling and the answer a caller gets
+are the same everywhere. A stage's work raises `StageFailed` with a message a user can act on; any other
+exception is recorded as an internal error. Either way the model run is marked FAILED in Labelbox with
+the message cut to 255 characters, and no secret reaches the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from shared import run_record as rr
+from shared.bootstrap import Services
+from shared.chain.port import HandOffFailed
+from shared.platform.port import ModelRunStatus, cut_message
+from shared.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus
+from shared.run_repository import RunNotFound
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StageFailed(Exception):
+    """The stage cannot succeed; the message is shown to the user, so say what to do about it."""
+
+    def __init__(self, message: str, *, link: str | None = None) -> None:
+        super().__init__(message)
+        self.link = link
+
+
+@dataclass
+class StageAnswer:
+    """What the stage's HTTP entry point answers."""
+
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    services: Services
+    run_id: str
+    stage: str
+    owner: str
+    force: bool = False
+    _last_beat: float = 0.0
+
+    @property
+    def now(self) -> float:
+        return self.services.clock()
+
+    def record(self) -> RunRecord:
+        record = self.services.runs.get(self.run_id)
+        if record is None:
+            raise RunNotFound(self.run_id)
+        return record
+
+    def update(self, mutate: Callable[[RunRecord], T]) -> tuple[RunRecord, T]:
+        """A conditional update that first checks this invocation still owns the stage."""
+
+        def owned(record: RunRecord) -> T:
+            rr.check_owner(record, self.stage, self.owner)
+            return mutate(record)
+
+        return self.services.runs.update(self.run_id, owned)
+
+    def heartbeat(self, *, every_s: float = 2.0, **progress: Any) -> None:
+        """Extends the lease and records progress, at most every `every_s` seconds."""
+        if time.monotonic() - self._last_beat < every_s:
+            return
+        self._last_beat = time.monotonic()
+        self.update(lambda r: rr.heartbeat(r, self.stage, self.owner, self.now, progress))
+
+    def set_status(self, status: ModelRunStatus, **metadata: Any) -> None:
+        record = self.record()
+        self.services.platform.update_status(
+            record.model_run_id, status, metadata={k: str(v) for k, v in metadata.items()}
+        )
+
+    def succeed(self, next_stage: str | None = None, **detail: Any) -> None:
+        """Marks the stage succeeded and hands the run to `next_stage`, once.
+
+        Success and the hand-off are recorded in one conditional write, so a duplicate invocation finds
+        both and repeats neither; a forced re-run hands off again and lets the next stage decide.
+        """
+        key = f"{next_stage}:from:{self.stage}"
+
+        def mutate(record: RunRecord) -> bool:
+            rr.succeed(record, self.stage, self.owner, self.now, **detail)
+            return bool(next_stage) and rr.mark_handoff(record, key, self.now)
+
+        _record, first = self.services.runs.update(self.run_id, mutate)
+        if next_stage and (first or self.force):
+            self.services.chain.hand_off(next_stage, self.run_id)
+
+
+def run_stage(
+    services: Services,
+    run_id: str,
+    stage: str,
+    work: Callable[[StageContext], StageAnswer],
+    *,
+    force: bool = False,
+) -> StageAnswer:
+    owner = services.new_owner()
+    now = services.clock()
+
+    def try_claim(record: RunRecord) -> ClaimOutcome:
+        current_owner = record.stage(stage).owner
+        return rr.claim(
+            record,
+            stage,
+            owner,
+            now,
+            lease_s=services.settings.stage_lease_seconds,
+            force=force,
+            owner_alive=services.owner_alive(current_owner),
+        )
+
+    try:
+        record, outcome = services.runs.update(run_id, try_claim)
+    except RunNotFound:
+        return StageAnswer(
+            404, {"error": f"no run record for run_id {run_id!r}; start runs through the webhook"}
+        )
+    base = {"run_id": run_id, "stage": stage}
+    if outcome is ClaimOutcome.DONE:
+        return StageAnswer(200, {**base, "outcome": "already_done"})
+    if outcome is ClaimOutcome.BUSY:
+        return StageAnswer(
+            409, {**base, "outcome": "busy", "message": f"{stage} is already running for this run"}
+        )
+    if outcome is ClaimOutcome.RUN_FINISHED:
+        return StageAnswer(
+            409, {**base, "outcome": "run_finished", "status": record.status.value, "error": record.error}
+        )
+
+    ctx = StageContext(services, run_id, stage, owner, force)
+    try:
+        return work(ctx)
+    except LostOwnership as exc:
+        log.warning("%s", exc)
+        return StageAnswer(409, {**base, "outcome": "lost_ownership"})
+    except StageFailed as exc:
+        message = services.scrub(str(exc))
+        fail(services, run_id, stage, message, owner=owner, link=exc.link)
+        return StageAnswer(200, {**base, "outcome": "failed", "error": message})
+    except HandOffFailed as exc:
+        message = services.scrub(f"{exc}; once it is reachable, re-run that stage with curl")
+        fail(services, run_id, stage, message)
+        return StageAnswer(502, {**base, "outcome": "failed", "error": message})
+    except Exception as exc:
+        detail = services.scrub(f"{type(exc).__name__}: {exc}")
+        log.error(
+            "stage %s of run %s crashed: %s\n%s",
+            stage,
+            run_id,
+            detail,
+            services.scrub(traceback.format_exc()),
+        )
+        fail(services, run_id, stage, f"internal error in {stage}: {detail}", owner=owner)
+        return StageAnswer(
+            500, {**base, "outcome": "failed", "error": f"internal error in {stage}: {detail}"}
+        )
+
+
+def fail(
+    services: Services,
+    run_id: str,
+    stage: str,
+    message: str,
+    *,
+    owner: str | None = None,
+    link: str | None = None,
+) -> None:
+    """Marks the run failed in the record and in Labelbox; the message is cut to what Labelbox keeps."""
+    now = services.clock()
+    text = f"{stage} failed: {message}"
+    if link:
+        text = f"{text} ({link})"
+    try:
+        record, _ = services.runs.update(run_id, lambda r: rr.fail_run(r, stage, now, text, owner=owner))
+    except LostOwnership:
+        return
+    try:
+        services.platform.update_status(
+            record.model_run_id,
+            ModelRunStatus.FAILED,
+            metadata={"failed_stage": stage, "run_record": services.runs.uri(run_id)},
+            error_message=cut_message(text),
+        )
+    except Exception as exc:  # the record already says FAILED; the platform is a best-effort mirror
+        log.error("could not mark model run %s FAILED: %s", record.model_run_id, services.scrub(str(exc)))
+
+
+def is_running(record: RunRecord) -> bool:
+    return record.status is RunStatus.RUNNING
