@@ -1,0 +1,381 @@
+"""The labeling platform port on Labelbox, through the official `labelbox` SDK (7.17).
+
+Everything the SDK raises becomes a PlatformError whose text is safe to show a user: the API key is
+scrubbed from it (and from the SDK's own log records), and signed media URLs lose their query string,
+which carries their credentials. The SDK sends `update_status` to the experimental `/_gql` endpoint,
+so the client is built with `enable_experimental=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared.config import Secret
+from shared.examples import Split
+from shared.platform.port import ModelRunInfo, ModelRunStatus, PlatformError, UploadResult, cut_message
+
+if TYPE_CHECKING:
+    from labelbox import Client, ModelRun
+
+logger = logging.getLogger(__name__)
+
+EXPORT_PARAMS = {
+    "data_row_details": True,
+    "model_run_details": True,  # the split of each row rides on its run object only with this flag
+    "predictions": False,
+    "attachments": False,
+    "metadata_fields": False,
+    "embeddings": False,
+}
+EXPORT_TASK_NAME = "training chain export"
+# Labelbox refuses these scalar metric names (labelbox.data.annotation_types.metrics.scalar); dict rows
+# skip the SDK's check, so we make it here instead of losing the whole import.
+RESERVED_METRIC_NAMES = frozenset(
+    {
+        "true_positive_count",
+        "false_positive_count",
+        "true_negative_count",
+        "false_negative_count",
+        "precision",
+        "recall",
+        "f1",
+        "iou",
+    }
+)
+MAX_ERROR_TEXT = 1000
+ERROR_SAMPLES = 5
+REDACTED = "[redacted]"
+
+
+@dataclass
+class ExportErrors:
+    """Row errors Labelbox reported on an otherwise complete export (its ERRORS stream)."""
+
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+
+
+def redact(text: str, secrets: set[str] | frozenset[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def url_without_query(url: str) -> str:
+    """A URL safe to log: signed URLs carry their credentials in the query string."""
+    parts = urlsplit(url)
+    safe = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return safe if len(safe) <= 300 else safe[:299] + "…"
+
+
+class _RedactSecrets(logging.Filter):
+    """Scrubs API keys from the SDK's log records (it logs server error text verbatim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True
+            clean = redact(message, self.secrets)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+_REDACTOR = _RedactSecrets()
+
+
+def _guard_sdk_logs(secret: str) -> None:
+    if len(secret) >= 4:
+        _REDACTOR.secrets.add(secret)
+    for name, candidate in list(logging.root.manager.loggerDict.items()):
+        ours = name.split(".")[0] in {"labelbox", "lbox"} and isinstance(candidate, logging.Logger)
+        if ours and _REDACTOR not in candidate.filters:
+            candidate.addFilter(_REDACTOR)
+
+
+def _describe_error(entry: Any) -> str:
+    if isinstance(entry, dict):
+        for key in ("message", "error", "errorMessage"):
+            if isinstance(entry.get(key), str):
+                return entry[key]
+    text = entry if isinstance(entry, str) else json.dumps(entry, default=str, sort_keys=True)
+    return cut_message(text, 300)
+
+
+class LabelboxPlatform:
+    """A model run on Labelbox: export, splits, media, status, config and prediction import."""
+
+    def __init__(
+        self,
+        api_key: Secret,
+        *,
+        endpoint: str = "https://api.labelbox.com/graphql",
+        rest_endpoint: str = "https://api.labelbox.com/api/v1",
+        export_timeout_s: float = 7200,
+        import_poll_s: float = 10,
+        media_timeout_s: float = 60,
+        media_chunk_bytes: int = 1 << 20,
+    ) -> None:
+        self._api_key = api_key
+        self.endpoint = endpoint
+        self.rest_endpoint = rest_endpoint
+        self.export_timeout_s = export_timeout_s
+        self.import_poll_s = import_poll_s
+        self.media_timeout_s = media_timeout_s
+        self.media_chunk_bytes = media_chunk_bytes
+        self.export_errors: dict[str, ExportErrors] = {}
+        self._client_instance: Client | None = None
+        self._media: requests.Session | None = None
+        self._model_runs: dict[str, ModelRun] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LabelboxPlatform(endpoint={self.endpoint!r})"
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @property
+    def _client(self) -> Client:
+        with self._lock:
+            if self._client_instance is None:
+                from labelbox import Client
+
+                key = self._api_key.reveal()
+                if not key:
+                    raise PlatformError("the Labelbox API key is empty; set LABELBOX_API_KEY")
+                _guard_sdk_logs(key)
+                with self._calling("client set-up"):
+                    self._client_instance = Client(
+                        api_key=key,
+                        endpoint=self.endpoint,
+                        rest_endpoint=self.rest_endpoint,
+                        enable_experimental=True,
+                    )
+            return self._client_instance
+
+    def _safe(self, text: str) -> str:
+        return cut_message(redact(text, {self._api_key.reveal()}), MAX_ERROR_TEXT)
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Turns any SDK failure into a PlatformError without the key and without chaining the original."""
+        try:
+            yield
+        except PlatformError:
+            raise
+        except Exception as exc:
+            detail = self._safe(f"{type(exc).__name__}: {exc}")
+            raise PlatformError(f"Labelbox {what} failed: {detail}") from None
+
+    def _model_run(self, model_run_id: str) -> ModelRun:
+        cached = self._model_runs.get(model_run_id)
+        if cached is not None:
+            return cached
+        from lbox.exceptions import ResourceNotFoundError
+
+        client = self._client
+        with self._calling(f"lookup of model run {model_run_id}"):
+            try:
+                model_run = client.get_model_run(model_run_id)
+            except ResourceNotFoundError:
+                model_run = None
+        if model_run is None:
+            raise PlatformError(
+                self._safe(
+                    f"Labelbox has no model run {model_run_id} visible to this API key "
+                    "(check the id and the key's organization)"
+                )
+            )
+        self._model_runs[model_run_id] = model_run
+        return model_run
+
+    # -- the port --------------------------------------------------------------------------------
+
+    def get_model_run(self, model_run_id: str) -> ModelRunInfo:
+        model_run = self._model_run(model_run_id)
+        return ModelRunInfo(id=model_run.uid, model_id=model_run.model_id, name=model_run.name)
+
+    def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
+        """Streams the export; the SDK buffers its chunks in a temporary file, never all rows in memory."""
+        from labelbox import StreamType
+
+        model_run = self._model_run(model_run_id)
+        what = f"export of model run {model_run_id}"
+        with self._calling(what):
+            task = model_run.export(task_name=EXPORT_TASK_NAME, params=EXPORT_PARAMS)
+            task.wait_till_done(timeout_seconds=self.export_timeout_s)
+        status = task.status
+        if status == "FAILED":
+            raise PlatformError(self._safe(f"Labelbox could not {what} (task {task.uid} FAILED): {self._why(task)}"))
+        if status != "COMPLETE":
+            raise PlatformError(
+                f"Labelbox {what} did not finish within {self.export_timeout_s:g} s "
+                f"(task {task.uid} is {status}); try again later"
+            )
+        with self._calling(what):
+            if task.has_errors():
+                self._collect_export_errors(model_run_id, task.get_buffered_stream(StreamType.ERRORS))
+            if not task.has_result():
+                return
+            rows = iter(task.get_buffered_stream(StreamType.RESULT))
+        while True:
+            with self._calling(what):
+                try:
+                    output = next(rows)
+                except StopIteration:
+                    return
+            yield output.json
+
+    def _why(self, task: Any) -> str:
+        """The failure reason from the failed task's error file, when Labelbox left one."""
+        inner = getattr(task, "_task", None)  # ExportTask hides the task whose error file says why
+        try:
+            errors = inner.errors if inner is not None else None
+        except Exception as exc:
+            return f"its error file could not be read ({type(exc).__name__})"
+        if not errors:
+            return "Labelbox gave no reason"
+        entries = errors if isinstance(errors, list) else [errors]
+        return "; ".join(_describe_error(e) for e in entries[:ERROR_SAMPLES])
+
+    def _collect_export_errors(self, model_run_id: str, stream: Any) -> None:
+        found = ExportErrors()
+        for output in stream:
+            found.count += 1
+            if len(found.samples) < ERROR_SAMPLES:
+                found.samples.append(self._safe(_describe_error(output.json)))
+        self.export_errors[model_run_id] = found
+        logger.warning(
+            "Labelbox reported %d row errors exporting model run %s; first: %s",
+            found.count,
+            model_run_id,
+            " | ".join(found.samples),
+        )
+
+    def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:
+        model_run = self._model_run(model_run_id)
+        splits: dict[str, Split] = {}
+        with self._calling(f"listing the data rows of model run {model_run_id}"):
+            for member in model_run.model_run_data_rows():
+                value = getattr(member.data_split, "value", member.data_split)
+                splits[member.data_row().uid] = Split.parse(value)
+        return splits
+
+    def open_media(self, row_data: str) -> Iterator[bytes]:
+        """Opens the download now (so a refused URL fails here) and streams it in chunks."""
+        parts = urlsplit(row_data)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise PlatformError(f"the data row's media is not an http(s) URL: {url_without_query(row_data)!r}")
+        safe = url_without_query(row_data)
+
+        def scrub(exc: Exception) -> str:
+            text = f"{type(exc).__name__}: {exc}"
+            if parts.query:
+                text = text.replace(parts.query, "…")
+            return self._safe(text)
+
+        try:
+            response = self._media_session().get(row_data, stream=True, timeout=self.media_timeout_s)
+        except requests.RequestException as exc:
+            raise PlatformError(f"downloading {safe} failed: {scrub(exc)}") from None
+        if response.status_code >= 400:
+            response.close()
+            raise PlatformError(f"downloading {safe} failed: HTTP {response.status_code} {response.reason}")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for chunk in response.iter_content(chunk_size=self.media_chunk_bytes):
+                    if chunk:
+                        yield chunk
+            except requests.RequestException as exc:
+                raise PlatformError(f"downloading {safe} broke off: {scrub(exc)}") from None
+            finally:
+                response.close()
+
+        return chunks()
+
+    def _media_session(self) -> requests.Session:
+        with self._lock:
+            if self._media is None:
+                retry = Retry(
+                    total=3,
+                    backoff_factor=0.5,
+                    status_forcelist=(429, 500, 502, 503, 504),
+                    allowed_methods=("GET",),
+                    raise_on_status=False,
+                )
+                session = requests.Session()
+                adapter = HTTPAdapter(max_retries=retry, pool_connections=8, pool_maxsize=64)
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+                self._media = session
+            return self._media
+
+    def update_status(
+        self,
+        model_run_id: str,
+        status: ModelRunStatus,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        status = ModelRunStatus(status)
+        model_run = self._model_run(model_run_id)
+        key = {self._api_key.reveal()}
+        values = {str(k): redact(str(v), key) for k, v in (metadata or {}).items()}
+        message = cut_message(self._safe(error_message)) if error_message else None
+        with self._calling(f"status update of model run {model_run_id} to {status.value}"):
+            model_run.update_status(status.value, metadata=values or None, error_message=message)
+
+    def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
+        model_run = self._model_run(model_run_id)
+        with self._calling(f"config update of model run {model_run_id}"):
+            model_run.update_config(dict(config))
+
+    def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
+        from labelbox.schema.enums import AnnotationImportState
+
+        rows = list(rows)
+        if not rows:
+            return UploadResult(name=name, accepted=0)
+        reserved = sorted({r["metricName"] for r in rows if r.get("metricName") in RESERVED_METRIC_NAMES})
+        if reserved:
+            raise PlatformError(
+                f"prediction import {name!r} uses metric names Labelbox reserves: {', '.join(reserved)}"
+            )
+        model_run = self._model_run(model_run_id)
+        what = f"prediction import {name!r} into model run {model_run_id}"
+        with self._calling(what):
+            job = model_run.add_predictions(name=name, predictions=rows)
+            job.wait_till_done(sleep_time_seconds=self.import_poll_s)
+        if job.state == AnnotationImportState.FAILED:
+            raise PlatformError(
+                f"Labelbox rejected the whole {what} (import state FAILED, none of its {len(rows)} rows "
+                "were imported); check the rows' data row ids, feature names and metric values"
+            )
+        with self._calling(what):
+            statuses = job.statuses
+            failures = job.errors
+        accepted = sum(1 for s in statuses if s.get("status") == "SUCCESS")
+        errors = [
+            {"dataRow": f.get("dataRow"), "uuid": f.get("uuid"), "errors": f.get("errors") or []} for f in failures
+        ]
+        return UploadResult(name=name, accepted=accepted, errors=errors)

@@ -1,0 +1,603 @@
+"""A small fake Labelbox GraphQL server, so the real labelbox SDK runs end to end on loopback.
+
+It answers the operations the SDK 7.17 sends for the chain (captured by running the SDK against it):
+model run lookup, the streamable model-run export (task polling, metadata header, file offsets),
+`model_run_data_rows()`, pipeline status on `/_gql`, config, and the multipart prediction import
+with its polling and status files. Every GraphQL request is recorded, so tests assert exactly what
+the SDK sent. Files (export chunks, import status/error files, media) are plain GET URLs whose query
+string carries a fake signature, like Labelbox's signed URLs. It never answers 5xx (the SDK would
+retry for minutes); failures are GraphQL errors or task states, as Labelbox reports them.
+
+    with running_fake_labelbox(rows, model_run_id=..., model_id=...) as fake:
+        platform = LabelboxPlatform(Secret(fake.api_key), endpoint=fake.endpoint, rest_endpoint=fake.rest_endpoint)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from shared.examples import Split
+
+FAKE_API_KEY = "lb-fake-key-0123456789abcdef"
+FAKE_SIGNATURE = "X-Goog-Signature=fake-signature-abc123"
+USER_ID = "cfakeuser000000000000000001"
+TIMESTAMP = "2024-05-01T12:00:00.000Z"
+_OPERATION_NAME = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One GraphQL request as the fake received it."""
+
+    name: str
+    path: str  # "/graphql" or "/_gql"
+    query: str
+    variables: dict[str, Any]
+    headers: dict[str, str]
+    form: dict[str, str] = field(default_factory=dict)  # multipart form fields (uploads only)
+    files: dict[str, bytes] = field(default_factory=dict)  # multipart file parts (uploads only)
+
+
+@dataclass
+class ExportJob:
+    task_id: str
+    input: dict[str, Any]
+    chunks: list[bytes]
+    chunk_lines: list[int]
+    errors: bytes
+    failed: bool
+    in_progress_polls: int
+
+
+@dataclass
+class PredictionImport:
+    """One prediction import: the rows as uploaded and what the fake decided for each."""
+
+    id: str
+    name: str
+    model_run_id: str
+    content: bytes
+    rows: list[dict[str, Any]]
+    statuses: list[dict[str, Any]]
+    state: str = "RUNNING"
+    polls: int = 0
+    final_state: str = "FINISHED"
+    running_polls: int = 0
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [s for s in self.statuses if s["status"] == "FAILURE"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        """Every request is in `FakeLabelbox.operations` / `.downloads`; no access log."""
+
+
+class GraphQLError(Exception):
+    def __init__(self, message: str, code: str, status: int = 200) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def _run_of(row: Mapping[str, Any], model_id: str, model_run_id: str) -> dict[str, Any] | None:
+    run = row.get("experiments", {}).get(model_id, {}).get("runs", {}).get(model_run_id)
+    return run if isinstance(run, dict) else None
+
+
+class FakeLabelbox:
+    """An in-memory model run behind a Labelbox-shaped GraphQL API on 127.0.0.1.
+
+    Behaviour knobs (all optional):
+    - export_failure: the export task ends FAILED, its error file holds this message;
+    - export_errors: rows of the export's ERRORS stream on a COMPLETE export;
+    - export_chunk_rows: rows per export file chunk (several chunks exercise the offset protocol);
+    - export_in_progress_polls: task refreshes answered IN_PROGRESS first (each costs the SDK 2 s);
+    - splits_on_run: whether export rows carry `split` on their run object (with model_run_details);
+    - splits: data_row_id -> DataSplit value for `model_run_data_rows()` (default: from the rows);
+    - max_page_size: caps a `model_run_data_rows()` page, to exercise pagination;
+    - import_running_polls: import polls answered RUNNING before it settles;
+    - import_failure: the whole import ends FAILED;
+    - reject_prediction: row -> error message or None (default: rows whose data row is not in the run);
+    - fail_operations: operation name -> message, answered as a GraphQL error.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        model_run_id: str,
+        model_id: str,
+        model_run_name: str = "fake model run",
+        api_key: str = FAKE_API_KEY,
+        export_failure: str | None = None,
+        export_errors: Sequence[Mapping[str, Any]] = (),
+        export_chunk_rows: int = 1000,
+        export_in_progress_polls: int = 0,
+        splits_on_run: bool = True,
+        splits: Mapping[str, str] | None = None,
+        max_page_size: int = 100,
+        import_running_polls: int = 0,
+        import_failure: bool = False,
+        reject_prediction: Callable[[dict[str, Any]], str | None] | None = None,
+        fail_operations: Mapping[str, str] | None = None,
+    ) -> None:
+        self.rows = [copy.deepcopy(dict(r)) for r in rows]
+        self.model_run_id = model_run_id
+        self.model_id = model_id
+        self.model_run_name = model_run_name
+        self.api_key = api_key
+        self.export_failure = export_failure
+        self.export_errors = [dict(e) for e in export_errors]
+        self.export_chunk_rows = max(1, export_chunk_rows)
+        self.export_in_progress_polls = export_in_progress_polls
+        self.splits_on_run = splits_on_run
+        self.max_page_size = max_page_size
+        self.import_running_polls = import_running_polls
+        self.import_failure = import_failure
+        self.fail_operations = dict(fail_operations or {})
+        self.reject_prediction = reject_prediction or self._not_in_model_run
+        self.splits = dict(splits) if splits is not None else None
+
+        self.operations: list[Operation] = []
+        self.downloads: list[str] = []  # GET paths with their query strings
+        self.statuses: list[dict[str, Any]] = []  # the `data` of every setPipelineStatus, in order
+        self.pipeline: dict[str, Any] = {}  # the pipeline as Labelbox keeps it: merged metadata
+        self.configs: list[dict[str, Any]] = []  # every config sent by updateModelRunConfig
+        self.training_metadata: dict[str, Any] = {}
+        self.imports: list[PredictionImport] = []
+        self.exports: list[ExportJob] = []
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self._files: dict[str, tuple[bytes, str]] = {}
+        self._lock = threading.Lock()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._app = self._build_app()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> FakeLabelbox:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-labelbox", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeLabelbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "the fake Labelbox is not running"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url}/graphql"
+
+    @property
+    def rest_endpoint(self) -> str:
+        return f"{self.base_url}/api/v1"
+
+    # -- helpers for tests -----------------------------------------------------------------------
+
+    def operation_names(self) -> list[str]:
+        return [op.name for op in self.operations]
+
+    def named(self, name: str) -> list[Operation]:
+        return [op for op in self.operations if op.name == name]
+
+    def add_media(self, name: str, content: bytes, content_type: str = "image/jpeg") -> str:
+        """Serves `content` at a signed-looking URL, for rows whose row_data points at this server."""
+        self.media[name] = (content, content_type)
+        return f"{self.base_url}/media/{name}?{FAKE_SIGNATURE}"
+
+    # -- the server ------------------------------------------------------------------------------
+
+    def _build_app(self) -> Flask:
+        app = Flask("fake_labelbox")
+
+        @app.post("/graphql")
+        @app.post("/_gql")
+        def graphql() -> Response:
+            return self._graphql()
+
+        @app.get("/files/<path:key>")
+        def files(key: str) -> Response:
+            self.downloads.append(request.full_path)
+            found = self._files.get(key)
+            if found is None:
+                return Response("no such file", status=404)
+            return Response(found[0], mimetype=found[1])
+
+        @app.get("/media/<path:name>")
+        def media(name: str) -> Response:
+            self.downloads.append(request.full_path)
+            found = self.media.get(name)
+            if found is None:
+                return Response("no such object", status=404)
+            return Response(found[0], mimetype=found[1])
+
+        return app
+
+    def _file_url(self, key: str, content: bytes, mimetype: str = "application/x-ndjson") -> str:
+        self._files[key] = (content, mimetype)
+        return f"{self.base_url}/files/{key}?{FAKE_SIGNATURE}"
+
+    def _graphql(self) -> Response:
+        form: dict[str, str] = {}
+        files: dict[str, bytes] = {}
+        if request.mimetype == "multipart/form-data":
+            form = {k: v for k, v in request.form.items()}
+            files = {k: f.read() for k, f in request.files.items()}
+            body = json.loads(form.get("operations", "{}"))
+        else:
+            body = request.get_json(force=True, silent=True) or {}
+        query = body.get("query") or ""
+        variables = body.get("variables") or {}
+        match = _OPERATION_NAME.match(query)
+        op = Operation(
+            name=match.group(1) if match else "",
+            path=request.path,
+            query=query,
+            variables=variables,
+            headers=dict(request.headers.items()),
+            form=form,
+            files=files,
+        )
+        with self._lock:
+            self.operations.append(op)
+            try:
+                if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                    raise GraphQLError("Not authenticated", "AUTHENTICATION_ERROR", status=401)
+                if op.name in self.fail_operations:
+                    raise GraphQLError(self.fail_operations[op.name], "BAD_USER_INPUT", status=400)
+                handler = self._handlers().get(op.name)
+                if handler is None:
+                    raise GraphQLError(
+                        f"fake Labelbox does not serve {op.name or 'this query'}", "GRAPHQL_PARSE_FAILED"
+                    )
+                data = handler(op)
+            except GraphQLError as exc:
+                payload = {"data": None, "errors": [{"message": str(exc), "extensions": {"code": exc.code}}]}
+                return Response(json.dumps(payload), status=exc.status, mimetype="application/json")
+        return Response(json.dumps({"data": data}), mimetype="application/json")
+
+    def _handlers(self) -> dict[str, Callable[[Operation], dict[str, Any]]]:
+        return {
+            "GetModelRunPyApi": self._get_model_run,
+            "exportDataRowsInModelRunPyApi": self._create_export,
+            "GetUserPyApi": self._get_user,
+            "GetUserCreatedTasksPyApi": self._get_tasks,
+            "GetExportMetadataHeaderPyApi": self._export_header,
+            "GetExportFileFromOffsetPyApi": self._export_file,
+            "modelRunPyApi": self._model_run_data_rows,
+            "GetMetadataOntologyBetaPyApi": lambda op: {"customMetadataOntology": []},
+            "setPipelineStatusPyApi": self._set_pipeline_status,
+            "updateModelRunConfigPyApi": self._update_config,
+            "createMEAPredictionImportByFilePyApi": self._create_import,
+            "getModelErrorAnalysisPredictionImportPyApi": self._get_import,
+        }
+
+    def _not_in_model_run(self, row: dict[str, Any]) -> str | None:
+        """Labelbox attaches predictions only to data rows already in the model run."""
+        data_row = row.get("dataRow") or {}
+        for r in self.rows:
+            if data_row.get("id") == r["data_row"]["id"] or (
+                data_row.get("globalKey") is not None and data_row.get("globalKey") == r["data_row"].get("global_key")
+            ):
+                return None
+        return f"Data row {json.dumps(data_row, sort_keys=True)} is not part of this model run"
+
+    def split_of(self, row: Mapping[str, Any]) -> str:
+        """The row's DataSplit as `model_run_data_rows()` reports it."""
+        data_row_id = row["data_row"]["id"]
+        if self.splits is not None:
+            return self.splits.get(data_row_id, "UNASSIGNED")
+        run = _run_of(row, self.model_id, self.model_run_id) or {}
+        return Split.parse(run.get("split")).value.upper()
+
+    def _check_run(self, model_run_id: str | None) -> None:
+        if model_run_id != self.model_run_id:
+            raise GraphQLError(f"Model run {model_run_id} not found", "RESOURCE_NOT_FOUND")
+
+    # -- model run -------------------------------------------------------------------------------
+
+    def _get_model_run(self, op: Operation) -> dict[str, Any]:
+        (model_run_id,) = op.variables.values()
+        self._check_run(model_run_id)
+        return {
+            "modelRun": {
+                "id": self.model_run_id,
+                "name": self.model_run_name,
+                "updatedAt": TIMESTAMP,
+                "createdAt": TIMESTAMP,
+                "createdBy": USER_ID,
+                "modelId": self.model_id,
+                "trainingMetadata": self.training_metadata or None,
+                "modelAppId": None,
+            }
+        }
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def _exported_row(self, row: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        row = copy.deepcopy(row)
+        run = _run_of(row, self.model_id, self.model_run_id)
+        if run is not None:
+            if not (params.get("includeModelRunDetails") and self.splits_on_run):
+                run.pop("split", None)
+            if not params.get("includePredictions"):
+                run.pop("predictions", None)
+        return row
+
+    def _create_export(self, op: Operation) -> dict[str, Any]:
+        data = op.variables["input"]
+        self._check_run(data["filters"]["modelRunId"])
+        task_id = "cexport" + uuid.uuid4().hex[:18]
+        lines = [json.dumps(self._exported_row(r, data["params"]), separators=(",", ":")) + "\n" for r in self.rows]
+        step = self.export_chunk_rows
+        groups = [lines[i : i + step] for i in range(0, len(lines), step)]
+        errors = "".join(json.dumps(e) + "\n" for e in self.export_errors)
+        self.exports.append(
+            ExportJob(
+                task_id=task_id,
+                input=data,
+                chunks=["".join(g).encode() for g in groups],
+                chunk_lines=[len(g) for g in groups],
+                errors=errors.encode(),
+                failed=self.export_failure is not None,
+                in_progress_polls=self.export_in_progress_polls,
+            )
+        )
+        return {"exportDataRowsInModelRun": {"taskId": task_id, "isStreamable": True}}
+
+    def _get_user(self, op: Operation) -> dict[str, Any]:
+        return {
+            "user": {
+                "id": USER_ID,
+                "updatedAt": TIMESTAMP,
+                "createdAt": TIMESTAMP,
+                "lastLoginAt": TIMESTAMP,
+                "email": "trainer@example.com",
+                "nickname": "trainer",
+                "name": "Trainer",
+                "picture": None,
+                "isViewer": False,
+                "isExternalUser": False,
+            }
+        }
+
+    def _export(self, task_id: str) -> ExportJob:
+        for job in self.exports:
+            if job.task_id == task_id:
+                return job
+        raise GraphQLError(f"Task {task_id} not found", "RESOURCE_NOT_FOUND")
+
+    def _get_tasks(self, op: Operation) -> dict[str, Any]:
+        job = self._export(op.variables["param_0"])
+        if job.in_progress_polls > 0:
+            job.in_progress_polls -= 1
+            status = "IN_PROGRESS"
+        else:
+            status = "FAILED" if job.failed else "COMPLETE"
+        errors_url = None
+        if status == "FAILED":
+            message = json.dumps({"message": self.export_failure}) + "\n"
+            errors_url = self._file_url(f"export/{job.task_id}/failure", message.encode())
+        task = {
+            "id": job.task_id,
+            "completionPercentage": 100.0 if status != "IN_PROGRESS" else 40.0,
+            "createdAt": TIMESTAMP,
+            "updatedAt": TIMESTAMP,
+            "errors": errors_url,
+            "metadata": None,
+            "name": job.input.get("taskName") or "Export v2: model run",
+            "result": None,
+            "status": status,
+            "type": "export-data-rows",
+        }
+        return {"user": {"createdTasks": [task]}}
+
+    def _export_header(self, op: Operation) -> dict[str, Any]:
+        job = self._export(op.variables["where"]["id"])
+        if op.variables["streamType"] == "ERRORS":
+            size, lines = len(job.errors), len(self.export_errors)
+        else:
+            size, lines = sum(len(c) for c in job.chunks), sum(job.chunk_lines)
+        header = {"totalSize": size, "totalLines": lines} if size else None
+        return {"task": {"exportMetadataHeader": header}}
+
+    def _export_file(self, op: Operation) -> dict[str, Any]:
+        job = self._export(op.variables["where"]["id"])
+        offset = int(op.variables["offset"])
+        if op.variables["streamType"] == "ERRORS":
+            chunks, counts = [job.errors], [len(self.export_errors)]
+        else:
+            chunks, counts = job.chunks, job.chunk_lines
+        start = line = 0
+        for index, (chunk, count) in enumerate(zip(chunks, counts, strict=True)):
+            if start <= offset < start + len(chunk):
+                kind = op.variables["streamType"].lower()
+                url = self._file_url(f"export/{job.task_id}/{kind}-{index}.ndjson", chunk)
+                return {
+                    "task": {
+                        "exportFileFromOffset": {
+                            "offsets": {"start": start, "end": start + len(chunk) - 1},
+                            "lines": {"start": line, "end": line + count - 1},
+                            "file": url,
+                        }
+                    }
+                }
+            start += len(chunk)
+            line += count
+        return {"task": {"exportFileFromOffset": None}}
+
+    # -- splits ----------------------------------------------------------------------------------
+
+    def _model_run_data_rows(self, op: Operation) -> dict[str, Any]:
+        self._check_run(op.variables["modelRunId"])
+        start = int(op.variables.get("from") or 0)
+        size = min(int(op.variables.get("first") or 100), self.max_page_size)
+        page = self.rows[start : start + size]
+        nodes = []
+        for r in page:
+            data_row = r["data_row"]
+            nodes.append(
+                {
+                    "id": "cgroup" + data_row["id"][-19:],
+                    "dataSplit": self.split_of(r),
+                    "labelId": None,
+                    "modelRunId": self.model_run_id,
+                    "dataRow": {
+                        "id": data_row["id"],
+                        "externalId": None,
+                        "globalKey": data_row.get("global_key"),
+                        "rowData": data_row.get("row_data"),
+                        "mediaAttributes": r.get("media_attributes"),
+                        "customMetadata": [],
+                        "metadataFields": [],
+                        "createdAt": TIMESTAMP,
+                        "updatedAt": TIMESTAMP,
+                    },
+                }
+            )
+        after = start + len(page)
+        cursor = str(after) if after < len(self.rows) else None
+        return {"annotationGroups": {"nodes": nodes, "pageInfo": {"endCursor": cursor}}}
+
+    # -- status and config -----------------------------------------------------------------------
+
+    def _set_pipeline_status(self, op: Operation) -> dict[str, Any]:
+        self._check_run(op.variables["modelRunId"])
+        data = op.variables["data"]
+        self.statuses.append(data)
+        self.pipeline["status"] = data["status"]
+        if data.get("errorMessage"):
+            self.pipeline["errorMessage"] = data["errorMessage"]
+        if data.get("metadata"):
+            self.pipeline["metadata"] = {**self.pipeline.get("metadata", {}), **data["metadata"]}
+        return {"updateTrainingPipeline": {"status": data["status"]}}
+
+    def _update_config(self, op: Operation) -> dict[str, Any]:
+        self._check_run(op.variables["modelRunId"])
+        config = op.variables["data"]["config"]
+        self.configs.append(config)
+        self.training_metadata = config
+        return {"updateModelRunConfig": {"trainingMetadata": config}}
+
+    # -- prediction import -----------------------------------------------------------------------
+
+    def _import_json(self, job: PredictionImport) -> dict[str, Any]:
+        settled = job.state != "RUNNING"
+        base = f"imports/{job.id}"
+        status_lines = "".join(json.dumps(s) + "\n" for s in job.statuses).encode()
+        error_lines = "".join(json.dumps(s) + "\n" for s in job.errors).encode()
+        return {
+            "id": job.id,
+            "name": job.name,
+            "modelRunId": job.model_run_id,
+            "state": job.state,
+            "progress": "100%" if settled else "0%",
+            "inputFileUrl": self._file_url(f"{base}/input.ndjson", job.content),
+            "statusFileUrl": self._file_url(f"{base}/status.ndjson", status_lines) if settled else None,
+            "errorFileUrl": self._file_url(f"{base}/errors.ndjson", error_lines) if settled else None,
+        }
+
+    def _create_import(self, op: Operation) -> dict[str, Any]:
+        variables = op.variables
+        self._check_run(variables["modelRunId"])
+        file_map = json.loads(op.form.get("map", "{}"))
+        part = next((name for name, targets in file_map.items() if "variables.file" in targets), None)
+        if part is None or part not in op.files:
+            raise GraphQLError("the upload carries no file for variables.file", "BAD_USER_INPUT", status=400)
+        content = op.files[part]
+        rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        statuses = []
+        for row in rows:
+            problem = self.reject_prediction(row)
+            status: dict[str, Any] = {"uuid": row.get("uuid"), "dataRow": row.get("dataRow"), "status": "SUCCESS"}
+            if problem:
+                status["status"] = "FAILURE"
+                status["errors"] = [{"name": "ValidationError", "message": problem, "additionalInfo": None}]
+            statuses.append(status)
+        job = PredictionImport(
+            id="cimport" + uuid.uuid4().hex[:18],
+            name=variables["name"],
+            model_run_id=variables["modelRunId"],
+            content=content,
+            rows=rows,
+            statuses=statuses,
+            final_state="FAILED" if self.import_failure else "FINISHED",
+            running_polls=self.import_running_polls,
+        )
+        self.imports.append(job)
+        return {"createModelErrorAnalysisPredictionImport": self._import_json(job)}
+
+    def _get_import(self, op: Operation) -> dict[str, Any]:
+        for job in reversed(self.imports):
+            if job.model_run_id == op.variables["modelRunId"] and job.name == op.variables["name"]:
+                job.polls += 1
+                if job.polls > job.running_polls:
+                    job.state = job.final_state
+                return {"modelErrorAnalysisPredictionImport": self._import_json(job)}
+        raise GraphQLError("Prediction import not found", "RESOURCE_NOT_FOUND")
+
+
+@contextmanager
+def running_fake_labelbox(
+    rows: Sequence[Mapping[str, Any]], *, model_run_id: str, model_id: str, **behaviour: Any
+) -> Iterator[FakeLabelbox]:
+    """Starts a FakeLabelbox on a free loopback port for the duration of the block."""
+    fake = FakeLabelbox(rows, model_run_id=model_run_id, model_id=model_id, **behaviour)
+    with fake:
+        yield fake
+
+
+@contextmanager
+def running_fake_labelbox_for_folder(folder: Path, **behaviour: Any) -> Iterator[FakeLabelbox]:
+    """Serves a local model run folder (`shared.demo` layout) as a Labelbox model run, media included.
+
+    Relative `row_data` paths become this server's signed-looking media URLs, so the chain downloads
+    the images over HTTP exactly as it would from Labelbox.
+    """
+    folder = Path(folder)
+    info = json.loads((folder / "model_run.json").read_text())
+    behaviour.setdefault("model_run_name", info.get("name") or "local model run")
+    with running_fake_labelbox([], model_run_id=info["id"], model_id=info["model_id"], **behaviour) as fake:
+        rows = []
+        with open(folder / "export.ndjson") as export:
+            for line in export:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                row_data = row["data_row"]["row_data"]
+                if "://" not in row_data:
+                    mime = (row.get("media_attributes") or {}).get("mime_type") or "application/octet-stream"
+                    row["data_row"]["row_data"] = fake.add_media(row_data, (folder / row_data).read_bytes(), mime)
+                rows.append(row)
+        fake.rows = rows
+        yield fake
