@@ -1,0 +1,115 @@
+"""A Google Cloud Storage bucket as the object store.
+
+Generations are GCS object generations, so `write(..., if_generation=g)` is an `ifGenerationMatch`
+precondition checked by GCS itself: two Cloud Function invocations can never both win. Every call keeps
+the client's default retry policy; a precondition makes retrying a write safe. One consequence: when a
+write's first attempt landed but its response was lost, the retry reports PreconditionFailed, and the
+caller re-reads a record that already holds its change.
+
+Reads take the generation from the same response as the data (the `x-goog-generation` header); if the
+client has to resume a broken download it pins that generation, so bytes and generation always belong
+to the same version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import BinaryIO, cast
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from shared.store.port import Generation, NotFound, PreconditionFailed, split_gs_uri
+
+# Resumable uploads and streamed reads move this much per request: bounded memory in a small
+# Cloud Function instead of the client's 100 MiB (upload) and 40 MiB (read) defaults.
+CHUNK_SIZE = 8 * 1024 * 1024
+_DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def _checked(key: str) -> str:
+    """Refuses names that the local folder store would read as another object (or as no object)."""
+    if "\\" in key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class GcsStore:
+    def __init__(self, bucket: str, *, client: storage.Client | None = None, project: str | None = None) -> None:
+        self.bucket = bucket
+        self._client = client if client is not None else storage.Client(project=project)
+        self._bucket = self._client.bucket(bucket)
+
+    def _blob(self, key: str, generation: int | None = None) -> storage.Blob:
+        return self._bucket.blob(_checked(key), generation=generation)
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket}/{key}"
+
+    def key_from_uri(self, uri: str) -> str:
+        bucket, key = split_gs_uri(uri)
+        if bucket != self.bucket:
+            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
+        return key
+
+    def read(self, key: str) -> bytes:
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, Generation]:
+        blob = self._blob(key)
+        try:
+            data = blob.download_as_bytes()
+        except gexc.NotFound:
+            raise NotFound(key) from None
+        if blob.generation is None:
+            raise RuntimeError(f"{self.uri(key)}: the download response carried no x-goog-generation header")
+        return data, blob.generation
+
+    def write(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_generation: Generation | None = None,
+    ) -> Generation:
+        blob = self._blob(key)
+        try:
+            blob.upload_from_string(
+                data,
+                content_type=content_type or _DEFAULT_CONTENT_TYPE,
+                if_generation_match=None if if_generation is None else int(if_generation),
+            )
+        except gexc.PreconditionFailed:
+            raise PreconditionFailed(f"{key}: expected generation {if_generation!r}, the object has changed") from None
+        return cast(int, blob.generation)
+
+    def upload_file(self, key: str, path: str, *, content_type: str | None = None) -> None:
+        blob = self._blob(key)
+        blob.chunk_size = CHUNK_SIZE  # files over 8 MiB go resumable, one chunk in memory at a time
+        blob.upload_from_filename(path, content_type=content_type or _DEFAULT_CONTENT_TYPE)
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Streams the version that exists now: a later overwrite makes the stream fail, never mix versions."""
+        meta = self._bucket.get_blob(_checked(key))
+        if meta is None:
+            raise NotFound(key)
+        # A fresh handle without the media link, so every chunk request names the generation.
+        return cast(BinaryIO, self._blob(key, generation=meta.generation).open("rb", chunk_size=CHUNK_SIZE))
+
+    def size(self, key: str) -> int | None:
+        blob = self._bucket.get_blob(_checked(key))
+        return None if blob is None else blob.size
+
+    def exists(self, key: str) -> bool:
+        return self._blob(key).exists()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Pages through the listing as it is consumed, so a million keys never sit in memory."""
+        for blob in self._client.list_blobs(self._bucket, prefix=prefix or None, fields="items(name),nextPageToken"):
+            yield blob.name
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(gexc.NotFound):
+            self._blob(key).delete()
