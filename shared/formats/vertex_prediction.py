@@ -91,9 +91,7 @@ def parse_prediction_line(line: str | bytes) -> VertexPrediction | PredictionLin
     )
 
 
-def apply_limits(
-    pred: VertexPrediction, *, confidence_threshold: float, max_predictions: int
-) -> VertexPrediction:
+def apply_limits(pred: VertexPrediction, *, confidence_threshold: float, max_predictions: int) -> VertexPrediction:
     """Keep the `max_predictions` most confident boxes and labels at or above the threshold.
 
     Vertex applies the same parameters itself; the local engine and a re-run with a stricter threshold
@@ -166,8 +164,7 @@ def _predictions(prediction: dict[str, Any]) -> tuple[tuple[PredictedBox, ...], 
     if not has_boxes:
         return (), tuple(PredictedLabel(label, score) for label, score in zip(labels, scores, strict=True))
     boxes = tuple(
-        PredictedBox(label, score, *_box(raw))
-        for label, score, raw in zip(labels, scores, raw_boxes, strict=True)
+        PredictedBox(label, score, *_box(raw)) for label, score, raw in zip(labels, scores, raw_boxes, strict=True)
     )
     return boxes, ()
 

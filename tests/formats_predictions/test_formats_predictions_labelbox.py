@@ -83,9 +83,7 @@ def test_every_real_box_stays_inside_its_image_with_sorted_confidences() -> None
 
 
 def test_rows_have_the_keys_of_labelbox_bbox_import_rows() -> None:
-    sdk_rows = json.loads(
-        (FIXTURES / "labelbox-python__ndjson_image_import.json").read_text(encoding="utf-8")
-    )
+    sdk_rows = json.loads((FIXTURES / "labelbox-python__ndjson_image_import.json").read_text(encoding="utf-8"))
     sdk_bbox = next(r for r in sdk_rows if "bbox" in r)
     pred = real_predictions()[0]
 
@@ -147,9 +145,7 @@ CLASSIFIED = VertexPrediction(
 
 
 def test_single_label_gives_one_radio_row_with_the_top_answer() -> None:
-    sdk_rows = json.loads(
-        (FIXTURES / "labelbox-python__ndjson_classification_import.json").read_text(encoding="utf-8")
-    )
+    sdk_rows = json.loads((FIXTURES / "labelbox-python__ndjson_classification_import.json").read_text(encoding="utf-8"))
     sdk_radio = next(r for r in sdk_rows if isinstance(r["answer"], dict))
 
     rows = classification_prediction_rows(
@@ -166,9 +162,7 @@ def test_single_label_gives_one_radio_row_with_the_top_answer() -> None:
 
 
 def test_multi_label_gives_one_checklist_row_of_labels_over_the_threshold() -> None:
-    sdk_rows = json.loads(
-        (FIXTURES / "labelbox-python__ndjson_classification_import.json").read_text(encoding="utf-8")
-    )
+    sdk_rows = json.loads((FIXTURES / "labelbox-python__ndjson_classification_import.json").read_text(encoding="utf-8"))
     sdk_checklist = next(r for r in sdk_rows if isinstance(r["answer"], list))
     limited = apply_limits(CLASSIFIED, confidence_threshold=0.3, max_predictions=10)
 

@@ -101,9 +101,7 @@ def test_failed_instance_is_reported_with_its_code_not_raised() -> None:
 
 
 def _line(prediction: dict[str, object]) -> str:
-    return json.dumps(
-        {"instance": {"content": "gs://b/img.jpg", "mimeType": "image/jpeg"}, "prediction": prediction}
-    )
+    return json.dumps({"instance": {"content": "gs://b/img.jpg", "mimeType": "image/jpeg"}, "prediction": prediction})
 
 
 def _one_box(bbox: list[object]) -> str:
