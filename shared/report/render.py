@@ -148,7 +148,8 @@ def _class_split_table(table: Mapping[str, Mapping[str, Any]]) -> str:
     head = "".join(f'<th class="num">{esc(_words(s))}</th>' for s in splits)
     body = []
     for cls, row in table.items():
-        cells = "".join(f'<td class="num">{esc(_count(row.get(s)))}</td>' for s in splits)
+        # A split a class does not appear in has none of it: 0, not "unknown".
+        cells = "".join(f'<td class="num">{esc(_count(row.get(s, 0)))}</td>' for s in splits)
         total = sum(_as_float(row.get(s), 0.0) for s in splits)
         body.append(f'<tr><th scope="row">{esc(cls)}</th>{cells}<td class="num total">{esc(_count(total))}</td></tr>')
     totals = "".join(
@@ -316,6 +317,8 @@ def _confusion_matrix(data: ReportData) -> str:
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
     note = "Rows are ground truth, columns are predictions; shading is the share of the row."
+    if data.is_classification and labels[-1] == "none":
+        note += ' The "none" column counts images on which no label reached the confidence threshold.'
     if not data.is_classification:
         note += (
             ' The "background" row counts predictions that matched no ground-truth box; the "background" '
@@ -409,7 +412,8 @@ def _pred_box(item: Any) -> tuple[str, float, float, float, float, float] | None
         return None
     if not all(_finite(v) for v in item[1:6]):
         return None
-    return (str(item[0]), *(float(v) for v in item[1:6]))  # type: ignore[return-value]
+    confidence, left, top, width, height = (float(v) for v in item[1:6])
+    return (str(item[0]), confidence, left, top, width, height)
 
 
 # -- small pieces -----------------------------------------------------------------------------------------

@@ -35,9 +35,12 @@ def row_for(pred: VertexPrediction) -> RowContext:
 
 
 def real_predictions() -> list[VertexPrediction]:
-    preds = [parse_prediction_line(line) for line in REAL_OUTPUT.read_text(encoding="utf-8").splitlines()]
-    assert all(isinstance(p, VertexPrediction) for p in preds)
-    return preds  # type: ignore[return-value]
+    preds = []
+    for line in REAL_OUTPUT.read_text(encoding="utf-8").splitlines():
+        pred = parse_prediction_line(line)
+        assert isinstance(pred, VertexPrediction), pred
+        preds.append(pred)
+    return preds
 
 
 def test_real_boxes_become_pixel_boxes_of_the_original_image() -> None:

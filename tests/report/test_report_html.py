@@ -234,7 +234,7 @@ def test_summary_and_data_quality_read_as_a_user_expects() -> None:
     grape = re.search(r'<tr><th scope="row">grape</th>(.*?)</tr>', quality).group(1)
     assert re.findall(r">([\d,]+)<", grape) == ["800", "100", "96", "996"]
     stem = re.search(r'<tr><th scope="row">stem</th>(.*?)</tr>', quality).group(1)
-    assert re.findall(r">([^<]+)<", stem) == ["90", "n/a", "8", "98"]
+    assert re.findall(r">([^<]+)<", stem) == ["90", "0", "8", "98"]
 
 
 def test_single_label_classification_lists_labels_and_has_a_confusion_matrix() -> None:
@@ -252,7 +252,9 @@ def test_single_label_classification_lists_labels_and_has_a_confusion_matrix() -
     assert "Ground truth: cat" in samples
     assert '<span class="hit">cat 0.93</span>' in samples
     assert '<span class="miss">bird 0.61</span>' in samples
-    assert section(html, "confusion-matrix").count('class="num heat"') == 9
+    confusion = section(html, "confusion-matrix")
+    assert confusion.count('class="num heat"') == 16
+    assert "no label reached the confidence threshold" in confusion
 
 
 def test_multi_label_classification_shows_exact_match_and_no_confusion_matrix() -> None:
