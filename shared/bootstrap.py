@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 from shared.chain.port import Chain
 from shared.config import Settings, load_settings
@@ -24,16 +24,48 @@ from shared.training.port import TrainingBackend
 _HOST = socket.gethostname()
 
 
-@dataclass
 class Services:
-    settings: Settings
-    store: ObjectStore
-    runs: RunRepository
-    platform: LabelingPlatform
-    backend: TrainingBackend
-    chain: Chain
-    clock: Callable[[], float] = time.time
-    _secrets: list[str] = field(default_factory=list, repr=False)
+    """The adapters for every port, each built on first use: a function imports only what it touches
+    (the `models` function never loads the Vertex SDK; no cloud function ever loads torch)."""
+
+    def __init__(
+        self, settings: Settings, *, clock: Callable[[], float] = time.time, **overrides: object
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._secrets = [s.reveal() for s in settings.secrets if s.reveal()]
+        self._build = _local_adapters(settings) if settings.mode == "local" else _cloud_adapters(settings)
+        self._overrides = overrides
+        self._lock = threading.RLock()  # a factory may ask for another adapter
+        self._built: dict[str, object] = {}
+
+    def _get(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = self._build[name](self)
+            return self._built[name]
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._get("store")
+
+    @property
+    def runs(self) -> RunRepository:
+        return self._get("runs")
+
+    @property
+    def platform(self) -> LabelingPlatform:
+        return self._get("platform")
+
+    @property
+    def backend(self) -> TrainingBackend:
+        return self._get("backend")
+
+    @property
+    def chain(self) -> Chain:
+        return self._get("chain")
 
     def scrub(self, text: str) -> str:
         """Removes every secret value from a text that may reach a user, a log or the run record."""
@@ -61,69 +93,98 @@ class Services:
         return True
 
 
-def build_services(settings: Settings) -> Services:
-    secrets = [s.reveal() for s in settings.secrets if s.reveal()]
-    if settings.mode == "local":
-        store, platform, backend, chain = _local_adapters(settings)
-    else:
-        store, platform, backend, chain = _cloud_adapters(settings)
-    runs = RunRepository(store, secrets=settings.secrets)
-    return Services(settings, store, runs, platform, backend, chain, _secrets=secrets)
+Factory = Callable[[Services], Any]
 
 
-def _local_adapters(settings: Settings) -> tuple:
-    from shared.chain.composed import ComposedChain
-    from shared.chain.http import HttpHandOff
-    from shared.chain.timer import TimerScheduler
-    from shared.platform.local_model_run import LocalModelRuns
-    from shared.store.local_folder import LocalFolderStore
-    from shared.training.local_engine import LocalEngineBackend
+def _runs(svc: Services) -> RunRepository:
+    return RunRepository(svc.store, secrets=svc.settings.secrets)
 
+
+def _local_adapters(settings: Settings) -> dict[str, Factory]:
     local = settings.local
     assert local is not None
-    store = LocalFolderStore(local.bucket_dir, local.bucket_name)
-    hand_off = HttpHandOff(settings.stage_urls)
-    chain = ComposedChain(hand_off.hand_off, TimerScheduler(hand_off.hand_off))
-    backend = LocalEngineBackend(
-        store,
-        local.engine_dir,
-        train_seconds=local.engine_train_seconds,
-        seed=local.engine_seed,
-        device=local.engine_device,
-        bucket_dir=local.bucket_dir,
-    )
-    return store, LocalModelRuns(local.model_runs_dir), backend, chain
+
+    def store(svc: Services) -> ObjectStore:
+        from shared.store.local_folder import LocalFolderStore
+
+        return LocalFolderStore(local.bucket_dir, local.bucket_name)
+
+    def platform(svc: Services) -> LabelingPlatform:
+        from shared.platform.local_model_run import LocalModelRuns
+
+        return LocalModelRuns(local.model_runs_dir)
+
+    def backend(svc: Services) -> TrainingBackend:
+        from shared.training.local_engine import LocalEngineBackend
+
+        return LocalEngineBackend(
+            svc.store,
+            local.engine_dir,
+            train_seconds=local.engine_train_seconds,
+            seed=local.engine_seed,
+            device=local.engine_device,
+            bucket_dir=local.bucket_dir,
+        )
+
+    def chain(svc: Services) -> Chain:
+        from shared.chain.composed import ComposedChain
+        from shared.chain.http import HttpHandOff
+        from shared.chain.timer import TimerScheduler
+
+        hand_off = HttpHandOff(settings.stage_urls)
+        return ComposedChain(hand_off.hand_off, TimerScheduler(hand_off.hand_off))
+
+    return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 
 
-def _cloud_adapters(settings: Settings) -> tuple:
-    from shared.chain.cloud_tasks import CloudTasksScheduler
-    from shared.chain.composed import ComposedChain
-    from shared.chain.http import GoogleIdTokens, HttpHandOff
-    from shared.platform.labelbox_adapter import LabelboxPlatform
-    from shared.store.gcs import GcsStore
-    from shared.training.vertex import VertexBackend
-
+def _cloud_adapters(settings: Settings) -> dict[str, Factory]:
     cloud = settings.cloud
     assert cloud is not None
-    store = GcsStore(cloud.bucket, project=cloud.project)
-    platform = LabelboxPlatform(
-        cloud.labelbox_api_key, endpoint=cloud.labelbox_endpoint, rest_endpoint=cloud.labelbox_rest_endpoint
-    )
-    backend = VertexBackend(
-        project=cloud.project,
-        region=cloud.region,
-        staging_bucket=f"gs://{cloud.bucket}",
-        vertex=settings.vertex,
-    )
-    hand_off = HttpHandOff(settings.stage_urls, token_source=GoogleIdTokens())
-    scheduler = CloudTasksScheduler(
-        project=cloud.project,
-        region=cloud.region,
-        queue=cloud.tasks_queue,
-        service_account=cloud.service_account,
-        stage_urls=settings.stage_urls,
-    )
-    return store, platform, backend, ComposedChain(hand_off.hand_off, scheduler)
+
+    def store(svc: Services) -> ObjectStore:
+        from shared.store.gcs import GcsStore
+
+        return GcsStore(cloud.bucket, project=cloud.project)
+
+    def platform(svc: Services) -> LabelingPlatform:
+        from shared.platform.labelbox_adapter import LabelboxPlatform
+
+        return LabelboxPlatform(
+            cloud.labelbox_api_key,
+            endpoint=cloud.labelbox_endpoint,
+            rest_endpoint=cloud.labelbox_rest_endpoint,
+        )
+
+    def backend(svc: Services) -> TrainingBackend:
+        from shared.training.vertex import VertexBackend
+
+        return VertexBackend(
+            project=cloud.project,
+            region=cloud.region,
+            staging_bucket=f"gs://{cloud.bucket}",
+            vertex=settings.vertex,
+        )
+
+    def chain(svc: Services) -> Chain:
+        from shared.chain.cloud_tasks import CloudTasksScheduler
+        from shared.chain.composed import ComposedChain
+        from shared.chain.http import GoogleIdTokens, HttpHandOff
+
+        hand_off = HttpHandOff(settings.stage_urls, token_source=GoogleIdTokens())
+        scheduler = CloudTasksScheduler(
+            project=cloud.project,
+            region=cloud.region,
+            queue=cloud.tasks_queue,
+            service_account=cloud.service_account,
+            stage_urls=settings.stage_urls,
+        )
+        return ComposedChain(hand_off.hand_off, scheduler)
+
+    return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
+
+
+def build_services(settings: Settings, **overrides: object) -> Services:
+    return Services(settings, **overrides)
 
 
 _services: Services | None = None

@@ -100,6 +100,7 @@ class VertexSettings:
 @dataclass(frozen=True)
 class Settings:
     mode: str  # "local" or "cloud"
+    deployment_name: str
     stage_urls: Mapping[str, str]
     webhook_secret: Secret | None
     max_webhook_bytes: int
@@ -206,9 +207,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     vertex = VertexSettings(
         od_model_type=r.choice("VERTEX_OD_MODEL_TYPE", "CLOUD_HIGH_ACCURACY_1", VERTEX_OD_MODEL_TYPES),
-        classification_model_type=r.choice(
-            "VERTEX_CLASSIFICATION_MODEL_TYPE", "CLOUD", VERTEX_CLS_MODEL_TYPES
-        ),
+        classification_model_type=r.choice("VERTEX_CLASSIFICATION_MODEL_TYPE", "CLOUD", VERTEX_CLS_MODEL_TYPES),
         budget_milli_node_hours=int(
             r.number("VERTEX_BUDGET_MILLI_NODE_HOURS", 20_000, low=1_000, high=900_000, integer=True)
         ),
@@ -255,6 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings(
         mode=mode,
+        deployment_name=r.text("DEPLOYMENT_NAME", "default"),
         stage_urls=stage_urls,
         webhook_secret=webhook_secret,
         max_webhook_bytes=int(r.number("MAX_WEBHOOK_BYTES", 65_536, low=256, high=10_485_760, integer=True)),
@@ -262,15 +262,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         monitor_initial_delay_s=r.number(
             "MONITOR_INITIAL_DELAY_S", 5.0 if local_default else 60.0, low=0.1, high=86_400
         ),
-        monitor_max_delay_s=r.number(
-            "MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400
-        ),
+        monitor_max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
         monitor_max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
         etl_copy_concurrency=int(r.number("ETL_COPY_CONCURRENCY", 16, low=1, high=256, integer=True)),
         etl_max_image_bytes=int(r.number("ETL_MAX_IMAGE_BYTES", 30 * 2**20, low=1, high=2**31, integer=True)),
-        etl_max_image_pixels=int(
-            r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)
-        ),
+        etl_max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
         etl_chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
         predict_confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
         predict_max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),

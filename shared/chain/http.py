@@ -55,7 +55,7 @@ class HttpHandOff:
         token_source: TokenSource | None = None,
         attempts: int = 6,
         first_backoff_s: float = 0.5,
-        accept_timeout_s: float = 3.0,
+        accept_timeout_s: float = 0.5,
         session: requests.Session | None = None,
     ) -> None:
         self.stage_urls = dict(stage_urls)

@@ -100,9 +100,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     quality.skip(result.reason)
             import_lines: list[dict[str, Any]] = []
             manifest_lines: list[dict[str, Any]] = []
-            for item, staged in zip(
-                converted, stager.stage_many([c.example for c in converted]), strict=True
-            ):
+            for item, staged in zip(converted, stager.stage_many([c.example for c in converted]), strict=True):
                 example = item.example
                 if isinstance(staged, NotStaged):
                     quality.skip(staged.reason)
@@ -144,12 +142,8 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     }
                 )
                 if example.split is not Split.UNASSIGNED:
-                    import_lines.append(
-                        import_line(example, image_uri=staged.uri, task=task, names=names, boxes=boxes)
-                    )
-            store.write(
-                prefix + IMPORT_CHUNK.format(chunk), _jsonl(import_lines), content_type="application/jsonl"
-            )
+                    import_lines.append(import_line(example, image_uri=staged.uri, task=task, names=names, boxes=boxes))
+            store.write(prefix + IMPORT_CHUNK.format(chunk), _jsonl(import_lines), content_type="application/jsonl")
             store.write(
                 prefix + MANIFEST_CHUNK.format(chunk),
                 _jsonl(manifest_lines),
@@ -188,9 +182,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         metadata={**quality.summary(), "import_jsonl": artifacts["import_jsonl"]},
     )
     ctx.succeed("train", rows_kept=quality.rows_kept)
-    return StageAnswer(
-        200, {"run_id": record.run_id, "stage": "etl", "outcome": "succeeded", "data_quality": report}
-    )
+    return StageAnswer(200, {"run_id": record.run_id, "stage": "etl", "outcome": "succeeded", "data_quality": report})
 
 
 def _remove_stale_chunks(store: Any, prefix: str, chunks: int) -> None:

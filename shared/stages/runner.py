@@ -107,7 +107,9 @@ def run_stage(
     work: Callable[[StageContext], StageAnswer],
     *,
     force: bool = False,
+    on_done: Callable[[Services, RunRecord], dict[str, Any]] | None = None,
 ) -> StageAnswer:
+    """Claims `stage` and runs `work`; `on_done` adds to the answer when the stage had already succeeded."""
     owner = services.new_owner()
     now = services.clock()
 
@@ -126,16 +128,13 @@ def run_stage(
     try:
         record, outcome = services.runs.update(run_id, try_claim)
     except RunNotFound:
-        return StageAnswer(
-            404, {"error": f"no run record for run_id {run_id!r}; start runs through the webhook"}
-        )
+        return StageAnswer(404, {"error": f"no run record for run_id {run_id!r}; start runs through the webhook"})
     base = {"run_id": run_id, "stage": stage}
     if outcome is ClaimOutcome.DONE:
-        return StageAnswer(200, {**base, "outcome": "already_done"})
+        extra = on_done(services, record) if on_done else {}
+        return StageAnswer(200, {**base, "outcome": "already_done", **extra})
     if outcome is ClaimOutcome.BUSY:
-        return StageAnswer(
-            409, {**base, "outcome": "busy", "message": f"{stage} is already running for this run"}
-        )
+        return StageAnswer(409, {**base, "outcome": "busy", "message": f"{stage} is already running for this run"})
     if outcome is ClaimOutcome.RUN_FINISHED:
         return StageAnswer(
             409, {**base, "outcome": "run_finished", "status": record.status.value, "error": record.error}
@@ -165,9 +164,7 @@ def run_stage(
             services.scrub(traceback.format_exc()),
         )
         fail(services, run_id, stage, f"internal error in {stage}: {detail}", owner=owner)
-        return StageAnswer(
-            500, {**base, "outcome": "failed", "error": f"internal error in {stage}: {detail}"}
-        )
+        return StageAnswer(500, {**base, "outcome": "failed", "error": f"internal error in {stage}: {detail}"})
 
 
 def fail(

@@ -1,0 +1,24 @@
+"""POST /model_run: Labelbox's "Train model" webhook. Verifies, opens the run, hands off to etl."""
+
+import flask
+import functions_framework
+
+from shared.http_entry import answer, current_services, read_body, require_method
+from shared.model_types import offered
+from shared.stages.model_run import start_training_run
+from shared.webhook import Rejected, parse_training_request, verify_signature
+
+SERVICES = current_services()
+
+
+@functions_framework.http
+def model_run(request: flask.Request) -> flask.Response:
+    try:
+        require_method(request, "POST")
+        body = read_body(request, SERVICES.settings.max_webhook_bytes)
+        verify_signature(body, request.headers, SERVICES.settings.webhook_secret)
+        training = parse_training_request(body, offered(SERVICES.settings.backend))
+    except Rejected as exc:
+        return answer(exc.status, {"error": exc.message})
+    result = start_training_run(SERVICES, training)
+    return answer(result.status, result.body)

@@ -1,0 +1,21 @@
+"""GET /models: the model types this deployment can train, as Labelbox's model-training settings expect."""
+
+import flask
+import functions_framework
+
+from shared.http_entry import answer, current_services, read_body, require_method
+from shared.model_types import offered
+from shared.webhook import Rejected, verify_signature
+
+SERVICES = current_services()
+
+
+@functions_framework.http
+def models(request: flask.Request) -> flask.Response:
+    try:
+        require_method(request, "GET")
+        body = read_body(request, SERVICES.settings.max_webhook_bytes)
+        verify_signature(body, request.headers, SERVICES.settings.webhook_secret)
+    except Rejected as exc:
+        return answer(exc.status, {"error": exc.message})
+    return answer(200, {name: {} for name in offered(SERVICES.settings.backend)})

@@ -1,0 +1,83 @@
+"""What every function's `main.py` shares: reading a bounded body, parsing a stage call, JSON answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from shared.bootstrap import Services, services
+from shared.run_record import RunRecord
+from shared.stages.runner import StageAnswer, StageContext, run_stage
+from shared.webhook import Rejected, valid_run_id
+
+log = logging.getLogger(__name__)
+MAX_STAGE_BODY = 4096
+
+
+def answer(status: int, body: dict[str, Any]) -> flask.Response:
+    return flask.Response(json.dumps(body, default=str), status=status, mimetype="application/json")
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The raw body, refusing anything over `limit` bytes before reading it all."""
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise Rejected(413, f"body over {limit} bytes")
+        return request.get_data(cache=True)
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # no Content-Length and not chunked: there is no body
+    body = request.stream.read(limit + 1)  # chunked: read at most one byte past the limit
+    if len(body) > limit:
+        raise Rejected(413, f"body over {limit} bytes")
+    return body
+
+
+def require_method(request: flask.Request, method: str) -> None:
+    if request.method != method:
+        raise Rejected(405, f"use {method}")
+
+
+def parse_stage_call(request: flask.Request) -> tuple[str, bool]:
+    """`{"run_id": "...", "force": false}`: the only thing that travels between stages."""
+    require_method(request, "POST")
+    body = read_body(request, MAX_STAGE_BODY)
+    try:
+        payload = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Rejected(400, "body is not valid JSON") from None
+    if not isinstance(payload, dict) or "run_id" not in payload:
+        raise Rejected(400, 'body must be {"run_id": "<model run id>"}')
+    force = payload.get("force", False)
+    if not isinstance(force, bool):
+        raise Rejected(400, "force must be true or false")
+    return valid_run_id(payload["run_id"]), force
+
+
+def stage_endpoint(
+    stage: str,
+    work: Callable[[StageContext], StageAnswer],
+    *,
+    on_done: Callable[[Services, RunRecord], dict[str, Any]] | None = None,
+) -> Callable[[flask.Request], Any]:
+    """An HTTP handler that runs `work` as `stage` for the run named in the body."""
+    svc = services()  # validates the configuration when the function starts, not on the first call
+
+    def handle(request: flask.Request) -> flask.Response:
+        try:
+            run_id, force = parse_stage_call(request)
+        except Rejected as exc:
+            return answer(exc.status, {"error": exc.message})
+        result = run_stage(svc, run_id, stage, work, force=force, on_done=on_done)
+        return answer(result.status, result.body)
+
+    handle.__name__ = stage
+    return handle
+
+
+def current_services() -> Services:
+    return services()

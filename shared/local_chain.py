@@ -1,0 +1,272 @@
+"""The whole chain on one machine: six functions served by functions-framework on loopback.
+
+    python -m shared.local_chain demo              # demo model run -> signed webhook -> ... -> report
+    python -m shared.local_chain serve             # just serve the functions, print their URLs
+
+`LocalChain` is also the harness of the end-to-end tests: it starts each function as its own process
+(as Cloud Functions would run them), wires their URLs through the environment, signs webhooks with the
+session's secret, and reads the run record and the local model run to follow progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sign(body: bytes, secret: str) -> dict[str, str]:
+    """The headers Labelbox sends with a webhook signed with `secret`."""
+    return {
+        "Content-Type": "application/json",
+        "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+    }
+
+
+class LocalChain:
+    def __init__(self, data_dir: Path, *, env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.log_dir = Path(log_dir or self.data_dir / "logs")
+        self.secret = secrets.token_hex(24)
+        self.ports = {name: _free_port() for name in FUNCTIONS}
+        self.urls = {name: f"http://127.0.0.1:{port}/" for name, port in self.ports.items()}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("LABELBOX_", "WEBHOOK_SECRET"))},
+            "CHAIN_MODE": "local",
+            "LOCAL_DATA_DIR": str(self.data_dir),
+            "WEBHOOK_SECRET": self.secret,
+            "PYTHONPATH": str(ROOT),
+            **{f"{name.upper()}_URL": self.urls[name] for name in ("etl", "train", "monitor", "inference")},
+            **(env or {}),
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- processes -------------------------------------------------------------------------------------
+
+    def start(self, names: tuple[str, ...] = FUNCTIONS) -> LocalChain:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process
+            self.processes[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "functions_framework",
+                    "--target",
+                    name,
+                    "--source",
+                    str(ROOT / "functions" / name / "main.py"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.ports[name]),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        for name in names:
+            self._wait_ready(name)
+        return self
+
+    def _wait_ready(self, name: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"function {name} exited at start-up:\n{tail}")
+            try:
+                requests.request("OPTIONS", self.urls[name], timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"function {name} did not start listening within {timeout_s:.0f} s")
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs a function's whole process group: the crash a re-run must recover from."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalChain:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- talking to the chain --------------------------------------------------------------------------
+
+    def webhook(
+        self,
+        model_run_id: str,
+        model_type: str,
+        *,
+        model_id: str | None = None,
+        force: bool = False,
+        secret: str | None = None,
+    ) -> requests.Response:
+        payload: dict[str, Any] = {"modelRunId": model_run_id, "modelType": model_type}
+        if model_id:
+            payload["modelId"] = model_id
+        if force:
+            payload["force"] = True
+        body = json.dumps(payload).encode()
+        return requests.post(self.urls["model_run"], data=body, headers=sign(body, secret or self.secret), timeout=30)
+
+    def call_stage(self, stage: str, run_id: str, **extra: Any) -> requests.Response:
+        return requests.post(self.urls[stage], json={"run_id": run_id, **extra}, timeout=600)
+
+    def run_record(self, run_id: str) -> dict[str, Any] | None:
+        path = self.data_dir / "bucket" / "runs" / run_id / "run.json"
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def model_run_dir(self, model_run_id: str) -> Path:
+        return self.data_dir / "model_runs" / model_run_id
+
+    def statuses(self, model_run_id: str) -> list[dict[str, Any]]:
+        path = self.model_run_dir(model_run_id) / "status.ndjson"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def wait(self, run_id: str, *, until: Any = None, timeout_s: float = 600, progress: bool = False) -> dict[str, Any]:
+        """Polls the run record until the run finishes (or `until(record)` is true); prints progress if asked."""
+        deadline = time.monotonic() + timeout_s
+        shown: set[str] = set()
+        last_line = ""
+        while time.monotonic() < deadline:
+            record = self.run_record(run_id)
+            if record:
+                if progress:
+                    last_line = _show_progress(record, shown, last_line)
+                done = until(record) if until else record["status"] != "running"
+                if done:
+                    return record
+            time.sleep(0.5)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+
+
+def _show_progress(record: dict[str, Any], shown: set[str], last_line: str) -> str:
+    for event in record["events"]:
+        key = f"{event['at']}{event['stage']}{event['event']}"
+        if key in shown or event["event"] in {"waiting", "handoff"}:
+            continue
+        shown.add(key)
+        detail = event.get("detail") or {}
+        text = ", ".join(f"{k}={v}" for k, v in detail.items() if k not in {"ref"})
+        print(f"  {event['at'][11:19]}  {event['stage']:<9} {event['event']:<12} {text}"[:160], flush=True)
+    running = [(n, s) for n, s in record["stages"].items() if s["progress"]]
+    line = ""
+    for name, stage in running:
+        if stage["state"] == "running" or name == "monitor":
+            p = stage["progress"]
+            line = f"  ...       {name:<9} " + ", ".join(f"{k}={v}" for k, v in p.items())[:130]
+    if line and line != last_line:
+        print(line, flush=True)
+    return line or last_line
+
+
+def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> None:
+    print(f"\nrun {record['run_id']}: {record['status'].upper()} in {time.monotonic() - started:.0f} s")
+    if record["status"] != "complete":
+        print(f"error: {record.get('error')}")
+        return
+    metrics = record.get("metrics", {})
+    summary = metrics.get("summary", metrics)
+    for key in ("map50", "map50_95", "precision", "recall", "f1", "best_f1", "best_f1_threshold", "accuracy"):
+        if isinstance(summary.get(key), (int, float)):
+            print(f"  {key:<18} {summary[key]:.4f}")
+    report = record.get("artifacts", {}).get("report")
+    if report:
+        path = chain.data_dir / "bucket" / report.split("/", 3)[3]
+        print(f"  report             {path}")
+    print(f"  run record         {chain.data_dir / 'bucket' / 'runs' / record['run_id'] / 'run.json'}")
+    print(f"  model run folder   {chain.model_run_dir(record['model_run_id'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.demo import _ids, create_demo_model_run
+
+    parser = argparse.ArgumentParser(description="Run the Labelbox -> Vertex chain locally.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="create the demo model run and train it end to end")
+    demo.add_argument("--data-dir", type=Path, default=ROOT / "var")
+    demo.add_argument("--model-type", default="local_detector")
+    demo.add_argument("--images", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--train-seconds", type=float, default=90)
+    demo.add_argument("--force", action="store_true", help="restart the run if it already finished")
+    serve = sub.add_parser("serve", help="serve the six functions until interrupted")
+    serve.add_argument("--data-dir", type=Path, default=ROOT / "var")
+    args = parser.parse_args(argv)
+
+    env = {"LOCAL_ENGINE_TRAIN_SECONDS": str(getattr(args, "train_seconds", 90))}
+    chain = LocalChain(args.data_dir, env=env)
+    if args.command == "serve":
+        with chain:
+            for name, url in chain.urls.items():
+                print(f"{name:<10} {url}")
+            print(
+                f"webhook secret for this session: WEBHOOK_SECRET in {chain.log_dir}/.. is not stored; "
+                "sign with the value printed below"
+            )
+            print(chain.secret)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                return 0
+    model_run_id, _model_id = _ids(args.seed)
+    folder = create_demo_model_run(args.data_dir / "model_runs", images=args.images, seed=args.seed)
+    print(f"demo model run: {folder} ({args.images} images)")
+    started = time.monotonic()
+    with chain:
+        print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")
+        response = chain.webhook(model_run_id, args.model_type, force=args.force)
+        print(f"webhook -> HTTP {response.status_code}: {response.json().get('message')}")
+        if response.status_code >= 400:
+            print(response.text)
+            return 1
+        record = chain.wait(model_run_id, timeout_s=3600, progress=True)
+        _print_result(chain, record, started)
+    return 0 if record["status"] == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

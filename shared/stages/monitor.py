@@ -1,0 +1,104 @@
+"""Monitor: one look at the run's long job, then either the next look is scheduled or the run moves on.
+
+It never sleeps: a look that finds the job still running asks the scheduler (Cloud Tasks, or a timer
+locally) to call it again after a backoff delay, and returns. A finished job hands the run to the
+stage the watch names, once: the hand-off is recorded under the job's name, so a duplicate delivery of
+the same look finds it done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import run_record as rr
+from shared.run_record import RunRecord
+from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.stages.watch import backoff_delay, schedule_look
+from shared.training.port import JobState, JobStatus
+
+RESULT_FIELD = {
+    "dataset_import": ("jobs", "dataset"),
+    "training": ("jobs", "model"),
+    "batch_prediction": ("artifacts", "prediction_output"),
+}
+
+
+def _status(ctx: StageContext, kind: str, ref: str) -> JobStatus:
+    backend = ctx.services.backend
+    if kind == "dataset_import":
+        return backend.dataset_status(ref)
+    if kind == "training":
+        return backend.training_status(ref)
+    if kind == "batch_prediction":
+        return backend.batch_prediction_status(ref)
+    raise StageFailed(f"the run record watches an unknown kind of job {kind!r}")
+
+
+def run_monitor(ctx: StageContext) -> StageAnswer:
+    services, settings = ctx.services, ctx.services.settings
+    record = ctx.record()
+    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": "monitor"}
+    watch = record.watch
+    if watch is None:
+        ctx.update(lambda r: rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for="nothing"))
+        return StageAnswer(200, {**base, "outcome": "nothing_to_watch"})
+
+    status = _status(ctx, watch.kind, watch.ref)
+    progress = {k: v for k, v in status.progress.items() if isinstance(v, (int, float, str))}
+
+    if not status.state.finished:
+        waited = ctx.now - watch.since
+        if waited > settings.monitor_max_wait_s:
+            if watch.kind == "training":
+                services.backend.cancel_training(watch.ref)
+            raise StageFailed(
+                f"{watch.kind.replace('_', ' ')} still {status.state.value} after {waited / 3600:.1f} h "
+                f"(MONITOR_MAX_WAIT_S={settings.monitor_max_wait_s:.0f}); it was cancelled where possible",
+                link=status.link,
+            )
+        delay = backoff_delay(services, watch.attempt + 1)
+
+        def next_look(r: RunRecord) -> rr.Watch:
+            assert r.watch is not None
+            r.watch.attempt += 1
+            r.watch.next_look_at = ctx.now + delay
+            r.stage("monitor").progress = {"job": watch.kind, "state": status.state.value, **progress}
+            rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for=f"{watch.kind} {status.state.value}")
+            return r.watch
+
+        _record, updated = ctx.update(next_look)
+        schedule_look(services, ctx.run_id, updated)
+        return StageAnswer(
+            200, {**base, "outcome": "waiting", "state": status.state.value, "next_look_in_s": delay, **progress}
+        )
+
+    if status.state is not JobState.SUCCEEDED:
+        raise StageFailed(
+            f"{watch.kind.replace('_', ' ')} {status.state.value}: {status.error or 'the backend gave no reason'}",
+            link=status.link,
+        )
+
+    section, key = RESULT_FIELD[watch.kind]
+    handoff_key = f"{watch.next_stage}:after:{watch.kind}:{watch.ref}"
+
+    def finished(r: RunRecord) -> bool:
+        getattr(r, section)[key] = status.result or ""
+        if watch.kind == "training":
+            r.metrics["training"] = progress
+        r.watch = None
+        r.stage("monitor").progress = {"job": watch.kind, "state": status.state.value, **progress}
+        rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for="nothing")
+        return rr.mark_handoff(r, handoff_key, ctx.now)
+
+    _record, first = ctx.update(finished)
+    if first:
+        services.chain.hand_off(watch.next_stage, ctx.run_id)
+    return StageAnswer(
+        200,
+        {
+            **base,
+            "outcome": "handed_off" if first else "already_handed_off",
+            "to": watch.next_stage,
+            "result": status.result,
+        },
+    )
