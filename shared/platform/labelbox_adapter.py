@@ -279,7 +279,18 @@ class LabelboxPlatform:
                 splits[member.data_row().uid] = Split.parse(value)
         return splits
 
-    def open_media(self, row_data: str) -> Iterator[bytes]:
+    def media_size(self, row_data: str, *, model_run_id: str | None = None) -> int | None:
+        """Content-Length from a HEAD request, so a re-run can tell a staged image is complete."""
+        if urlsplit(row_data).scheme not in ("http", "https"):
+            return None
+        try:
+            response = self._media_session().head(row_data, allow_redirects=True, timeout=self.media_timeout_s)
+        except requests.RequestException:
+            return None
+        length = response.headers.get("Content-Length")
+        return int(length) if response.status_code < 400 and length and length.isdigit() else None
+
+    def open_media(self, row_data: str, *, model_run_id: str | None = None) -> Iterator[bytes]:
         """Opens the download now (so a refused URL fails here) and streams it in chunks."""
         parts = urlsplit(row_data)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -319,7 +330,7 @@ class LabelboxPlatform:
                     total=3,
                     backoff_factor=0.5,
                     status_forcelist=(429, 500, 502, 503, 504),
-                    allowed_methods=("GET",),
+                    allowed_methods=("GET", "HEAD"),
                     raise_on_status=False,
                 )
                 session = requests.Session()

@@ -9,6 +9,7 @@ unassigned rows that do not train) is what `inference` joins predictions and gro
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
@@ -72,6 +73,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     splits = _SplitLookup(ctx, record.model_run_id)
     chunk = 0
     status_set = False
+    copies: Counter[str] = Counter()
 
     with ImageStager(
         store,
@@ -105,6 +107,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                 if isinstance(staged, NotStaged):
                     quality.skip(staged.reason)
                     continue
+                copies["images_copied" if staged.copied else "images_already_staged"] += 1
                 quality.drop_boxes(item.dropped_boxes)
                 boxes = None
                 if task is Task.OBJECT_DETECTION:
@@ -150,10 +153,10 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                 content_type="application/jsonl",
             )
             chunk += 1
-            ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk)
+            ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
 
     _remove_stale_chunks(store, prefix, chunk)
-    report = quality.to_dict()
+    report = {**quality.to_dict(), **copies}
     artifacts = {
         "import_jsonl": import_uri_pattern(store.uri(prefix)),
         "manifest": store.uri(prefix) + MANIFEST_CHUNK.split("{")[0] + "*.jsonl",

@@ -1,0 +1,204 @@
+"""Joins batch predictions to the held-out rows ETL staged, and turns them into what Labelbox receives.
+
+Pure: it takes manifest rows (what ETL recorded per data row) and parsed Vertex prediction lines, and
+returns Labelbox prediction rows, per-row metric rows and the inputs of the run-level evaluation. The
+join key is the staged image's URI, which is the only thing a Vertex prediction line carries back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
+from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, apply_limits
+from shared.metrics.detections import ClassificationItem, ImageDetections
+from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics, metric_import_rows
+from shared.model_types import Task
+
+EMPTY = VertexPrediction(content_uri="", mime_type=None)
+
+
+@dataclass(frozen=True)
+class HeldOutRow:
+    """A manifest line of a row we predict on: its image, size, split and ground truth (feature names)."""
+
+    data_row_id: str
+    image_uri: str
+    mime_type: str
+    width: int
+    height: int
+    split: str
+    boxes: tuple[tuple[str, float, float, float, float], ...]  # (label, left, top, width, height) px
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_manifest(cls, line: Mapping[str, Any]) -> HeldOutRow:
+        return cls(
+            data_row_id=line["data_row_id"],
+            image_uri=line["image_uri"],
+            mime_type=line.get("mime_type") or "image/jpeg",
+            width=int(line["width"]),
+            height=int(line["height"]),
+            split=line["split"],
+            boxes=tuple((b[0], float(b[1]), float(b[2]), float(b[3]), float(b[4])) for b in line.get("boxes", [])),
+            labels=tuple(line.get("labels", [])),
+        )
+
+
+@dataclass
+class Joined:
+    """Predictions joined to rows, plus what could not be joined, counted by reason."""
+
+    predictions: dict[str, VertexPrediction] = field(default_factory=dict)  # by data row id
+    problems: Counter[str] = field(default_factory=Counter)
+
+
+def join_predictions(rows: Mapping[str, HeldOutRow], lines: Iterable[VertexPrediction | PredictionLineError]) -> Joined:
+    """`rows` is keyed by image URI. Rows without a prediction line are counted, not dropped."""
+    joined = Joined()
+    for line in lines:
+        if isinstance(line, PredictionLineError):
+            joined.problems[f"prediction line skipped: {line.reason}"] += 1
+            continue
+        row = rows.get(line.content_uri)
+        if row is None:
+            joined.problems["prediction for an image not in the held-out set"] += 1
+        elif row.data_row_id in joined.predictions:
+            joined.problems["duplicate prediction for an image"] += 1
+        else:
+            joined.predictions[row.data_row_id] = line
+    missing = len(rows) - len(joined.predictions)
+    if missing:
+        joined.problems["held-out image without a prediction"] += missing
+    return joined
+
+
+def _xyxy(boxes: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
+    if not boxes:
+        return np.zeros((0, 4), dtype=np.float64)
+    a = np.asarray(boxes, dtype=np.float64)
+    return np.stack([a[:, 0], a[:, 1], a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]], axis=1)
+
+
+@dataclass
+class Evaluated:
+    upload_rows: dict[str, list[dict[str, Any]]]  # by data row id: predictions, then metric rows
+    detections: list[ImageDetections]
+    classifications: list[ClassificationItem]
+    predicted_rows: int
+    prediction_count: int
+
+
+def evaluate_rows(
+    rows: Sequence[HeldOutRow],
+    joined: Joined,
+    *,
+    task: Task,
+    feature_for: Mapping[str, str],
+    question: str | None,
+    confidence_threshold: float,
+    max_predictions: int,
+    uuid_seed: str,
+) -> Evaluated:
+    """Labelbox rows for every held-out row (predictions above the threshold, and diagnostics), and the
+    full-confidence detections for the run-level curves."""
+    detections: list[ImageDetections] = []
+    items: list[ClassificationItem] = []
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    count = predicted = 0
+    for row in rows:
+        raw = joined.predictions.get(row.data_row_id, EMPTY)
+        shown = apply_limits(raw, confidence_threshold=confidence_threshold, max_predictions=max_predictions)
+        context = RowContext(row.data_row_id, row.width, row.height)
+        if task is Task.OBJECT_DETECTION:
+            out = bbox_prediction_rows(shown, context, uuid_seed=uuid_seed, name_for=feature_for)
+            full = [
+                (
+                    feature_for.get(b.label, b.label),
+                    b.confidence,
+                    (
+                        b.x_min * row.width,
+                        b.y_min * row.height,
+                        (b.x_max - b.x_min) * row.width,
+                        (b.y_max - b.y_min) * row.height,
+                    ),
+                )
+                for b in raw.boxes
+            ]
+            detections.append(
+                ImageDetections(
+                    image_id=row.data_row_id,
+                    gt_labels=tuple(b[0] for b in row.boxes),
+                    gt_boxes=_xyxy([b[1:] for b in row.boxes]),
+                    pred_labels=tuple(f[0] for f in full),
+                    pred_scores=np.asarray([f[1] for f in full], dtype=np.float64),
+                    pred_boxes=_xyxy([f[2] for f in full]),
+                )
+            )
+        else:
+            renamed = VertexPrediction(
+                shown.content_uri,
+                shown.mime_type,
+                labels=tuple(type(lb)(feature_for.get(lb.label, lb.label), lb.confidence) for lb in shown.labels),
+            )
+            out = classification_prediction_rows(
+                renamed,
+                context,
+                question=question or "classification",
+                multi_label=task is Task.MULTI_LABEL_CLASSIFICATION,
+                uuid_seed=uuid_seed,
+            )
+            items.append(
+                ClassificationItem(
+                    image_id=row.data_row_id,
+                    gt_labels=frozenset(row.labels),
+                    scores={feature_for.get(lb.label, lb.label): lb.confidence for lb in raw.labels},
+                )
+            )
+        predictions[row.data_row_id] = out
+        count += len(out)
+        predicted += bool(out)
+
+    if task is Task.OBJECT_DETECTION:
+        thresholded = [_above(d, confidence_threshold) for d in detections]
+        per_row = detection_row_metrics(thresholded)
+        ids = [d.image_id for d in detections]
+        kind = "detection"
+    else:
+        per_row = classification_row_metrics(
+            items, multi_label=task is Task.MULTI_LABEL_CLASSIFICATION, confidence_threshold=confidence_threshold
+        )
+        ids = [i.image_id for i in items]
+        kind = "classification"
+    for data_row_id, metrics in zip(ids, per_row, strict=True):
+        predictions[data_row_id] = predictions[data_row_id] + metric_import_rows(
+            data_row_id, metrics, kind=kind, uuid_seed=uuid_seed
+        )
+    return Evaluated(predictions, detections, items, predicted, count)
+
+
+def _above(d: ImageDetections, threshold: float) -> ImageDetections:
+    keep = d.pred_scores >= threshold
+    return ImageDetections(
+        image_id=d.image_id,
+        gt_labels=d.gt_labels,
+        gt_boxes=d.gt_boxes,
+        pred_labels=tuple(lbl for lbl, k in zip(d.pred_labels, keep, strict=True) if k),
+        pred_scores=d.pred_scores[keep],
+        pred_boxes=d.pred_boxes[keep],
+    )
+
+
+def chunk_by_rows(upload_rows: Mapping[str, list[dict[str, Any]]], rows_per_chunk: int) -> list[list[dict[str, Any]]]:
+    """Upload chunks in data-row order: the same run always cuts the same chunks, so a re-run can skip
+    exactly the chunks already uploaded."""
+    ids = sorted(i for i, r in upload_rows.items() if r)
+    return [
+        [row for data_row_id in ids[start : start + rows_per_chunk] for row in upload_rows[data_row_id]]
+        for start in range(0, len(ids), rows_per_chunk)
+    ]
