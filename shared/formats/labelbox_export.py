@@ -114,6 +114,8 @@ def example_from_row(
     """Converts one export row; `question` pins the classification question once the first row chose it."""
     if not isinstance(row, Mapping):
         return Skipped(None, "row is not a JSON object")
+    if "_malformed" in row:  # the local platform's stand-in for an export line that did not parse
+        return Skipped(None, "row is not valid JSON")
     data_row = row.get("data_row")
     data_row_id = data_row.get("id") if isinstance(data_row, Mapping) else None
     if not isinstance(data_row_id, str) or not data_row_id:
