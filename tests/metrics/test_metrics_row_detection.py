@@ -1,0 +1,210 @@
+"""Per-data-row detection metrics must be the Labelbox SDK's, to the count, on any mix of boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.metrics import _batch
+from shared.metrics.detections import ImageDetections
+from shared.metrics.row_metrics import FeatureMetric, detection_row_metrics
+from tests.metrics.oracles import random_image, sdk_detection_row
+
+
+def _as_tuples(row: dict[str, FeatureMetric]) -> dict[str, tuple]:
+    return {name: (m.tp, m.fp, m.tn, m.fn, m.iou) for name, m in row.items()}
+
+
+def _assert_same_as_sdk(images: list[ImageDetections], iou_threshold: float) -> None:
+    ours = detection_row_metrics(images, iou_threshold=iou_threshold)
+    assert len(ours) == len(images)
+    for image, row in zip(images, ours, strict=True):
+        expected = sdk_detection_row(image, iou_threshold)
+        got = _as_tuples(row)
+        assert got.keys() == expected.keys(), image.image_id
+        for name, want in expected.items():
+            assert got[name][:4] == want[:4], (image.image_id, name, got[name], want)
+            assert got[name][4] == pytest.approx(want[4], abs=1e-12), (image.image_id, name)
+
+
+@pytest.mark.parametrize("iou_threshold", [0.5, 0.3, 0.75])
+def test_random_rows_match_the_sdk(iou_threshold: float) -> None:
+    rng = np.random.default_rng(int(iou_threshold * 100))
+    # Grid boxes give exact ties and IoUs of exactly 0.5 and the like; float boxes give everything else.
+    images = [random_image(rng, f"row-{i}", grid=i % 2 == 0) for i in range(120)]
+    assert any(len(im.gt_labels) == 0 and len(im.pred_labels) > 0 for im in images)
+    assert any(len(im.pred_labels) == 0 and len(im.gt_labels) > 0 for im in images)
+    _assert_same_as_sdk(images, iou_threshold)
+
+
+@pytest.mark.parametrize(("min_boxes", "max_boxes"), [(20, 40), (66, 72)])
+def test_crowded_rows_match_the_sdk(min_boxes: int, max_boxes: int) -> None:
+    """Many boxes of one class in one row: many greedy rounds, or (past 64 x 64 pairs) the sorted scan."""
+    rng = np.random.default_rng(max_boxes)
+    images = [
+        random_image(
+            rng,
+            f"crowd-{i}",
+            grid=i == 0,
+            gt_classes=("car",),
+            pred_classes=("car",),
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+        )
+        for i in range(2)
+    ]
+    if min_boxes > 64:
+        assert all(len(im.gt_labels) * len(im.pred_labels) > _batch.DENSE_GREEDY_CELLS for im in images)
+    _assert_same_as_sdk(images, 0.5)
+
+
+def test_both_greedy_strategies_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stepwise (small matrices) and sorted-scan (large) greedy matchings give the same pairs, ties too."""
+    rng = np.random.default_rng(0)
+    score = rng.integers(0, 6, (50, 9, 7)) / 5.0  # coarse values: plenty of exact ties
+    eligible = score > 0.3
+    dense = _batch.greedy_pairs(score, eligible)
+    monkeypatch.setattr(_batch, "DENSE_GREEDY_CELLS", 0)
+    scanned = _batch.greedy_pairs(score, eligible)
+    as_set = lambda found: set(zip(*(part.tolist() for part in found), strict=True))  # noqa: E731
+    assert as_set(dense) == as_set(scanned)
+    assert len(dense[0]) > 100
+
+
+def test_iou_of_exactly_the_threshold_is_not_a_match() -> None:
+    gt = [[0, 0, 100, 100]]
+    exactly_half = ImageDetections.from_lists(
+        "a", gt_labels=["car"], gt_boxes=gt, pred_labels=["car"], pred_scores=[0.9], pred_boxes=[[0, 0, 100, 200]]
+    )
+    just_above = ImageDetections.from_lists(
+        "b", gt_labels=["car"], gt_boxes=gt, pred_labels=["car"], pred_scores=[0.9], pred_boxes=[[0, 0, 100, 199]]
+    )
+    half, above = detection_row_metrics([exactly_half, just_above])
+    assert half == {"car": FeatureMetric(tp=0, fp=1, tn=0, fn=1, iou=0.5)}
+    assert above["car"].tp == 1 and above["car"].fp == 0 and above["car"].fn == 0
+    _assert_same_as_sdk([exactly_half, just_above], 0.5)
+
+
+def test_coordinates_are_rounded_like_the_sdk() -> None:
+    """Unrounded this IoU is a hair above 0.5; the SDK rounds coordinates to 6 decimals, making it 0.5."""
+    image = ImageDetections.from_lists(
+        "a",
+        gt_labels=["car"],
+        gt_boxes=[[0, 0, 100, 100]],
+        pred_labels=["car"],
+        pred_scores=[0.9],
+        pred_boxes=[[0, 0, 100, 199.9999999]],
+    )
+    assert detection_row_metrics([image])[0]["car"] == FeatureMetric(tp=0, fp=1, tn=0, fn=1, iou=0.5)
+    _assert_same_as_sdk([image], 0.5)
+
+
+def test_the_reference_examples() -> None:
+    """The outputs recorded from the real SDK in the project's Labelbox reference notes."""
+    shifted = ImageDetections.from_lists(
+        "a",
+        gt_labels=["car"],
+        gt_boxes=[[0, 0, 100, 100]],
+        pred_labels=["car"],
+        pred_scores=[0.5],
+        pred_boxes=[[50, 0, 150, 100]],
+    )
+    assert detection_row_metrics([shifted])[0]["car"].iou == pytest.approx(1 / 3)
+    assert detection_row_metrics([shifted], iou_threshold=0.5)[0]["car"] == FeatureMetric(0, 1, 0, 1, 1 / 3)
+    assert detection_row_metrics([shifted], iou_threshold=0.3)[0]["car"] == FeatureMetric(1, 0, 0, 0, 1 / 3)
+
+    mixed = ImageDetections.from_lists(
+        "b",
+        gt_labels=["car", "person"],
+        gt_boxes=[[0, 0, 100, 100], [200, 200, 260, 300]],
+        pred_labels=["car", "dog"],
+        pred_scores=[0.9, 0.8],
+        pred_boxes=[[0, 0, 100, 95], [200, 200, 260, 300]],
+    )
+    row = detection_row_metrics([mixed])[0]
+    assert list(row) == ["car", "dog", "person"]
+    assert (row["car"].tp, row["car"].fp, row["car"].fn) == (1, 0, 0)
+    assert row["dog"] == FeatureMetric(tp=0, fp=1, tn=0, fn=0, iou=0.0)
+    assert row["person"] == FeatureMetric(tp=0, fp=0, tn=0, fn=1, iou=0.0)
+
+
+@pytest.mark.parametrize("pred_order", [(0, 1), (1, 0)])
+def test_equal_ious_are_broken_in_the_sdks_order(pred_order: tuple[int, int]) -> None:
+    """Ground truth A overlaps predictions P and Q equally (5/6). B overlaps P by 0.71 and Q by exactly 0.5.
+    Whichever of P, Q comes first takes A: if P does, B is left with Q (not > 0.5): 1 TP; if Q does, 2 TP."""
+    gt = [[0, 0, 100, 100], [0, 20, 100, 140]]
+    p, q = [0, 0, 100, 120], [0, -20, 100, 100]
+    boxes = [[p, q][i] for i in pred_order]
+    image = ImageDetections.from_lists(
+        "tie",
+        gt_labels=["car", "car"],
+        gt_boxes=gt,
+        pred_labels=["car", "car"],
+        pred_scores=[0.9, 0.9],
+        pred_boxes=boxes,
+    )
+    car = detection_row_metrics([image])[0]["car"]
+    p_first = pred_order == (0, 1)
+    assert car.tp == (1 if p_first else 2)
+    assert car.iou == pytest.approx((5 / 6 + 0.5) / 2 if p_first else (5 / 6 + 10 / 14) / 2)
+    _assert_same_as_sdk([image], 0.5)
+
+
+def test_empty_sides() -> None:
+    nothing = ImageDetections.from_lists("empty")
+    only_gt = ImageDetections.from_lists(
+        "gt", gt_labels=["car", "car", "dog"], gt_boxes=[[0, 0, 5, 5], [1, 1, 9, 9], [0, 0, 3, 3]]
+    )
+    only_pred = ImageDetections.from_lists("pred", pred_labels=["car"], pred_scores=[0.2], pred_boxes=[[0, 0, 5, 5]])
+    rows = detection_row_metrics([nothing, only_gt, only_pred])
+    assert rows[0] == {}
+    assert rows[1] == {"car": FeatureMetric(0, 0, 0, 2, 0.0), "dog": FeatureMetric(0, 0, 0, 1, 0.0)}
+    assert rows[2] == {"car": FeatureMetric(0, 1, 0, 0, 0.0)}
+    assert detection_row_metrics([]) == []
+    _assert_same_as_sdk([nothing, only_gt, only_pred], 0.5)
+
+
+def test_degenerate_boxes_never_match() -> None:
+    flat = ImageDetections.from_lists(
+        "flat",
+        gt_labels=["car"],
+        gt_boxes=[[10, 10, 10, 50]],
+        pred_labels=["car"],
+        pred_scores=[1.0],
+        pred_boxes=[[10, 10, 10, 50]],
+    )
+    assert detection_row_metrics([flat])[0] == {"car": FeatureMetric(0, 1, 0, 1, 0.0)}
+    _assert_same_as_sdk([flat], 0.5)
+
+
+def test_confidence_plays_no_part() -> None:
+    """As in the SDK: filtering predictions by score is the caller's decision."""
+    low = ImageDetections.from_lists(
+        "a",
+        gt_labels=["car"],
+        gt_boxes=[[0, 0, 10, 10]],
+        pred_labels=["car"],
+        pred_scores=[0.01],
+        pred_boxes=[[0, 0, 10, 10]],
+    )
+    assert detection_row_metrics([low])[0]["car"] == FeatureMetric(1, 0, 0, 0, 1.0)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.1, 1.5])
+def test_threshold_outside_0_1_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match="iou_threshold"):
+        detection_row_metrics([ImageDetections.from_lists("a")], iou_threshold=threshold)
+
+
+def test_image_detections_refuse_inconsistent_input() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        ImageDetections.from_lists("a", gt_labels=["car", "dog"], gt_boxes=[[0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        ImageDetections.from_lists("a", gt_labels=["car"], gt_boxes=[[5, 0, 1, 1]])
+    with pytest.raises(ValueError, match="scores"):
+        ImageDetections.from_lists("a", pred_labels=["car"], pred_scores=[], pred_boxes=[[0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="NaN"):
+        ImageDetections.from_lists("a", gt_labels=["car"], gt_boxes=[[0, 0, float("nan"), 1]])
+    image = ImageDetections.from_lists("a", gt_labels=["car"], gt_boxes=[[0, 0, 1, 1]])
+    with pytest.raises(ValueError):
+        image.gt_boxes[0, 0] = 3.0  # read-only: what was evaluated cannot change afterwards
