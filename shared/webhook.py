@@ -70,7 +70,7 @@ def valid_run_id(value: object) -> str:
 def parse_training_request(body: bytes, offered: Mapping[str, ModelType]) -> TrainingRequest:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise Rejected(400, "body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise Rejected(400, "body must be a JSON object with modelRunId and modelType")
