@@ -1,0 +1,284 @@
+"""Configuration from the environment: one error naming every problem, secrets that never show."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, Secret, Settings, load_settings
+from shared.model_types import Backend
+
+WEBHOOK_SECRET = "whsec-4f1b9d2e-webhook"
+API_KEY = "lb-api-key-9b8c7d6e5f"
+URLS = {
+    "ETL_URL": "http://127.0.0.1:8081/",
+    "TRAIN_URL": "http://127.0.0.1:8082/",
+    "MONITOR_URL": "http://127.0.0.1:8083/",
+    "INFERENCE_URL": "http://127.0.0.1:8084/",
+}
+CLOUD = {
+    **URLS,
+    "CHAIN_MODE": "cloud",
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "LABELBOX_API_KEY": API_KEY,
+    "GCP_PROJECT": "my-project",
+    "GCP_REGION": "europe-west4",
+    "BUCKET": "my-bucket",
+    "TASKS_QUEUE": "chain-monitor",
+    "SERVICE_ACCOUNT_EMAIL": "chain@my-project.iam.gserviceaccount.com",
+}
+
+
+def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**URLS, "WEBHOOK_SECRET": WEBHOOK_SECRET, "LOCAL_DATA_DIR": str(tmp_path), **extra}
+
+
+def config_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    message = str(caught.value)
+    assert WEBHOOK_SECRET not in message and API_KEY not in message
+    return message
+
+
+# -- local mode ----------------------------------------------------------------------------------------------
+
+
+def test_local_mode_works_with_only_the_stage_urls_and_the_webhook_secret(tmp_path: Path) -> None:
+    settings = load_settings(local_env(tmp_path))
+    assert settings.mode == "local"
+    assert settings.backend is Backend.LOCAL
+    assert settings.cloud is None
+    assert settings.webhook_secret == Secret(WEBHOOK_SECRET)
+    assert {s: settings.stage_url(s) for s in ("etl", "train", "monitor", "inference")} == {
+        "etl": URLS["ETL_URL"],
+        "train": URLS["TRAIN_URL"],
+        "monitor": URLS["MONITOR_URL"],
+        "inference": URLS["INFERENCE_URL"],
+    }
+    local = settings.local
+    assert local is not None
+    root = tmp_path.resolve()
+    assert (local.bucket_dir, local.model_runs_dir, local.engine_dir) == (
+        root / "bucket",
+        root / "model_runs",
+        root / "engine",
+    )
+    assert (local.bucket_name, local.engine_device) == ("local-bucket", "auto")
+    assert settings.vertex.od_model_type == "CLOUD_HIGH_ACCURACY_1"
+    assert settings.vertex.budget_milli_node_hours == 20_000
+    assert settings.monitor_initial_delay_s == 5.0  # local defaults look sooner than the cloud's
+    assert settings.predict_on_training is False
+    assert settings.secrets == (Secret(WEBHOOK_SECRET),)
+
+
+def test_local_defaults_are_relative_to_the_working_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({**URLS, "WEBHOOK_SECRET": WEBHOOK_SECRET})
+    assert settings.local is not None
+    assert settings.local.bucket_dir == tmp_path.resolve() / "var" / "bucket"
+
+
+def test_empty_local_env_names_every_missing_variable_in_one_error() -> None:
+    message = config_error({})
+    for name in ("WEBHOOK_SECRET (or WEBHOOK_SECRET_FILE)", "ETL_URL", "TRAIN_URL", "MONITOR_URL", "INFERENCE_URL"):
+        assert f"{name} is required but not set" in message
+    assert "GCP_PROJECT" not in message
+
+
+# -- cloud mode ----------------------------------------------------------------------------------------------
+
+
+def test_cloud_mode_with_everything_set() -> None:
+    settings = load_settings(CLOUD)
+    assert settings.backend is Backend.VERTEX
+    assert settings.local is None
+    cloud = settings.cloud
+    assert cloud is not None
+    assert (cloud.project, cloud.region, cloud.bucket) == ("my-project", "europe-west4", "my-bucket")
+    assert cloud.labelbox_api_key.reveal() == API_KEY
+    assert cloud.labelbox_endpoint == "https://api.labelbox.com/graphql"
+    assert settings.monitor_initial_delay_s == 60.0
+    assert set(settings.secrets) == {Secret(WEBHOOK_SECRET), Secret(API_KEY)}
+
+
+def test_empty_cloud_env_names_every_missing_variable_in_one_error() -> None:
+    message = config_error({"CHAIN_MODE": "cloud"})
+    assert message.startswith("invalid configuration: ")
+    for name in (
+        "GCP_PROJECT",
+        "GCP_REGION",
+        "BUCKET",
+        "TASKS_QUEUE",
+        "SERVICE_ACCOUNT_EMAIL",
+        "LABELBOX_API_KEY (or LABELBOX_API_KEY_FILE)",
+        "WEBHOOK_SECRET (or WEBHOOK_SECRET_FILE)",
+        "ETL_URL",
+        "TRAIN_URL",
+        "MONITOR_URL",
+        "INFERENCE_URL",
+    ):
+        assert f"{name} is required but not set" in message
+
+
+def test_blank_values_count_as_missing() -> None:
+    message = config_error({**CLOUD, "GCP_PROJECT": "   ", "BUCKET": ""})
+    assert "GCP_PROJECT is required" in message and "BUCKET is required" in message
+
+
+def test_api_key_from_a_mounted_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "api_key"
+    key_file.write_text(API_KEY + "\n")
+    env = {k: v for k, v in CLOUD.items() if k != "LABELBOX_API_KEY"} | {"LABELBOX_API_KEY_FILE": str(key_file)}
+    settings = load_settings(env)
+    assert settings.cloud is not None and settings.cloud.labelbox_api_key.reveal() == API_KEY
+
+
+# -- wrong values -------------------------------------------------------------------------------------------
+
+
+def test_bad_numbers_ranges_flags_and_choices_are_all_named(tmp_path: Path) -> None:
+    message = config_error(
+        local_env(
+            tmp_path,
+            STAGE_LEASE_SECONDS="two minutes",
+            ETL_COPY_CONCURRENCY="1.5",
+            PREDICT_CONFIDENCE_THRESHOLD="1.5",
+            PREDICT_MAX_PREDICTIONS="0",
+            PREDICT_ON_TRAINING="maybe",
+            LOCAL_ENGINE_DEVICE="tpu",
+            VERTEX_OD_MODEL_TYPE="YOLO",
+        )
+    )
+    expected = [
+        "STAGE_LEASE_SECONDS must be a number, got 'two minutes'",
+        "ETL_COPY_CONCURRENCY must be a whole number, got '1.5'",
+        "PREDICT_CONFIDENCE_THRESHOLD must be between 0 and 1, got 1.5",
+        "PREDICT_MAX_PREDICTIONS must be between 1 and 500, got 0",
+        "PREDICT_ON_TRAINING must be true or false, got 'maybe'",
+        "LOCAL_ENGINE_DEVICE must be one of auto, cpu, cuda, got 'tpu'",
+        "VERTEX_OD_MODEL_TYPE must be one of CLOUD_HIGH_ACCURACY_1,",
+    ]
+    for text in expected:
+        assert text in message
+    assert message.count("; ") == len(expected) - 1
+
+
+def test_unknown_chain_mode_is_named() -> None:
+    assert "CHAIN_MODE must be one of local, cloud, got 'hybrid'" in config_error({**CLOUD, "CHAIN_MODE": "hybrid"})
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("TRUE", True), ("yes", True), ("off", False), ("0", False)])
+def test_flags(tmp_path: Path, raw: str, value: bool) -> None:
+    assert load_settings(local_env(tmp_path, PREDICT_ON_TRAINING=raw)).predict_on_training is value
+
+
+def test_numbers_are_parsed(tmp_path: Path) -> None:
+    settings = load_settings(local_env(tmp_path, STAGE_LEASE_SECONDS=" 30.5 ", ETL_COPY_CONCURRENCY="4"))
+    assert (settings.stage_lease_seconds, settings.etl_copy_concurrency) == (30.5, 4)
+
+
+# -- the webhook secret ------------------------------------------------------------------------------------
+
+
+def test_webhook_secret_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "webhook_secret"
+    secret_file.write_text(f"  {WEBHOOK_SECRET}\n")
+    env = local_env(tmp_path) | {"WEBHOOK_SECRET": "", "WEBHOOK_SECRET_FILE": str(secret_file)}
+    assert load_settings(env).webhook_secret == Secret(WEBHOOK_SECRET)
+
+
+def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-secret"
+    env = {k: v for k, v in local_env(tmp_path).items() if k != "WEBHOOK_SECRET"}
+    message = config_error(env | {"WEBHOOK_SECRET_FILE": str(missing)})
+    assert f"WEBHOOK_SECRET_FILE points at {str(missing)!r}, which cannot be read (No such file or directory)" in (
+        message
+    )
+
+
+def test_secret_file_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    env = {k: v for k, v in local_env(tmp_path).items() if k != "WEBHOOK_SECRET"}
+    assert "WEBHOOK_SECRET_FILE points at" in config_error(env | {"WEBHOOK_SECRET_FILE": str(tmp_path)})
+
+
+def test_allow_unsigned_webhooks_allows_no_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in local_env(tmp_path).items() if k != "WEBHOOK_SECRET"}
+    assert "WEBHOOK_SECRET" in config_error(env)
+    settings = load_settings(env | {"ALLOW_UNSIGNED_WEBHOOKS": "true"})
+    assert settings.webhook_secret is None
+    assert settings.secrets == ()
+
+
+# -- Vertex budgets -----------------------------------------------------------------------------------------
+
+
+def test_budget_is_checked_against_each_model_types_range(tmp_path: Path) -> None:
+    message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="5000"))
+    assert (
+        "VERTEX_BUDGET_MILLI_NODE_HOURS=5000 is outside Vertex's range 20000..900000 "
+        "for VERTEX_OD_MODEL_TYPE=CLOUD_HIGH_ACCURACY_1"
+    ) in message
+    assert "8000..800000 for VERTEX_CLASSIFICATION_MODEL_TYPE=CLOUD" in message
+
+
+def test_small_budget_is_accepted_for_mobile_models(tmp_path: Path) -> None:
+    env = local_env(
+        tmp_path,
+        VERTEX_BUDGET_MILLI_NODE_HOURS="5000",
+        VERTEX_OD_MODEL_TYPE="MOBILE_TF_LOW_LATENCY_1",
+        VERTEX_CLASSIFICATION_MODEL_TYPE="MOBILE_TF_VERSATILE_1",
+    )
+    assert load_settings(env).vertex.budget_milli_node_hours == 5000
+
+
+def test_budget_over_the_classification_maximum_names_only_classification(tmp_path: Path) -> None:
+    message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="850000"))
+    assert "for VERTEX_CLASSIFICATION_MODEL_TYPE=CLOUD" in message
+    assert "VERTEX_OD_MODEL_TYPE" not in message
+
+
+def test_budget_outside_every_range_is_named(tmp_path: Path) -> None:
+    message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="999"))
+    assert "VERTEX_BUDGET_MILLI_NODE_HOURS must be between 1000 and 900000, got 999" in message
+
+
+# -- secrets never show ----------------------------------------------------------------------------------
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret(WEBHOOK_SECRET)
+    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r}", f"{secret!s}", format(secret)]
+    shown += [str([secret]), str({"key": secret})]  # %-formatting is covered by the log-line test
+    assert all(WEBHOOK_SECRET not in text for text in shown)
+    assert secret.reveal() == WEBHOOK_SECRET
+
+
+def test_secret_in_a_log_line_is_masked(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("secret is %s / %r", Secret(WEBHOOK_SECRET), Secret(WEBHOOK_SECRET))
+    assert WEBHOOK_SECRET not in caplog.text
+    assert "***" in caplog.text
+
+
+def test_secret_equality_compares_values() -> None:
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert Secret("a") != "a"
+    assert len({Secret("a"), Secret("a")}) == 1
+
+
+def test_settings_repr_never_contains_a_secret() -> None:
+    settings = load_settings(CLOUD)
+    assert isinstance(settings, Settings)
+    text = repr(settings) + str(settings) + repr(settings.cloud)
+    assert WEBHOOK_SECRET not in text
+    assert API_KEY not in text
+    assert "Secret('***')" in text
+
+
+def test_config_error_never_contains_a_secret(tmp_path: Path) -> None:
+    env = {**CLOUD, "GCP_PROJECT": "", "STAGE_LEASE_SECONDS": "x"}
+    assert "GCP_PROJECT" in config_error(env)
