@@ -1,0 +1,130 @@
+"""Data-quality counts and the reasons Vertex would refuse a training set, in the user's words."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from shared.data_quality import DataQuality
+from shared.examples import Split
+from shared.model_types import Task
+
+
+def healthy(task: Task = Task.OBJECT_DETECTION) -> DataQuality:
+    quality = DataQuality(task)
+    for split in (Split.TRAINING, Split.VALIDATION, Split.TEST):
+        for _ in range(10 if split is Split.TRAINING else 2):
+            quality.rows_seen += 1
+            quality.keep(split, ["cat", "dog"])
+    return quality
+
+
+def test_healthy_training_set_has_no_problems() -> None:
+    assert healthy().vertex_problems() == []
+    assert healthy(Task.SINGLE_LABEL_CLASSIFICATION).vertex_problems() == []
+
+
+def test_empty_split_is_named() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    for _ in range(12):
+        quality.keep(Split.TRAINING, ["cat"])
+    quality.keep(Split.UNASSIGNED, ["cat"])
+    problems = quality.vertex_problems()
+    assert problems == [
+        "no usable rows in the validation, test split(s): assign data rows to every split in the model run "
+        "(Labelbox: model run > Manage splits)"
+    ]
+
+
+def test_labels_under_ten_images_are_listed_with_their_counts() -> None:
+    quality = healthy()
+    for _ in range(3):
+        quality.keep(Split.TRAINING, ["zebra", "zebra"])  # two boxes, one image
+    quality.keep(Split.TEST, ["yak"])
+    for _ in range(20):
+        quality.keep(Split.UNASSIGNED, ["yak"])  # unassigned rows do not train
+    problems = quality.vertex_problems()
+    assert problems == [
+        "Vertex needs at least 10 images per label; too few for: yak (1), zebra (3). "
+        "Label more rows or remove these classes from the ontology"
+    ]
+
+
+def test_single_label_needs_two_answers() -> None:
+    quality = DataQuality(Task.SINGLE_LABEL_CLASSIFICATION)
+    for split, n in ((Split.TRAINING, 10), (Split.VALIDATION, 1), (Split.TEST, 1)):
+        for _ in range(n):
+            quality.keep(split, ["cat"])
+    assert quality.vertex_problems() == ["single-label classification needs at least two different answers"]
+    multi = DataQuality(Task.MULTI_LABEL_CLASSIFICATION)
+    for split, n in ((Split.TRAINING, 10), (Split.VALIDATION, 1), (Split.TEST, 1)):
+        for _ in range(n):
+            multi.keep(split, ["cat"])
+    assert multi.vertex_problems() == []
+
+
+def test_nothing_kept_says_so_and_names_every_split() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    quality.rows_seen = 3
+    for _ in range(3):
+        quality.skip("row without a label")
+    problems = quality.vertex_problems()
+    assert problems[0].startswith("no usable rows in the training, validation, test split(s)")
+    assert problems[-1] == "no usable rows at all; see the skip reasons"
+    assert len(problems) == 2
+
+
+def test_counts_and_to_dict() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    quality.rows_seen = 6
+    quality.keep(Split.TRAINING, ["cat", "cat", "dog"])
+    quality.keep(Split.VALIDATION, ["dog"])
+    quality.skip("row without a label")
+    quality.skip("row without a label")
+    quality.skip("not a readable image")
+    quality.drop_boxes(Counter({"box under 8 px": 2}))
+    quality.drop_boxes(Counter({"box under 8 px": 1, "box outside the image": 1}))
+    assert quality.to_dict() == {
+        "rows_seen": 6,
+        "rows_kept": 2,
+        "rows_skipped": {"row without a label": 2, "not a readable image": 1},
+        "boxes_kept": 4,
+        "boxes_dropped": {"box under 8 px": 3, "box outside the image": 1},
+        "images_per_split": {"training": 1, "validation": 1},
+        "per_class_per_split": {"cat": {"training": 1}, "dog": {"training": 1, "validation": 1}},
+        "boxes_per_class": {"cat": 2, "dog": 2},
+    }
+    assert list(quality.to_dict()["rows_skipped"]) == ["row without a label", "not a readable image"]
+
+
+def test_classification_counts_images_not_boxes() -> None:
+    quality = DataQuality(Task.MULTI_LABEL_CLASSIFICATION)
+    quality.keep(Split.TRAINING, ["cat", "dog"])
+    data = quality.to_dict()
+    assert (data["boxes_kept"], data["boxes_per_class"]) == (0, {})
+    assert data["per_class_per_split"] == {"cat": {"training": 1}, "dog": {"training": 1}}
+
+
+def test_summary_is_short_strings_for_the_model_run_status() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    quality.keep(Split.TRAINING, ["cat"])
+    quality.keep(Split.TRAINING, ["cat"])
+    quality.keep(Split.TEST, ["cat"])
+    for reason, n in (("a", 6), ("b", 5), ("c", 4), ("d", 3), ("e", 2), ("f", 1)):
+        for _ in range(n):
+            quality.skip(reason)
+    quality.drop_boxes(Counter({"box under 8 px": 2}))
+    summary = quality.summary()
+    assert summary == {
+        "rows_kept": "3",
+        "rows_skipped": "21",
+        "splits": "test 1, training 2",
+        "skip_reasons": "a: 6; b: 5; c: 4; d: 3; e: 2",
+        "boxes_dropped": "box under 8 px: 2",
+    }
+    assert all(isinstance(v, str) for v in summary.values())
+
+
+def test_summary_without_skips_has_no_reason_keys() -> None:
+    summary = healthy().summary()
+    assert set(summary) == {"rows_kept", "rows_skipped", "splits"}
+    assert summary["rows_skipped"] == "0"
