@@ -1,0 +1,349 @@
+"""deploy.sh against a fake gcloud that keeps a project in a file: what it creates, grants and deploys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .deploy_harness import (
+    BUCKET,
+    CREATING,
+    FUNCTIONS,
+    PREFIX,
+    PROJECT,
+    REGION,
+    SA,
+    SA_EMAIL,
+    SECRETS,
+    VERTEX_AGENT,
+    Sandbox,
+    flags_of,
+    is_read_only,
+    run_in_terminal,
+)
+
+CONSTRAINTS = (Path(__file__).resolve().parents[2] / "constraints.txt").read_text()
+PIN = {
+    line.split("==")[0].lower(): line.split("==")[1]
+    for line in CONSTRAINTS.splitlines()
+    if "==" in line and not line.startswith("#")
+}
+SECRET_MOUNTS = (
+    "/etc/secrets/labelbox/api_key=lbc-labelbox-api-key:latest,/etc/secrets/webhook/secret=lbc-webhook-secret:latest"
+)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory):
+    """One first deployment into an empty project, shared by the tests that only read it."""
+    sandbox = Sandbox(tmp_path_factory.mktemp("deployed"))
+    return sandbox, sandbox.deploy()
+
+
+def test_first_deploy_deploys_each_function_with_its_exact_flags(deployed) -> None:
+    sandbox, result = deployed
+    for entry, spec in FUNCTIONS.items():
+        final = result.deploys(spec["name"])[-1]
+        assert final[:4] == ["gcloud", "functions", "deploy", spec["name"]]
+        flags = flags_of(final)
+        env_file = flags.pop("env-vars-file")
+        assert flags == {
+            "project": PROJECT,
+            "region": REGION,
+            spec["gen"][2:]: "",
+            "runtime": "python312",
+            "entry-point": entry,
+            "source": str(sandbox.root / "build" / entry),
+            "trigger-http": "",
+            "timeout": spec["timeout"],
+            "memory": spec["memory"],
+            "service-account": SA_EMAIL,
+            "set-secrets": SECRET_MOUNTS,
+            "update-labels": f"lb_chain={PREFIX}",
+            "allow-unauthenticated" if spec["public"] else "no-allow-unauthenticated": "",
+        }
+        assert not Path(env_file).exists(), "the env-vars file must be deleted after the deployment"
+    assert list(sandbox.tmp.iterdir()) == [], "the private temp dir must be removed"
+
+
+def test_staged_source_holds_the_function_shared_without_engine_and_pinned_requirements(deployed) -> None:
+    sandbox, _ = deployed
+    for entry, spec in FUNCTIONS.items():
+        function = sandbox.state["functions"][f"{REGION}/{spec['name']}"]
+        files = set(function["source_files"])
+        assert {
+            "main.py",
+            "requirements.txt",
+            "shared/__init__.py",
+            "shared/config.py",
+            "shared/stages/etl.py",
+        } <= files
+        assert not [f for f in files if f.startswith("shared/engine") or "__pycache__" in f or f.endswith(".pyc")]
+        source_names = (sandbox.root / "functions" / entry / "requirements.txt").read_text()
+        listed = [line for line in source_names.splitlines() if line and not line.startswith("#")]
+        pinned = function["requirements"].splitlines()
+        assert len(pinned) == len(listed)
+        for name, line in zip(listed, pinned, strict=True):
+            base = name.split("[")[0]
+            assert line == f"{name}=={PIN[base.lower()]}"
+    etl = sandbox.state["functions"][f"{REGION}/lbc-etl"]["requirements"]
+    assert f"labelbox[data]=={PIN['labelbox']}" in etl.splitlines()
+
+
+def test_every_function_is_configured_with_the_real_stage_urls_and_no_secret(deployed) -> None:
+    sandbox, result = deployed
+    functions = sandbox.state["functions"]
+    urls = {
+        "ETL_URL": functions[f"{REGION}/lbc-etl"]["serviceConfig"]["uri"],
+        "TRAIN_URL": functions[f"{REGION}/lbc-train"]["serviceConfig"]["uri"],
+        "INFERENCE_URL": functions[f"{REGION}/lbc-inference"]["serviceConfig"]["uri"],
+        "MONITOR_URL": f"https://{REGION}-{PROJECT}.cloudfunctions.net/lbc-monitor",
+    }
+    assert urls["ETL_URL"].endswith(".run.app")
+    for spec in FUNCTIONS.values():
+        assert functions[f"{REGION}/{spec['name']}"]["env"] == {
+            "CHAIN_MODE": "cloud",
+            "CHAIN_DEPLOYMENT": PREFIX,
+            "GCP_PROJECT": PROJECT,
+            "GCP_REGION": REGION,
+            "BUCKET": BUCKET,
+            "TASKS_QUEUE": "lbc-tasks",
+            "SERVICE_ACCOUNT_EMAIL": SA_EMAIL,
+            "LABELBOX_API_KEY_FILE": "/etc/secrets/labelbox/api_key",
+            "WEBHOOK_SECRET_FILE": "/etc/secrets/webhook/secret",
+            **urls,
+        }
+    # First deploy: the four stage functions are created, then all six deployed with the real URLs.
+    assert [len(result.deploys(spec["name"])) for spec in FUNCTIONS.values()] == [1, 1, 2, 2, 2, 2]
+
+
+def test_tuning_settings_reach_the_functions_unchanged(sandbox: Sandbox) -> None:
+    sandbox.deploy(VERTEX_BUDGET_MILLI_NODE_HOURS="24000", MONITOR_MAX_DELAY_S="900")
+    env = sandbox.state["functions"][f"{REGION}/lbc-train"]["env"]
+    assert env["VERTEX_BUDGET_MILLI_NODE_HOURS"] == "24000"
+    assert env["MONITOR_MAX_DELAY_S"] == "900"
+
+
+def test_only_models_and_model_run_can_be_called_without_a_google_identity(deployed) -> None:
+    sandbox, result = deployed
+    for call in result.commands("functions", "deploy"):
+        public = call[3] in ("models", "model_run")
+        assert ("--allow-unauthenticated" in call) is public
+        assert ("--no-allow-unauthenticated" in call) is not public
+    functions = sandbox.state["functions"]
+    assert functions[f"{REGION}/models"]["iam"] == [["allUsers", "roles/cloudfunctions.invoker"]]
+    assert functions[f"{REGION}/model_run"]["iam"] == [["allUsers", "roles/cloudfunctions.invoker"]]
+    assert functions[f"{REGION}/lbc-monitor"]["iam"] == [[SA, "roles/cloudfunctions.invoker"]]
+    for name in ("lbc-etl", "lbc-train", "lbc-inference"):
+        assert functions[f"{REGION}/{name}"]["iam"] == [[SA, "roles/run.invoker"]]
+
+
+def test_the_runtime_account_gets_exactly_the_listed_roles_on_its_own_resources(deployed) -> None:
+    sandbox, result = deployed
+    state = sandbox.state
+    assert sorted(map(tuple, state["project_iam"])) == sorted(
+        [(SA, "roles/aiplatform.user"), (VERTEX_AGENT, "roles/aiplatform.serviceAgent")]
+    )
+    assert sorted(map(tuple, state["buckets"][BUCKET]["iam"])) == sorted(
+        [(SA, "roles/storage.objectAdmin"), (VERTEX_AGENT, "roles/storage.objectViewer")]
+    )
+    for secret in ("lbc-labelbox-api-key", "lbc-webhook-secret"):
+        assert state["secrets"][secret]["iam"] == [[SA, "roles/secretmanager.secretAccessor"]]
+    assert state["queues"][f"{REGION}/lbc-tasks"]["iam"] == [[SA, "roles/cloudtasks.enqueuer"]]
+    assert sorted(map(tuple, state["service_accounts"][SA_EMAIL]["iam"])) == [
+        (SA, "roles/iam.serviceAccountTokenCreator"),
+        (SA, "roles/iam.serviceAccountUser"),
+    ]
+    text = json.dumps(result.calls)
+    assert "roles/editor" not in text and "roles/owner" not in text
+    assert not [c for c in result.calls if "keys" in c], "no service account key may be created"
+    assert not [c for c in result.calls if c[0] == "gsutil"]
+
+
+def test_the_bucket_is_regional_private_and_expires_staged_images(deployed) -> None:
+    sandbox, _ = deployed
+    bucket = sandbox.state["buckets"][BUCKET]
+    assert bucket["location"] == REGION.upper()
+    assert bucket["ubla"] and bucket["public_access_prevention"]
+    assert bucket["labels"] == {"lb_chain": PREFIX}
+    delete = [r for r in bucket["lifecycle"]["rule"] if r["action"]["type"] == "Delete"]
+    assert delete == [
+        {
+            "action": {"type": "Delete"},
+            "condition": {
+                "age": 30,
+                "matchesPrefix": ["runs/"],
+                "matchesSuffix": [
+                    ".jpg",
+                    ".jpeg",
+                    ".png",
+                    ".gif",
+                    ".bmp",
+                    ".webp",
+                    ".tif",
+                    ".tiff",
+                    ".JPG",
+                    ".JPEG",
+                    ".PNG",
+                    ".GIF",
+                    ".BMP",
+                    ".WEBP",
+                    ".TIF",
+                    ".TIFF",
+                ],
+            },
+        }
+    ]
+
+
+def test_secret_values_reach_secret_manager_on_stdin_and_nowhere_else(deployed) -> None:
+    sandbox, result = deployed
+    secrets = sandbox.state["secrets"]
+    assert secrets["lbc-labelbox-api-key"]["payload"] == SECRETS["LABELBOX_API_KEY"]
+    assert secrets["lbc-webhook-secret"]["payload"] == SECRETS["WEBHOOK_SECRET"]
+    assert result.leaked_env == [], "no gcloud process may inherit a secret in its environment"
+    haystacks = {"command lines": json.dumps(result.calls), "stdout": result.stdout, "stderr": result.stderr}
+    for path in sandbox.base.rglob("*"):
+        if path.is_file() and path != sandbox.state_path:  # the fake's state stands for Secret Manager
+            haystacks[str(path)] = path.read_text(errors="replace")
+    for value in SECRETS.values():
+        for where, text in haystacks.items():
+            assert value not in text, f"a secret value appears in {where}"
+
+
+def test_a_second_deploy_creates_nothing_and_deploys_each_function_once(sandbox: Sandbox) -> None:
+    sandbox.deploy()
+    before = sandbox.state
+    again = sandbox.deploy(LABELBOX_API_KEY=None, WEBHOOK_SECRET=None)
+    creating = [c for c in again.calls if any(verb in c for verb in CREATING)]
+    assert creating == []
+    assert [len(again.deploys(spec["name"])) for spec in FUNCTIONS.values()] == [1] * 6
+    after = sandbox.state
+    for function in (*before["functions"].values(), *after["functions"].values()):
+        function.pop("deploys")
+        function["flags"].pop("env-vars-file")
+    assert after == before
+
+
+def test_dry_run_changes_nothing_and_prints_the_whole_deployment(sandbox: Sandbox) -> None:
+    before = sandbox.state
+    result = sandbox.run("deploy.sh", "--dry-run", LABELBOX_API_KEY=None, WEBHOOK_SECRET=None)
+    assert result.returncode == 0, result.stderr
+    assert sandbox.state == before
+    assert all(is_read_only(c) for c in result.calls), [c for c in result.calls if not is_read_only(c)]
+    printed = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
+    for expected in (
+        "gcloud services enable cloudfunctions.googleapis.com run.googleapis.com",
+        "gcloud beta services identity create --service=aiplatform.googleapis.com",
+        f"gcloud storage buckets create gs://{BUCKET}",
+        "gcloud tasks queues create lbc-tasks",
+        "gcloud secrets create lbc-labelbox-api-key",
+        "gcloud secrets create lbc-webhook-secret",
+        "gcloud iam service-accounts create lbc-runtime",
+        "gcloud projects add-iam-policy-binding demo-proj --member=serviceAccount:lbc-runtime",
+        "gcloud functions add-invoker-policy-binding lbc-etl",
+        "gcloud functions add-iam-policy-binding lbc-monitor",
+    ):
+        assert [line for line in printed if line.startswith(expected)], expected
+    for spec in FUNCTIONS.values():
+        assert [line for line in printed if line.startswith(f"gcloud functions deploy {spec['name']} ")]
+    assert "CHAIN_MODE: 'cloud'" in result.stdout  # the configuration the functions would get
+    assert f"URL:     https://{REGION}-{PROJECT}.cloudfunctions.net\n" in result.stdout
+
+
+def test_labelbox_settings_and_a_curl_line_per_stage_are_printed(deployed) -> None:
+    sandbox, result = deployed
+    assert f"URL:     https://{REGION}-{PROJECT}.cloudfunctions.net\n" in result.stdout
+    assert "gcloud secrets versions access latest --secret=lbc-webhook-secret --project=demo-proj" in result.stdout
+    for name in ("lbc-etl", "lbc-train", "lbc-inference"):
+        url = sandbox.state["functions"][f"{REGION}/{name}"]["serviceConfig"]["uri"]
+        assert f'curl -X POST {url} -H "Authorization: Bearer $(gcloud auth print-identity-token)"' in result.stdout
+    assert f"curl -X POST https://{REGION}-{PROJECT}.cloudfunctions.net/lbc-monitor " in result.stdout
+    assert result.stdout.count("""-d '{"run_id": "<model run id>"}'""") == 4
+
+
+def test_first_deploy_without_the_api_key_stops_before_changing_anything(sandbox: Sandbox) -> None:
+    result = sandbox.run("deploy.sh", LABELBOX_API_KEY=None)
+    assert result.returncode != 0
+    assert "LABELBOX_API_KEY is needed on the first deploy" in result.stderr
+    assert all(is_read_only(c) for c in result.calls)
+
+
+def test_missing_or_wrong_settings_are_all_named_before_gcloud_runs(sandbox: Sandbox) -> None:
+    result = sandbox.run("deploy.sh", PROJECT=None, PREFIX="Bad_Prefix")
+    assert result.returncode != 0
+    assert "PROJECT is required" in result.stderr
+    assert "PREFIX=Bad_Prefix must be" in result.stderr
+    assert result.calls == []
+
+
+def test_settings_come_from_the_env_file_and_the_environment_wins(sandbox: Sandbox) -> None:
+    env_file = sandbox.base / "my.env"
+    env_file.write_text(
+        f'# deployment settings\nPROJECT={PROJECT}\nREGION=europe-west4\nPREFIX="{PREFIX}"\n'
+        f"LABELBOX_API_KEY={SECRETS['LABELBOX_API_KEY']}\nWEBHOOK_SECRET='{SECRETS['WEBHOOK_SECRET']}'\n"
+    )
+    result = sandbox.run(
+        "deploy.sh", "--env-file", str(env_file), PROJECT=None, REGION=None, LABELBOX_API_KEY=None, WEBHOOK_SECRET=None
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"europe-west4/{'models'}" in sandbox.state["functions"]
+    assert sandbox.state["secrets"]["lbc-webhook-secret"]["payload"] == SECRETS["WEBHOOK_SECRET"]
+    assert result.leaked_env == []
+
+    overridden = sandbox.run("deploy.sh", "--dry-run", "--env-file", str(env_file), REGION="us-east1")
+    assert "region us-east1" in overridden.stdout
+
+
+def test_an_unknown_env_file_setting_is_refused(sandbox: Sandbox) -> None:
+    env_file = sandbox.base / "typo.env"
+    env_file.write_text("PROJEKT=demo-proj\n")
+    result = sandbox.run("deploy.sh", "--env-file", str(env_file))
+    assert result.returncode != 0
+    assert "unknown setting PROJEKT" in result.stderr
+
+
+def test_a_public_pair_owned_by_another_deployment_is_never_taken_over(sandbox: Sandbox) -> None:
+    sandbox.deploy()
+    result = sandbox.run("deploy.sh", PREFIX="other", BUCKET="demo-proj-other")
+    assert result.returncode != 0
+    assert "a function named models already exists in us-central1 of demo-proj" in result.stderr
+    assert "use another REGION or PROJECT" in result.stderr
+    assert all(is_read_only(c) for c in result.calls)
+
+
+def test_a_requirement_without_a_pin_stops_deploy_before_the_cloud(sandbox: Sandbox) -> None:
+    (sandbox.root / "functions" / "train" / "requirements.txt").write_text("functions-framework\nleftpad-nonexistent\n")
+    result = sandbox.run("deploy.sh")
+    assert result.returncode != 0
+    assert "functions/train/requirements.txt:2: 'leftpad-nonexistent' has no pin in constraints.txt" in result.stderr
+    assert result.calls == []
+
+
+def test_in_a_terminal_secrets_are_asked_for_without_echo_and_an_empty_webhook_secret_is_generated(
+    sandbox: Sandbox,
+) -> None:
+    typed = f"typed-{SECRETS['LABELBOX_API_KEY']}"
+    result = run_in_terminal(
+        sandbox,
+        "deploy.sh",
+        [("Labelbox API key: ", typed + "\n"), ("Webhook secret for Labelbox (Enter to generate one): ", "\n")],
+        LABELBOX_API_KEY=None,
+        WEBHOOK_SECRET=None,
+    )
+    assert result.returncode == 0, result.stderr
+    secrets = sandbox.state["secrets"]
+    assert secrets["lbc-labelbox-api-key"]["payload"] == typed
+    generated = secrets["lbc-webhook-secret"]["payload"]
+    assert len(generated) == 64 and int(generated, 16) >= 0
+    for value in (typed, generated):
+        assert value not in result.stdout and value not in result.stderr
+        assert value not in json.dumps(result.calls)
+    assert "gcloud secrets versions access latest --secret=lbc-webhook-secret" in result.stdout
