@@ -130,7 +130,7 @@ class ImageStager:
                     for chunk in self.platform.open_media(example.media_url, model_run_id=self.model_run_id):
                         size += len(chunk)
                         if size > self.max_bytes:
-                            return NotStaged(f"image over {self.max_bytes // 2**20} MiB")
+                            return NotStaged(f"image over {self.max_bytes / 2**20:.4g} MiB")  # 1000 B: "0.0009537 MiB"
                         tmp.write(chunk)
                     tmp.flush()
                 except PlatformError as exc:
