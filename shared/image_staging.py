@@ -135,7 +135,8 @@ class ImageStager:
                     tmp.flush()
                 except PlatformError as exc:
                     last_error = str(exc)
-                    time.sleep(0.2 * 2**attempt)
+                    if attempt + 1 < self.attempts:  # no pause after the last attempt: nothing follows it
+                        time.sleep(0.2 * 2**attempt)
                     continue
                 if size == 0:
                     return NotStaged("image file is empty")
