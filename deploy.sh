@@ -270,8 +270,11 @@ grant_roles() {
     --role=roles/aiplatform.user --condition=None --format=none
   run_retrying gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
     --member="$SA_MEMBER" --role=roles/storage.objectAdmin
+  # The Vertex AI service agent reads the import JSONL and images, and writes batch-prediction output.
   run_retrying gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
     --member="serviceAccount:$VERTEX_AGENT" --role=roles/storage.objectViewer
+  run_retrying gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
+    --member="serviceAccount:$VERTEX_AGENT" --role=roles/storage.objectCreator
   local secret
   for secret in "$SECRET_API_KEY" "$SECRET_WEBHOOK"; do
     run_retrying gcloud secrets add-iam-policy-binding "$secret" --project="$PROJECT" \

@@ -138,6 +138,8 @@ handle_bucket() {
     project_number
     run_absent_ok gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
       --member="serviceAccount:$VERTEX_AGENT" --role=roles/storage.objectViewer
+    run_absent_ok gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
+      --member="serviceAccount:$VERTEX_AGENT" --role=roles/storage.objectCreator
   fi
 }
 

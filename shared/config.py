@@ -254,7 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings(
         mode=mode,
-        deployment_name=r.text("DEPLOYMENT_NAME", "default"),
+        deployment_name=r.text("CHAIN_DEPLOYMENT", "default"),
         stage_urls=stage_urls,
         webhook_secret=webhook_secret,
         max_webhook_bytes=int(r.number("MAX_WEBHOOK_BYTES", 65_536, low=256, high=10_485_760, integer=True)),
