@@ -1,0 +1,199 @@
+"""HTTP hand-off to the next stage, against a real scripted HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import google.auth.transport.requests
+import google.oauth2.id_token
+import pytest
+
+from shared.chain.http import GoogleIdTokens, HttpHandOff
+from shared.chain.port import HandOffFailed
+
+HANG = -1  # a scripted "status" that never answers
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedServer:
+    """Answers each POST with the next scripted status; records every request it got."""
+
+    script: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    got_request: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    url: str = ""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.received.append(Received(self.path, dict(self.headers.items()), body))
+                status = server.script.pop(0) if server.script else 200
+                server.got_request.set()
+                if status == HANG:
+                    server.release.wait(10)
+                    return
+                payload = json.dumps({"status": status, "note": "scripted"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), scripted.handler())
+    httpd.daemon_threads = True
+    scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}/etl"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield scripted
+    scripted.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def hand_off(url: str, **kw: Any) -> HttpHandOff:
+    kw.setdefault("first_backoff_s", 0.001)
+    kw.setdefault("accept_timeout_s", 5.0)
+    return HttpHandOff({"etl": url}, **kw)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/etl"
+
+
+@pytest.mark.parametrize("status", [200, 202, 204, 409])
+def test_accepted_or_already_running_is_done(server: ScriptedServer, status: int) -> None:
+    server.script = [status]
+    hand_off(server.url).hand_off("etl", "run-1")
+    assert len(server.received) == 1
+
+
+def test_body_is_exactly_the_run_id(server: ScriptedServer) -> None:
+    hand_off(server.url).hand_off("etl", "run-1")
+    (request,) = server.received
+    assert request.path == "/etl"
+    assert json.loads(request.body) == {"run_id": "run-1"}
+    assert request.headers["Content-Type"] == "application/json"
+    assert "Authorization" not in request.headers
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_server_errors_and_throttling_are_retried(server: ScriptedServer, status: int) -> None:
+    server.script = [status, status, 200]
+    hand_off(server.url).hand_off("etl", "run-1")
+    assert len(server.received) == 3
+    assert all(json.loads(r.body) == {"run_id": "run-1"} for r in server.received)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
+def test_refusal_fails_at_once_without_retry(server: ScriptedServer, status: int) -> None:
+    server.script = [status, 200]
+    with pytest.raises(HandOffFailed) as caught:
+        hand_off(server.url).hand_off("etl", "run-1")
+    assert len(server.received) == 1
+    assert str(caught.value).startswith(f"etl refused run run-1: HTTP {status} ")
+    assert "scripted" in str(caught.value)  # the callee's own explanation is kept
+
+
+def test_server_errors_until_the_last_attempt_fail(server: ScriptedServer) -> None:
+    server.script = [503] * 3
+    with pytest.raises(HandOffFailed, match=r"could not reach etl for run run-1 after 3 attempts \(HTTP 503\)"):
+        hand_off(server.url, attempts=3).hand_off("etl", "run-1")
+    assert len(server.received) == 3
+
+
+def test_connection_refused_everywhere_fails_after_every_attempt() -> None:
+    with pytest.raises(HandOffFailed, match=r"after 4 attempts \(ConnectionError\)"):
+        hand_off(closed_port_url(), attempts=4).hand_off("etl", "run-1")
+
+
+def test_callee_that_keeps_working_counts_as_delivered(server: ScriptedServer) -> None:
+    server.script = [HANG]
+    hand_off(server.url, accept_timeout_s=0.2).hand_off("etl", "run-1")  # returns, raises nothing
+    assert server.got_request.wait(5)
+    assert len(server.received) == 1
+    assert json.loads(server.received[0].body) == {"run_id": "run-1"}
+
+
+def test_token_source_adds_a_bearer_token_for_the_target_url(server: ScriptedServer) -> None:
+    audiences: list[str] = []
+
+    def tokens(audience: str) -> str:
+        audiences.append(audience)
+        return "id-token-abc"
+
+    server.script = [503, 200]
+    hand_off(server.url, token_source=tokens).hand_off("etl", "run-1")
+    assert audiences == [server.url, server.url]
+    assert [r.headers["Authorization"] for r in server.received] == ["Bearer id-token-abc"] * 2
+
+
+def test_unknown_stage_is_a_programming_error(server: ScriptedServer) -> None:
+    with pytest.raises(KeyError):
+        hand_off(server.url).hand_off("train", "run-1")
+    assert server.received == []
+
+
+# -- Google ID tokens ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fetched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
+    calls: list[tuple[Any, str]] = []
+
+    def fake_fetch_id_token(request: Any, audience: str) -> str:
+        calls.append((request, audience))
+        return f"token-{len(calls)}-for-{audience}"
+
+    monkeypatch.setattr(google.oauth2.id_token, "fetch_id_token", fake_fetch_id_token)
+    return calls
+
+
+def test_id_token_is_minted_for_the_audience_and_cached(fetched: list[tuple[Any, str]]) -> None:
+    tokens = GoogleIdTokens()
+    assert tokens("https://etl.example") == "token-1-for-https://etl.example"
+    assert tokens("https://etl.example") == "token-1-for-https://etl.example"
+    assert tokens("https://train.example") == "token-2-for-https://train.example"
+    assert [audience for _, audience in fetched] == ["https://etl.example", "https://train.example"]
+    assert all(isinstance(request, google.auth.transport.requests.Request) for request, _ in fetched)
+
+
+def test_expired_id_token_is_minted_again(fetched: list[tuple[Any, str]]) -> None:
+    tokens = GoogleIdTokens(lifetime_s=0)
+    tokens("https://etl.example")
+    tokens("https://etl.example")
+    assert len(fetched) == 2
+
+
+def test_id_tokens_reach_the_callee(server: ScriptedServer, fetched: list[tuple[Any, str]]) -> None:
+    hand_off(server.url, token_source=GoogleIdTokens()).hand_off("etl", "run-1")
+    assert server.received[0].headers["Authorization"] == f"Bearer token-1-for-{server.url}"
