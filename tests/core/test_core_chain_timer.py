@@ -1,0 +1,132 @@
+"""The local "call this stage later": real timer threads, named by (run, stage, attempt)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from shared.chain.port import HandOffFailed
+from shared.chain.timer import TimerScheduler
+
+WAIT = 10.0  # generous: only bounds a hang, never asserts speed
+
+
+class Deliveries:
+    def __init__(self, count: int = 1) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.remaining = count
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, stage: str, run_id: str) -> None:
+        with self.lock:
+            self.calls.append((stage, run_id))
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.done.set()
+
+
+@pytest.fixture
+def schedulers() -> Iterator[list[TimerScheduler]]:
+    made: list[TimerScheduler] = []
+    yield made
+    for scheduler in made:
+        scheduler.cancel_all()
+
+
+def make(schedulers: list[TimerScheduler], deliver: Deliveries) -> TimerScheduler:
+    scheduler = TimerScheduler(deliver)
+    schedulers.append(scheduler)
+    return scheduler
+
+
+def join_all(scheduler: TimerScheduler) -> None:
+    for timer in list(scheduler.timers):
+        timer.join(WAIT)
+
+
+def test_timer_delivers_after_the_delay(schedulers: list[TimerScheduler]) -> None:
+    deliver = Deliveries()
+    scheduler = make(schedulers, deliver)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=1) is True
+    assert deliver.done.wait(WAIT)
+    assert deliver.calls == [("monitor", "run-1")]
+
+
+def test_scheduling_does_not_block_the_caller(schedulers: list[TimerScheduler]) -> None:
+    release = threading.Event()
+    delivered = threading.Event()
+
+    def slow(stage: str, run_id: str) -> None:
+        release.wait(WAIT)
+        delivered.set()
+
+    scheduler = TimerScheduler(slow)
+    schedulers.append(scheduler)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
+    assert not delivered.is_set()  # schedule() returned while the delivery is still waiting
+    release.set()
+    assert delivered.wait(WAIT)
+
+
+def test_same_call_scheduled_twice_is_delivered_once(schedulers: list[TimerScheduler]) -> None:
+    deliver = Deliveries(count=2)
+    scheduler = make(schedulers, deliver)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=3) is True
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.0, attempt=3) is False
+    assert scheduler.schedule("monitor", "run-2", delay_s=0.05, attempt=3) is True  # another run
+    join_all(scheduler)
+    assert deliver.done.is_set()
+    assert sorted(deliver.calls) == [("monitor", "run-1"), ("monitor", "run-2")]
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.0, attempt=3) is False  # even after it fired
+
+
+def test_next_attempt_is_delivered_again(schedulers: list[TimerScheduler]) -> None:
+    deliver = Deliveries(count=2)
+    scheduler = make(schedulers, deliver)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=1)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=2)
+    assert deliver.done.wait(WAIT)
+    assert deliver.calls == [("monitor", "run-1"), ("monitor", "run-1")]
+
+
+def test_same_attempt_for_another_stage_is_another_call(schedulers: list[TimerScheduler]) -> None:
+    deliver = Deliveries(count=2)
+    scheduler = make(schedulers, deliver)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
+    assert scheduler.schedule("inference", "run-1", delay_s=0, attempt=1)
+    assert deliver.done.wait(WAIT)
+    assert sorted(deliver.calls) == [("inference", "run-1"), ("monitor", "run-1")]
+
+
+def test_failed_delivery_is_logged_not_raised(
+    schedulers: list[TimerScheduler], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempted = threading.Event()
+    uncaught: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
+
+    def unreachable(stage: str, run_id: str) -> None:
+        attempted.set()
+        raise HandOffFailed(f"could not reach {stage} for run {run_id} after 6 attempts (ConnectionError)")
+
+    scheduler = TimerScheduler(unreachable)
+    schedulers.append(scheduler)
+    with caplog.at_level(logging.ERROR, logger="shared.chain.timer"):
+        assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
+        assert attempted.wait(WAIT)
+        join_all(scheduler)
+    assert uncaught == []
+    assert "scheduled call failed: could not reach monitor for run run-1 after 6 attempts" in caplog.text
+
+
+def test_cancel_all_stops_pending_calls(schedulers: list[TimerScheduler]) -> None:
+    deliver = Deliveries()
+    scheduler = make(schedulers, deliver)
+    scheduler.schedule("monitor", "run-1", delay_s=WAIT * 6, attempt=1)
+    scheduler.cancel_all()
+    join_all(scheduler)
+    assert deliver.calls == []
