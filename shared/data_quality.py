@@ -56,18 +56,20 @@ class DataQuality:
                 f"no usable rows in the {', '.join(empty)} split(s): assign data rows to every split in the "
                 "model run (Labelbox: model run > Manage splits)"
             )
-        few = {
-            label: sum(c for s, c in by_split.items() if s != Split.UNASSIGNED.value)
+        # unassigned rows are not imported: a label seen only there is one Vertex never sees
+        imported = {
+            label: n
             for label, by_split in self.per_class_per_split.items()
+            if (n := sum(c for s, c in by_split.items() if s != Split.UNASSIGNED.value))
         }
-        few = {label: n for label, n in few.items() if n < MIN_IMAGES_PER_LABEL}
+        few = {label: n for label, n in imported.items() if n < MIN_IMAGES_PER_LABEL}
         if few:
             listed = ", ".join(f"{label} ({n})" for label, n in sorted(few.items()))
             problems.append(
                 f"Vertex needs at least {MIN_IMAGES_PER_LABEL} images per label; too few for: {listed}. "
                 "Label more rows or remove these classes from the ontology"
             )
-        if self.task is Task.SINGLE_LABEL_CLASSIFICATION and 0 < len(self.per_class_per_split) < 2:
+        if self.task is Task.SINGLE_LABEL_CLASSIFICATION and 0 < len(imported) < 2:
             problems.append("single-label classification needs at least two different answers")
         if not self.rows_kept:
             problems.append("no usable rows at all; see the skip reasons")
