@@ -128,3 +128,21 @@ def test_summary_without_skips_has_no_reason_keys() -> None:
     summary = healthy().summary()
     assert set(summary) == {"rows_kept", "rows_skipped", "splits"}
     assert summary["rows_skipped"] == "0"
+
+
+def test_label_seen_only_on_unassigned_rows_does_not_block_training() -> None:
+    # unassigned rows are not imported, so Vertex never sees this label and cannot refuse it
+    quality = healthy()
+    for _ in range(3):
+        quality.keep(Split.UNASSIGNED, ["unicorn"])
+    assert quality.vertex_problems() == []
+    assert quality.to_dict()["per_class_per_split"]["unicorn"] == {"unassigned": 3}
+
+
+def test_single_label_answers_on_unassigned_rows_do_not_count() -> None:
+    quality = DataQuality(Task.SINGLE_LABEL_CLASSIFICATION)
+    for split, n in ((Split.TRAINING, 10), (Split.VALIDATION, 1), (Split.TEST, 1)):
+        for _ in range(n):
+            quality.keep(split, ["cat"])
+    quality.keep(Split.UNASSIGNED, ["dog"])
+    assert quality.vertex_problems() == ["single-label classification needs at least two different answers"]
