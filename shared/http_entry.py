@@ -48,7 +48,7 @@ def parse_stage_call(request: flask.Request) -> tuple[str, bool]:
     body = read_body(request, MAX_STAGE_BODY)
     try:
         payload = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise Rejected(400, "body is not valid JSON") from None
     if not isinstance(payload, dict) or "run_id" not in payload:
         raise Rejected(400, 'body must be {"run_id": "<model run id>"}')

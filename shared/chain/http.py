@@ -70,16 +70,16 @@ class HttpHandOff:
         last = "no attempt made"
         for attempt in range(self._attempts):
             headers = {"Content-Type": "application/json"}
-            if self._token_source is not None:
-                headers["Authorization"] = f"Bearer {self._token_source(url)}"
             try:
+                if self._token_source is not None:
+                    headers["Authorization"] = f"Bearer {self._token_source(url)}"
                 response = self._session.post(
                     url, json=stage_body(run_id), headers=headers, timeout=(5, self._accept_timeout_s)
                 )
             except requests.ReadTimeout:
                 log.info("hand-off to %s for run %s delivered; the stage is working", stage, run_id)
                 return
-            except requests.RequestException as exc:
+            except Exception as exc:  # transport errors, and a token that could not be minted (metadata server)
                 last = f"{type(exc).__name__}"
             else:
                 if response.status_code < 300 or response.status_code == 409:
