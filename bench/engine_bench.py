@@ -1,0 +1,217 @@
+"""Benchmark of the local engine on the demo model run: accuracy (pycocotools mAP) and speed.
+
+Builds the demo model run, converts it with the ETL's own converters into a Vertex import JSONL in a
+folder bucket, trains a detector on the training split for a wall-time budget, batch-predicts the test
+split into Vertex-format output files, reads them back and scores them with pycocotools. Baselines in
+the same run: the same network untrained (what the training bought), and batch size 1 against the
+batched prediction job (what batching buys).
+
+    .venv/bin/python -m bench.engine_bench [--seconds 120] [--images 300] [--seed 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.demo import create_demo_model_run
+from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
+from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
+from shared.engine.train import TrainSettings, resolve_device, train
+from shared.engine.vertex_io import parse_import_line
+from shared.formats.labelbox_export import Converted, example_from_row
+from shared.formats.vertex_import import LabelNames, import_line, normalize_boxes
+from shared.model_types import Task
+from shared.store.local_folder import LocalFolderStore
+
+BUCKET = "local-bucket"
+
+
+def build_import(workdir: Path, images: int, seed: int) -> tuple[LocalFolderStore, str, list[dict]]:
+    """Demo model run -> images + import JSONL in a folder bucket; returns the store, import URI, lines."""
+    folder = create_demo_model_run(workdir / "model_runs", images=images, seed=seed)
+    run_id = folder.name
+    store = LocalFolderStore(workdir / "bucket", BUCKET)
+    names = LabelNames()
+    lines = []
+    with open(folder / "export.ndjson") as export:
+        for raw in export:
+            converted = example_from_row(json.loads(raw), model_run_id=run_id, task=Task.OBJECT_DETECTION)
+            if not isinstance(converted, Converted) or converted.example.split.value == "unassigned":
+                continue
+            example = converted.example
+            key = f"runs/{run_id}/images/{example.data_row_id}.jpg"
+            store.upload_file(key, str(folder / example.media_url))
+            boxes, _dropped = normalize_boxes(example.boxes, example.width or 0, example.height or 0)
+            lines.append(
+                import_line(
+                    example, image_uri=store.uri(key), task=Task.OBJECT_DETECTION, names=names, boxes=boxes
+                )
+            )
+    import_key = f"runs/{run_id}/vertex_import.jsonl"
+    store.write(import_key, "".join(json.dumps(line) + "\n" for line in lines).encode())
+    return store, store.uri(import_key), lines
+
+
+def pycocotools_map(truth: dict[str, list], predicted: dict[str, list], size: int) -> tuple[float, float]:
+    """(mAP@0.5, mAP@[.5:.95]) from pycocotools, COCO objects built in memory, in pixel units."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = sorted({n for boxes in truth.values() for n, _b in boxes})
+    cat = {n: i + 1 for i, n in enumerate(names)}
+    images, anns, dets = [], [], []
+    for image_id, uri in enumerate(sorted(truth), start=1):
+        images.append({"id": image_id, "width": size, "height": size})
+        for name, (x0, y0, x1, y1) in truth[uri]:
+            w, h = (x1 - x0) * size, (y1 - y0) * size
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cat[name],
+                    "bbox": [x0 * size, y0 * size, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        for name, score, (x0, x1, y0, y1) in predicted.get(uri, []):
+            if name in cat:
+                bbox = [x0 * size, y0 * size, (x1 - x0) * size, (y1 - y0) * size]
+                dets.append({"image_id": image_id, "category_id": cat[name], "bbox": bbox, "score": score})
+    if not dets:
+        return 0.0, 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": i, "name": n} for n, i in cat.items()],
+        }
+        gt.createIndex()
+        evaluation = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    stats = np.asarray(evaluation.stats)
+    return float(stats[1]), float(stats[0])
+
+
+def read_output(store: LocalFolderStore, output_dir: str) -> dict[str, list]:
+    """Reads the prediction files back the way the chain does: list the folder, parse every line."""
+    found: dict[str, list] = {}
+    for key in store.list(store.key_from_uri(output_dir) + "/"):
+        for line in store.read(key).decode().splitlines():
+            row = json.loads(line)
+            if "error" in row:
+                continue
+            p = row["prediction"]
+            found[row["instance"]["content"]] = list(
+                zip(p["displayNames"], p["confidences"], [tuple(b) for b in p["bboxes"]], strict=True)
+            )
+    return found
+
+
+def predict_split(
+    predictor: Predictor, store: LocalFolderStore, instances_uri: str, name: str, batch_size: int
+) -> tuple[dict[str, list], float]:
+    out = store.uri(f"bench/predictions/{name}")
+    job = PredictionJob(
+        instances_uri, out, confidence_threshold=0.001, max_predictions=100, batch_size=batch_size
+    )
+    started = time.perf_counter()
+    summary = run_batch_prediction(predictor, store, job)
+    rate = int(summary["instances"]) / (time.perf_counter() - started)  # type: ignore[call-overload]
+    return read_output(store, out), rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="training wall-time budget")
+    parser.add_argument("--max-steps", type=int, default=None, help="train a fixed number of steps instead")
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        store, import_uri, lines = build_import(workdir, args.images, args.seed)
+        test = [parse_import_line(json.dumps(line), "object_detection") for line in lines]
+        test = [row for row in test if row.split == "test"]
+        truth = {row.image_uri: list(row.boxes) for row in test}
+        instances_key = "bench/test_instances.jsonl"
+        store.write(
+            instances_key,
+            "".join(
+                json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test
+            ).encode(),
+        )
+        instances_uri = store.uri(instances_key)
+        splits = {
+            s: sum(line["dataItemResourceLabels"]["aiplatform.googleapis.com/ml_use"] == s for line in lines)
+            for s in ("training", "validation", "test")
+        }
+
+        settings = TrainSettings(
+            task="object_detection",
+            import_uri=import_uri,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            train_seconds=args.seconds,
+            display_name="bench",
+        )
+        checkpoint = workdir / "model.pt"
+        summary = train(settings, store, checkpoint, device=device)
+        predictor = Predictor(load_checkpoint(checkpoint, device), device)
+        found, batched_rate = predict_split(predictor, store, instances_uri, "trained", 64)
+        map50, map_coco = pycocotools_map(truth, found, 160)
+        _found1, single_rate = predict_split(predictor, store, instances_uri, "batch1", 1)
+
+        torch.manual_seed(args.seed)
+        config = ModelConfig("object_detection", len(predictor.classes), settings.input_size, settings.width)
+        untrained = Predictor(LoadedModel(build_model(config).eval(), config, predictor.classes, {}), device)
+        base_found, _rate = predict_split(untrained, store, instances_uri, "untrained", 64)
+        base50, base_coco = pycocotools_map(truth, base_found, 160)
+
+    mode = f"{args.max_steps} steps" if args.max_steps else f"{args.seconds:g} s budget"
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"device {device}, threads {args.threads}"
+    )
+    print(f"data: {args.images} demo images (seed {args.seed}); splits {splits}")
+    print(
+        f"training ({mode}): {summary['step']} steps in {summary['elapsed_s']} s, "
+        f"{summary['images_per_s']} images/s, final loss {summary['loss']}"
+    )
+    print(
+        f"validation (engine's own report): mAP@0.5 {summary['validation_map50']:.4f}, "
+        f"mAP@[.5:.95] {summary['validation_map']:.4f}"
+    )
+    print(f"test split, pycocotools on the Vertex-format output ({len(test)} images):")
+    print(f"  trained:   mAP@0.5 {map50:.4f}  mAP@[.5:.95] {map_coco:.4f}")
+    print(f"  untrained: mAP@0.5 {base50:.4f}  mAP@[.5:.95] {base_coco:.4f}   (baseline)")
+    print(
+        f"inference (batch prediction job, decode + model + JSON): batch 64 {batched_rate:.1f} images/s, "
+        f"batch 1 {single_rate:.1f} images/s (baseline)"
+    )
+
+
+if __name__ == "__main__":
+    main()

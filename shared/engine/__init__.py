@@ -1,0 +1,6 @@
+"""The local training engine: a small PyTorch detector and classifier trained in detached job processes.
+
+It reads the Vertex import JSONL the ETL writes and writes Vertex AutoML's batch-prediction output, so
+the chain treats it exactly like Vertex. `shared.training.local_engine.LocalEngineBackend` is its
+`TrainingBackend` adapter; `jobs` starts and watches the job processes without importing torch.
+"""

@@ -1,0 +1,145 @@
+"""The networks: one small conv backbone, a CenterNet-style detector head and a classifier head.
+
+Sized for a couple of CPU cores: a strided trunk down to 1/16 with a light top-down path back to 1/4,
+where the detector predicts per-class centre heatmaps, box sizes and sub-cell offsets. The classifier
+pools the deepest features. A checkpoint is a plain dict of tensors and primitives, so it loads with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+CHECKPOINT_FORMAT = "local-engine-checkpoint/1"
+HEATMAP_PRIOR = 0.05  # initial heatmap confidence; keeps the focal loss sane in the first steps
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    task: str  # a shared.model_types.Task value
+    num_classes: int
+    input_size: int = 160
+    width: int = 32  # channels at stride 2; deeper stages widen from it
+
+    @property
+    def is_detection(self) -> bool:
+        return self.task == "object_detection"
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Backbone(nn.Module):
+    """Returns features at strides 4, 8 and 16."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = width, width * 3 // 2, width * 2, width * 3
+        self.stem = nn.Sequential(_conv(3, c1, 2), _conv(c1, c2, 2))
+        self.down8 = nn.Sequential(_conv(c2, c3, 2), _conv(c3, c3))
+        self.down16 = nn.Sequential(_conv(c3, c4, 2), _conv(c4, c4), _conv(c4, c4))
+        self.channels = (c2, c3, c4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s4 = self.stem(x)
+        s8 = self.down8(s4)
+        s16 = self.down16(s8)
+        return s4, s8, s16
+
+
+class Detector(nn.Module):
+    """Outputs (heatmap logits [B,C,H,W], box size [B,2,H,W] in cells, centre offset [B,2,H,W])."""
+
+    stride = 4
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = Backbone(config.width)
+        c4, c8, c16 = self.backbone.channels
+        self.lateral16 = nn.Conv2d(c16, c8, 1)
+        self.fuse8 = _conv(c8, c8)
+        self.lateral8 = nn.Conv2d(c8, c4, 1)
+        self.fuse4 = _conv(c4, c4)
+        self.head = _conv(c4, c4)
+        self.heatmap = nn.Conv2d(c4, config.num_classes, 1)
+        self.box = nn.Conv2d(c4, 4, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s4, s8, s16 = self.backbone(x)
+        p8 = self.fuse8(s8 + F.interpolate(self.lateral16(s16), size=s8.shape[-2:], mode="nearest"))
+        p4 = self.fuse4(s4 + F.interpolate(self.lateral8(p8), size=s4.shape[-2:], mode="nearest"))
+        h = self.head(p4)
+        box = self.box(h)
+        return self.heatmap(h), box[:, :2], box[:, 2:]
+
+
+class Classifier(nn.Module):
+    """Outputs class logits [B,C]; softmax or sigmoid is the caller's choice (single or multi label)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = Backbone(config.width)
+        self.fc = nn.Linear(self.backbone.channels[-1], config.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s16 = self.backbone(x)[-1]
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(s16, 1), 1))
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return Detector(config) if config.is_detection else Classifier(config)
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, classes: list[str], **extra: Any) -> None:
+    """Writes the checkpoint atomically, so a reader never loads half a file."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(config),
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: ModelConfig
+    classes: list[str]
+    meta: dict[str, Any]
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a local engine checkpoint")
+    config = ModelConfig(**payload["config"])
+    model = build_model(config)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("format", "config", "classes", "state_dict")}
+    return LoadedModel(model, config, list(payload["classes"]), meta)

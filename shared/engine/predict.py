@@ -1,0 +1,193 @@
+"""Prediction with a trained checkpoint, and the batch-prediction job that writes Vertex's output files.
+
+The instances JSONL is streamed in batches and the output is written in files of at most
+`lines_per_file` lines, so memory stays flat however many instances there are. An instance that cannot
+be read becomes an `error` line in its place, as on Vertex, instead of failing the job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shared.engine.augment import normalize
+from shared.engine.detection import decode
+from shared.engine.images import load_image
+from shared.engine.model import LoadedModel
+from shared.engine.vertex_io import (
+    Box,
+    classification_line,
+    detection_line,
+    error_line,
+    parse_instance_line,
+    predictions_file_name,
+)
+from shared.store.port import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MAX_BOXES = 500  # Vertex's cap on boxes per image
+CANDIDATES = 100  # heatmap peaks considered per image before thresholding and NMS
+
+
+class Predictor:
+    """Runs a loaded model on batches of decoded images."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+        self.loaded = loaded
+        self.device = device
+        self.model = loaded.model.to(device).eval()
+        self.task = loaded.config.task
+        self.classes = loaded.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.loaded.config.input_size
+
+    @torch.no_grad()
+    def detect(
+        self, pixels: torch.Tensor, *, threshold: float, max_predictions: int
+    ) -> list[list[tuple[str, float, Box]]]:
+        """uint8 [B,3,S,S] -> per image, (label, confidence, normalized box), best first."""
+        heat, size, offset = self.model(normalize(pixels.to(self.device)))
+        found = decode(
+            heat.float().cpu(),
+            size.float().cpu(),
+            offset.float().cpu(),
+            score_threshold=threshold,
+            max_detections=min(max_predictions, MAX_BOXES),
+            candidates=CANDIDATES,
+        )
+        return [[(self.classes[d.label], d.score, d.box) for d in image] for image in found]
+
+    @torch.no_grad()
+    def classify(self, pixels: torch.Tensor) -> list[dict[str, float]]:
+        """uint8 [B,3,S,S] -> per image, every class's confidence (softmax if single-label, else sigmoid)."""
+        logits = self.model(normalize(pixels.to(self.device))).float().cpu()
+        single = self.task == "single_label_classification"
+        probs = torch.softmax(logits, dim=1) if single else torch.sigmoid(logits)
+        return [dict(zip(self.classes, row, strict=True)) for row in probs.tolist()]
+
+
+@dataclass(frozen=True)
+class PredictionJob:
+    instances_uri: str
+    output_dir_uri: str  # gs://bucket/<prefix>/prediction-<name>-<stamp>
+    confidence_threshold: float
+    max_predictions: int
+    batch_size: int = 64
+    lines_per_file: int = 10_000
+
+
+def _instances(store: ObjectStore, uri: str) -> Iterator[str]:
+    with store.open_read(store.key_from_uri(uri)) as raw:
+        for line in io.TextIOWrapper(raw, encoding="utf-8"):
+            if line.strip():
+                yield line
+
+
+def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_lines(
+    predictor: Predictor, store: ObjectStore, lines: Sequence[str], job: PredictionJob
+) -> list[dict[str, object]]:
+    """Output lines for a batch of instance lines, in the same order; unreadable ones as error lines."""
+    out: list[dict[str, object] | None] = [None] * len(lines)
+    readable: list[tuple[int, dict[str, str], torch.Tensor]] = []
+    for pos, line in enumerate(lines):
+        try:
+            instance = parse_instance_line(line)
+        except ValueError as exc:
+            out[pos] = error_line(line.strip()[:1000], f"invalid instance: {exc}")
+            continue
+        try:
+            decoded = load_image(store, instance["content"], predictor.input_size)
+        except ValueError as exc:
+            out[pos] = error_line(instance, str(exc))
+            continue
+        readable.append((pos, instance, decoded.pixels))
+    if readable:
+        pixels = torch.stack([p for _pos, _i, p in readable])
+        if predictor.task == "object_detection":
+            for (pos, instance, _p), found in zip(
+                readable,
+                predictor.detect(pixels, threshold=job.confidence_threshold, max_predictions=job.max_predictions),
+                strict=True,
+            ):
+                out[pos] = detection_line(
+                    instance,
+                    found,
+                    confidence_threshold=job.confidence_threshold,
+                    max_predictions=job.max_predictions,
+                )
+        else:
+            for (pos, instance, _p), scores in zip(readable, predictor.classify(pixels), strict=True):
+                out[pos] = classification_line(
+                    instance,
+                    scores,
+                    confidence_threshold=job.confidence_threshold,
+                    max_predictions=job.max_predictions,
+                )
+    return [line for line in out if line is not None]
+
+
+def run_batch_prediction(
+    predictor: Predictor,
+    store: ObjectStore,
+    job: PredictionJob,
+    report: Callable[[dict[str, object]], None] = lambda _p: None,
+) -> dict[str, object]:
+    """Writes `predictions_00001.jsonl`... under the output directory; returns counts and timing."""
+    output_prefix = store.key_from_uri(job.output_dir_uri).rstrip("/")
+    buffer: list[str] = []
+    files = instances = errors = 0
+    started = time.monotonic()
+
+    def flush() -> None:
+        nonlocal files, buffer
+        files += 1
+        key = f"{output_prefix}/{predictions_file_name(files)}"
+        store.write(key, "".join(buffer).encode(), content_type="application/jsonl")
+        buffer = []
+
+    for batch in _batches(_instances(store, job.instances_uri), job.batch_size):
+        for line in predict_lines(predictor, store, batch, job):
+            errors += "error" in line
+            buffer.append(json.dumps(line, separators=(",", ":")) + "\n")
+            if len(buffer) >= job.lines_per_file:
+                flush()
+        instances += len(batch)
+        elapsed = time.monotonic() - started
+        report(
+            {
+                "instances": instances,
+                "errors": errors,
+                "images_per_s": round(instances / max(elapsed, 1e-9), 1),
+            }
+        )
+    if buffer or files == 0:
+        flush()
+    elapsed = time.monotonic() - started
+    log.info("predicted %d instances (%d errors) into %d files in %.1fs", instances, errors, files, elapsed)
+    return {
+        "instances": instances,
+        "errors": errors,
+        "files": files,
+        "images_per_s": round(instances / max(elapsed, 1e-9), 1),
+        "output_dir": job.output_dir_uri,
+    }

@@ -1,0 +1,194 @@
+"""The local engine as a `TrainingBackend`: training and batch prediction in detached processes.
+
+Refs are `local-engine://jobs/<job_id>` (a job folder under the engine dir), so any adapter instance
+in any process, given the same engine dir, finds a job from the ref alone. A trained model is
+`local-engine://jobs/<job_id>/model.pt`. The local engine has no dataset resource: the import JSONL
+in the bucket is the dataset, so an "import" checks the file and its ref is the file's gs:// URI.
+
+This module imports no torch; the job processes do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shared.engine import jobs
+from shared.engine.job import BATCH_PREDICTION, TRAINING
+from shared.engine.vertex_io import output_directory_name
+from shared.model_types import Task
+from shared.store.port import ObjectStore
+from shared.training.port import JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
+
+SCHEME = "local-engine://"
+JOBS = SCHEME + "jobs/"
+PROGRESS_KEYS = (
+    "step",
+    "total_steps",
+    "loss",
+    "images_per_s",
+    "eta_s",
+    "elapsed_s",
+    "instances",
+    "errors",
+    "files",
+    "validation_map50",
+    "validation_map",
+    "validation_accuracy",
+)
+
+
+class LocalEngineBackend:
+    name = "local"
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        engine_dir: Path,
+        *,
+        train_seconds: float,
+        seed: int,
+        device: str = "auto",
+        bucket_dir: Path | None = None,
+        max_steps: int | None = None,
+        threads: int | None = None,
+        train_settings: Mapping[str, Any] | None = None,
+        prediction_settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`max_steps` trains exactly that many steps (repeatable for a seed) instead of `train_seconds`.
+
+        `train_settings` / `prediction_settings` override engine knobs (e.g. `input_size`, `width`,
+        `batch_size`, `lines_per_file`); the defaults suit the demo data on a small CPU.
+        """
+        root = bucket_dir if bucket_dir is not None else getattr(store, "root", None)
+        if root is None:
+            raise ValueError("the local engine needs the bucket folder (bucket_dir) to read images from")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.store = store
+        self.engine_dir = Path(engine_dir).resolve()
+        self.bucket_dir = Path(root).resolve()
+        self.train_seconds = float(train_seconds)
+        self.seed = int(seed)
+        self.device = device
+        self.max_steps = max_steps
+        self.threads = threads
+        self.train_settings = dict(train_settings or {})
+        self.prediction_settings = dict(prediction_settings or {})
+
+    # -- dataset ------------------------------------------------------------------------------------
+
+    def _existing_key(self, uri: str, what: str) -> str:
+        key = self.store.key_from_uri(uri)
+        if not self.store.exists(key):
+            raise ValueError(f"the {what} {uri} does not exist")
+        return key
+
+    def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
+        self._existing_key(import_uri, "import file")
+        return JobRef(import_uri)
+
+    def dataset_status(self, ref: str) -> JobStatus:
+        try:
+            self._existing_key(ref, "import file")
+        except ValueError as exc:
+            return JobStatus(JobState.FAILED, error=str(exc))
+        return JobStatus(JobState.SUCCEEDED, result=ref)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def _folder(self, ref: str) -> Path:
+        if not ref.startswith(JOBS):
+            raise ValueError(f"not a local engine job reference: {ref!r}")
+        return jobs.job_folder(self.engine_dir, ref[len(JOBS) :].split("/")[0])
+
+    def _common_spec(self, kind: str, run_id: str, task: Task) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "run_id": run_id,
+            "task": task.value,
+            "device": self.device,
+            "threads": self.threads,
+            "bucket_dir": str(self.bucket_dir),
+            "bucket_name": self.store.bucket,
+        }
+
+    def _status(self, ref: str, result: Any) -> JobStatus:
+        try:
+            folder = self._folder(ref)
+            state = jobs.read_state(folder)
+        except (ValueError, LookupError) as exc:
+            return JobStatus(JobState.FAILED, error=str(exc))
+        progress = {k: state[k] for k in PROGRESS_KEYS if state.get(k) is not None}
+        value = JobState(state.get("state", jobs.FAILED))
+        return JobStatus(
+            value,
+            error=state.get("error") if value in (JobState.FAILED, JobState.CANCELLED) else None,
+            result=result(folder, state) if value is JobState.SUCCEEDED else None,
+            progress=progress,
+            link=folder.as_uri(),
+        )
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def start_training(self, request: TrainingRequest) -> JobRef:
+        self._existing_key(request.dataset, "import file")
+        spec = self._common_spec(TRAINING, request.run_id, request.task) | {
+            "import_uri": request.dataset,
+            "display_name": request.display_name,
+            "labels": dict(request.labels),
+            "seed": self.seed,
+            "train_seconds": self.train_seconds,
+            "max_steps": self.max_steps,
+            "settings": self.train_settings,
+        }
+        job_id = jobs.new_job_id("train", request.run_id)
+        folder = jobs.job_folder(self.engine_dir, job_id)
+        jobs.launch(folder, spec)
+        return JobRef(JOBS + job_id, link=folder.as_uri())
+
+    def training_status(self, ref: str) -> JobStatus:
+        return self._status(ref, lambda folder, _state: f"{JOBS}{folder.name}/{jobs.CHECKPOINT}")
+
+    def cancel_training(self, ref: str) -> None:
+        jobs.cancel(self._folder(ref))
+
+    def checkpoint_path(self, model: str) -> Path:
+        """The checkpoint file behind a model reference from `training_status`."""
+        folder = self._folder(model)
+        if model != f"{JOBS}{folder.name}/{jobs.CHECKPOINT}":
+            raise ValueError(f"not a local engine model reference: {model!r}")
+        return folder / jobs.CHECKPOINT
+
+    # -- batch prediction ---------------------------------------------------------------------------
+
+    def start_batch_prediction(self, request: PredictionRequest) -> JobRef:
+        checkpoint = self.checkpoint_path(request.model)
+        if not checkpoint.is_file():
+            raise ValueError(f"the model {request.model} has no checkpoint (did its training succeed?)")
+        self._existing_key(request.instances_uri, "instances file")
+        self.store.key_from_uri(request.output_uri_prefix.rstrip("/") + "/x")  # same bucket, or ValueError
+        model_name = jobs.read_json(checkpoint.parent / jobs.SPEC).get("display_name") or "model"
+        output_dir = (
+            f"{request.output_uri_prefix.rstrip('/')}/{output_directory_name(model_name, dt.datetime.now(dt.UTC))}"
+        )
+        spec = self._common_spec(BATCH_PREDICTION, request.run_id, request.task) | {
+            "checkpoint": str(checkpoint),
+            "model": request.model,
+            "instances_uri": request.instances_uri,
+            "output_dir_uri": output_dir,
+            "confidence_threshold": request.confidence_threshold,
+            "max_predictions": request.max_predictions,
+            "display_name": request.display_name,
+            "labels": dict(request.labels),
+            "settings": self.prediction_settings,
+        }
+        job_id = jobs.new_job_id("predict", request.run_id)
+        folder = jobs.job_folder(self.engine_dir, job_id)
+        jobs.launch(folder, spec)
+        return JobRef(JOBS + job_id, link=folder.as_uri())
+
+    def batch_prediction_status(self, ref: str) -> JobStatus:
+        return self._status(ref, lambda _folder, state: state.get("result"))

@@ -1,0 +1,225 @@
+"""The LocalEngineBackend through real detached job processes: train, predict, crash, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared.engine import jobs
+from shared.engine.model import load_checkpoint
+from shared.model_types import Task
+from shared.training.local_engine import LocalEngineBackend
+from shared.training.port import JobState, JobStatus, PredictionRequest, TrainingRequest
+from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
+
+WAIT_S = 180  # generous: other work shares the CPU; never a speed assertion
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> TinyData:
+    return tiny_data(tmp_path / "bucket")
+
+
+def backend(data: TinyData, tmp_path: Path, **overrides: object) -> LocalEngineBackend:
+    options: dict = {"train_seconds": 60.0, "seed": 1, "device": "cpu", "max_steps": 4, "threads": 1}
+    options.update(overrides)
+    return LocalEngineBackend(
+        data.store,
+        tmp_path / "engine",
+        bucket_dir=data.bucket_dir,
+        train_settings=TINY_TRAIN,
+        prediction_settings={"batch_size": 4, "lines_per_file": 5},
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def wait(poll, ref: str) -> JobStatus:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        status = poll(ref)
+        if status.state.finished:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{ref} did not finish in {WAIT_S}s: {poll(ref)}")
+
+
+def training_request(task: Task, dataset: str) -> TrainingRequest:
+    return TrainingRequest(run_id="run-1", task=task, dataset=dataset, labels={"run": "run-1"}, display_name="lb-run-1")
+
+
+def prediction_request(task: Task, model: str, instances: str, *, threshold: float = 0.0, top: int = 5):
+    return PredictionRequest(
+        run_id="run-1",
+        task=task,
+        model=model,
+        instances_uri=instances,
+        output_uri_prefix="gs://local-bucket/runs/tiny/predictions",
+        confidence_threshold=threshold,
+        max_predictions=top,
+        labels={"run": "run-1"},
+        display_name="lb-infer-run-1",
+    )
+
+
+def output_lines(data: TinyData, directory: str) -> tuple[list[str], list[dict]]:
+    keys = list(data.store.list(data.store.key_from_uri(directory) + "/"))
+    lines = [json.loads(line) for key in keys for line in data.store.read(key).decode().splitlines()]
+    return keys, lines
+
+
+def test_detection_trains_and_batch_predicts_in_vertex_format(data: TinyData, tmp_path: Path) -> None:
+    engine = backend(data, tmp_path)
+    dataset_ref = engine.start_dataset_import("run-1", Task.OBJECT_DETECTION, data.detection_import(), {})
+    dataset = engine.dataset_status(dataset_ref.ref)
+    assert dataset.state is JobState.SUCCEEDED and dataset.result
+
+    ref = engine.start_training(training_request(Task.OBJECT_DETECTION, dataset.result)).ref
+    assert ref.startswith("local-engine://jobs/")
+    status = wait(engine.training_status, ref)
+    assert status.state is JobState.SUCCEEDED, status.error
+    assert status.progress["step"] == status.progress["total_steps"] == 4
+    assert "loss" in status.progress and "images_per_s" in status.progress
+    assert "validation_map50" in status.progress and "validation_map" in status.progress
+    assert status.result == ref + "/model.pt"
+
+    # a new adapter in a new process would see the same, from the ref alone
+    assert backend(data, tmp_path).training_status(ref) == status
+    loaded = load_checkpoint(engine.checkpoint_path(status.result))
+    assert loaded.classes == ["disc", "square"]
+
+    bad = ["{not json", json.dumps({"content": "gs://local-bucket/runs/tiny/images/missing.jpg"})]
+    instances = data.instances(bad)
+    job = engine.start_batch_prediction(prediction_request(Task.OBJECT_DETECTION, status.result, instances, top=3))
+    done = wait(engine.batch_prediction_status, job.ref)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.result.startswith("gs://local-bucket/runs/tiny/predictions/prediction-lb-run-1-")
+    keys, lines = output_lines(data, done.result)
+    assert [k.rsplit("/", 1)[1] for k in keys] == [
+        "predictions_00001.jsonl",
+        "predictions_00002.jsonl",
+        "predictions_00003.jsonl",
+    ]
+    assert len(lines) == len(data.images) + 2
+    errors = [line for line in lines if "error" in line]
+    assert [e["error"]["code"] for e in errors] == [3, 3]
+    assert "missing.jpg" in errors[1]["instance"]["content"] and "does not exist" in errors[1]["error"]["message"]
+    predicted = [line for line in lines if "prediction" in line]
+    assert {p["instance"]["content"] for p in predicted} == set(data.images)
+    for line in predicted:
+        p = line["prediction"]
+        assert set(p) == {"ids", "displayNames", "confidences", "bboxes"}
+        assert len(p["confidences"]) <= 3
+        assert p["confidences"] == sorted(p["confidences"], reverse=True)
+        assert all(0 <= v <= 1 for box in p["bboxes"] for v in box)
+        assert all(b[0] <= b[1] and b[2] <= b[3] for b in p["bboxes"])  # [xMin, xMax, yMin, yMax]
+        assert set(p["displayNames"]) <= {"disc", "square"}
+
+
+@pytest.mark.parametrize(
+    ("task", "make_import"),
+    [
+        (Task.SINGLE_LABEL_CLASSIFICATION, TinyData.single_label_import),
+        (Task.MULTI_LABEL_CLASSIFICATION, TinyData.multi_label_import),
+    ],
+)
+def test_classification_trains_and_predicts(data: TinyData, tmp_path: Path, task: Task, make_import) -> None:
+    engine = backend(data, tmp_path)
+    ref = engine.start_training(training_request(task, make_import(data))).ref
+    status = wait(engine.training_status, ref)
+    assert status.state is JobState.SUCCEEDED, status.error
+    assert 0.0 <= status.progress["validation_accuracy"] <= 1.0
+
+    job = engine.start_batch_prediction(prediction_request(task, status.result, data.instances(), threshold=0.0, top=5))
+    done = wait(engine.batch_prediction_status, job.ref)
+    assert done.state is JobState.SUCCEEDED, done.error
+    _keys, lines = output_lines(data, done.result)
+    assert len(lines) == len(data.images)
+    for line in lines:
+        p = line["prediction"]
+        assert set(p) == {"ids", "displayNames", "confidences"}
+        assert sorted(p["displayNames"]) == ["disc", "square"]  # threshold 0: every class, best first
+        assert p["confidences"] == sorted(p["confidences"], reverse=True)
+        if task is Task.SINGLE_LABEL_CLASSIFICATION:
+            assert sum(p["confidences"]) == pytest.approx(1.0, abs=1e-4)  # softmax
+
+
+def _wait_running(folder: Path) -> int:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        state = json.loads((folder / jobs.STATE).read_text())
+        if state["state"] == jobs.RUNNING and state.get("step"):
+            return int(state["pid"])
+        assert state["state"] in jobs.UNFINISHED, state
+        time.sleep(0.1)
+    raise AssertionError("the job never started training")
+
+
+def test_a_killed_job_reports_failed_with_its_log_never_running(data: TinyData, tmp_path: Path) -> None:
+    engine = backend(data, tmp_path, max_steps=None, train_seconds=600.0)
+    ref = engine.start_training(training_request(Task.OBJECT_DETECTION, data.detection_import())).ref
+    folder = engine._folder(ref)
+    pid = _wait_running(folder)
+    assert engine.training_status(ref).state is JobState.RUNNING
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (status := engine.training_status(ref)).state is JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status.state is JobState.FAILED
+    assert str(folder / "job.log") in status.error
+    assert f"pid {pid}" in status.error
+    assert json.loads((folder / jobs.STATE).read_text())["state"] == "failed"  # the verdict is kept
+    assert backend(data, tmp_path).training_status(ref).state is JobState.FAILED
+
+
+def test_cancel_stops_the_process_and_marks_cancelled(data: TinyData, tmp_path: Path) -> None:
+    engine = backend(data, tmp_path, max_steps=None, train_seconds=600.0)
+    ref = engine.start_training(training_request(Task.OBJECT_DETECTION, data.detection_import())).ref
+    pid = _wait_running(engine._folder(ref))
+    engine.cancel_training(ref)
+    status = engine.training_status(ref)
+    assert status.state is JobState.CANCELLED
+    assert not jobs.is_alive(engine._folder(ref))
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    engine.cancel_training(ref)  # cancelling a finished job changes nothing
+    assert engine.training_status(ref).state is JobState.CANCELLED
+
+
+def test_a_job_that_raises_reports_failed_with_the_reason(data: TinyData, tmp_path: Path) -> None:
+    only_validation = data.write_jsonl(
+        "runs/tiny/no_training.jsonl",
+        [
+            {
+                "imageGcsUri": next(iter(data.images)),
+                "boundingBoxAnnotations": [{"displayName": "disc", "xMin": 0.1, "yMin": 0.1, "xMax": 0.5, "yMax": 0.5}],
+                "dataItemResourceLabels": {"aiplatform.googleapis.com/ml_use": "validation"},
+            }
+        ],
+    )
+    engine = backend(data, tmp_path)
+    status = wait(
+        engine.training_status, engine.start_training(training_request(Task.OBJECT_DETECTION, only_validation)).ref
+    )
+    assert status.state is JobState.FAILED
+    assert "no training rows" in status.error
+
+
+def test_refs_and_inputs_are_checked_up_front(data: TinyData, tmp_path: Path) -> None:
+    engine = backend(data, tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        engine.start_dataset_import("run-1", Task.OBJECT_DETECTION, "gs://local-bucket/runs/none.jsonl", {})
+    with pytest.raises(ValueError, match="not in bucket"):
+        engine.start_dataset_import("run-1", Task.OBJECT_DETECTION, "gs://other-bucket/x.jsonl", {})
+    assert engine.dataset_status("gs://local-bucket/runs/none.jsonl").state is JobState.FAILED
+    unknown = engine.training_status("local-engine://jobs/train-nothing-here")
+    assert unknown.state is JobState.FAILED and "no local engine job" in unknown.error
+    assert engine.training_status("local-engine://jobs/../../etc").state is JobState.FAILED
+    with pytest.raises(ValueError, match="no checkpoint"):
+        engine.start_batch_prediction(
+            prediction_request(Task.OBJECT_DETECTION, "local-engine://jobs/train-x/model.pt", data.instances())
+        )
