@@ -11,6 +11,8 @@ This module imports no torch; the job processes do.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,8 +89,23 @@ class LocalEngineBackend:
         return key
 
     def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
-        self._existing_key(import_uri, "import file")
-        return JobRef(import_uri)
+        """A wildcard import URI (ETL writes its JSONL in chunks, as Vertex accepts) is gathered into one
+        dataset file, streamed, like the dataset Vertex would hold; a plain URI is the dataset itself."""
+        if "*" not in import_uri:
+            self._existing_key(import_uri, "import file")
+            return JobRef(import_uri)
+        head, _, tail = self.store.key_from_uri(import_uri).partition("*")
+        keys = [k for k in self.store.list(head) if k.endswith(tail) and "/" not in k[len(head) :]]
+        if not keys:
+            raise ValueError(f"no import file matches {import_uri}")
+        dataset_key = f"runs/{run_id}/local_dataset/import.jsonl"
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as out:
+            for key in keys:
+                with self.store.open_read(key) as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+            out.flush()
+            self.store.upload_file(dataset_key, out.name, content_type="application/jsonl")
+        return JobRef(self.store.uri(dataset_key))
 
     def dataset_status(self, ref: str) -> JobStatus:
         try:
