@@ -55,9 +55,7 @@ def build_import(workdir: Path, images: int, seed: int) -> tuple[LocalFolderStor
             store.upload_file(key, str(folder / example.media_url))
             boxes, _dropped = normalize_boxes(example.boxes, example.width or 0, example.height or 0)
             lines.append(
-                import_line(
-                    example, image_uri=store.uri(key), task=Task.OBJECT_DETECTION, names=names, boxes=boxes
-                )
+                import_line(example, image_uri=store.uri(key), task=Task.OBJECT_DETECTION, names=names, boxes=boxes)
             )
     import_key = f"runs/{run_id}/vertex_import.jsonl"
     store.write(import_key, "".join(json.dumps(line) + "\n" for line in lines).encode())
@@ -127,9 +125,7 @@ def predict_split(
     predictor: Predictor, store: LocalFolderStore, instances_uri: str, name: str, batch_size: int
 ) -> tuple[dict[str, list], float]:
     out = store.uri(f"bench/predictions/{name}")
-    job = PredictionJob(
-        instances_uri, out, confidence_threshold=0.001, max_predictions=100, batch_size=batch_size
-    )
+    job = PredictionJob(instances_uri, out, confidence_threshold=0.001, max_predictions=100, batch_size=batch_size)
     started = time.perf_counter()
     summary = run_batch_prediction(predictor, store, job)
     rate = int(summary["instances"]) / (time.perf_counter() - started)  # type: ignore[call-overload]
@@ -159,9 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         instances_key = "bench/test_instances.jsonl"
         store.write(
             instances_key,
-            "".join(
-                json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test
-            ).encode(),
+            "".join(json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test).encode(),
         )
         instances_uri = store.uri(instances_key)
         splits = {

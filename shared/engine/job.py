@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from shared.engine.jobs import CANCELLED, CHECKPOINT, FAILED, RUNNING, SUCCEEDED, StateWriter, now_iso, read_json
 
 log = logging.getLogger("shared.engine.job")
@@ -35,6 +37,7 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _configure_torch(spec: dict[str, Any]) -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
     import torch
 
     threads = int(spec.get("threads") or os.cpu_count() or 1)
@@ -92,7 +95,7 @@ def run(folder: Path) -> int:
     state = StateWriter(folder)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        state.update(state=RUNNING, pid=os.getpid(), started_at=now_iso())
+        state.update(state=RUNNING, pid=os.getpid(), create_time=psutil.Process().create_time(), started_at=now_iso())
         spec = read_json(folder / "spec.json")
         _configure_torch(spec)
         kind = spec.get("kind")

@@ -19,7 +19,7 @@ import torch
 from shared.engine.augment import normalize
 from shared.engine.detection import decode
 from shared.engine.images import load_image
-from shared.engine.model import LoadedModel
+from shared.engine.model import CHANNELS_LAST, LoadedModel
 from shared.engine.vertex_io import (
     Box,
     classification_line,
@@ -42,7 +42,7 @@ class Predictor:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         self.loaded = loaded
         self.device = device
-        self.model = loaded.model.to(device).eval()
+        self.model = loaded.model.to(device, memory_format=CHANNELS_LAST).eval()
         self.task = loaded.config.task
         self.classes = loaded.classes
 
@@ -50,12 +50,15 @@ class Predictor:
     def input_size(self) -> int:
         return self.loaded.config.input_size
 
+    def _input(self, pixels: torch.Tensor) -> torch.Tensor:
+        return normalize(pixels.to(self.device)).contiguous(memory_format=CHANNELS_LAST)
+
     @torch.no_grad()
     def detect(
         self, pixels: torch.Tensor, *, threshold: float, max_predictions: int
     ) -> list[list[tuple[str, float, Box]]]:
         """uint8 [B,3,S,S] -> per image, (label, confidence, normalized box), best first."""
-        heat, size, offset = self.model(normalize(pixels.to(self.device)))
+        heat, size, offset = self.model(self._input(pixels))
         found = decode(
             heat.float().cpu(),
             size.float().cpu(),
@@ -69,7 +72,7 @@ class Predictor:
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> list[dict[str, float]]:
         """uint8 [B,3,S,S] -> per image, every class's confidence (softmax if single-label, else sigmoid)."""
-        logits = self.model(normalize(pixels.to(self.device))).float().cpu()
+        logits = self.model(self._input(pixels)).float().cpu()
         single = self.task == "single_label_classification"
         probs = torch.softmax(logits, dim=1) if single else torch.sigmoid(logits)
         return [dict(zip(self.classes, row, strict=True)) for row in probs.tolist()]
@@ -103,6 +106,14 @@ def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def _as_sent(line: str) -> object:
+    """An unusable instance, echoed back as parsed JSON when it is JSON, else as (truncated) text."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return line.strip()[:1000]
+
+
 def predict_lines(
     predictor: Predictor, store: ObjectStore, lines: Sequence[str], job: PredictionJob
 ) -> list[dict[str, object]]:
@@ -113,7 +124,7 @@ def predict_lines(
         try:
             instance = parse_instance_line(line)
         except ValueError as exc:
-            out[pos] = error_line(line.strip()[:1000], f"invalid instance: {exc}")
+            out[pos] = error_line(_as_sent(line), f"invalid instance: {exc}")
             continue
         try:
             decoded = load_image(store, instance["content"], predictor.input_size)

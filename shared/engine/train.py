@@ -34,7 +34,7 @@ from shared.engine.metrics import (
     multi_label_accuracy,
     single_label_accuracy,
 )
-from shared.engine.model import LoadedModel, ModelConfig, build_model, save_checkpoint
+from shared.engine.model import CHANNELS_LAST, LoadedModel, ModelConfig, build_model, save_checkpoint
 from shared.engine.predict import Predictor
 from shared.engine.vertex_io import ImportRow, parse_import_line
 from shared.store.port import ObjectStore
@@ -199,7 +199,7 @@ def train(
     )
 
     config = ModelConfig(task, len(classes), settings.input_size, settings.width)
-    model = build_model(config).to(device)
+    model = build_model(config).to(device, memory_format=CHANNELS_LAST)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -236,11 +236,11 @@ def train(
             assert boxes is not None and kept is not None
             labels = [s.labels[k] for s, k in zip(batch, kept, strict=True)]
             targets = build_targets(boxes, labels, len(classes), out_size)
-            heat, size, offset = model(images)
+            heat, size, offset = model(images.contiguous(memory_format=CHANNELS_LAST))
             loss, _parts = detection_loss(heat, size, offset, targets)
         else:
             images, _b, _k = augment(pixels, None, jitter, gen)
-            logits = model(images)
+            logits = model(images.contiguous(memory_format=CHANNELS_LAST))
             target = torch.stack([s.labels for s in batch]).to(device)
             if task == "single_label_classification":
                 loss = F.cross_entropy(logits, target.argmax(dim=1))

@@ -158,7 +158,7 @@ def classification_line(
     }
 
 
-def error_line(instance: Mapping[str, str] | str, message: str) -> dict[str, object]:
+def error_line(instance: object, message: str) -> dict[str, object]:
     return {"instance": instance, "error": {"code": INVALID_ARGUMENT, "message": message}}
 
 

@@ -5,6 +5,10 @@ in any process, given the same engine dir, finds a job from the ref alone. A tra
 `local-engine://jobs/<job_id>/model.pt`. The local engine has no dataset resource: the import JSONL
 in the bucket is the dataset, so an "import" checks the file and its ref is the file's gs:// URI.
 
+Training is bounded by `max_steps` when given (exactly that many steps; the same seed then gives the
+same weights) and otherwise by `train_seconds` of wall time, which stops at the first step past the
+budget and so is not repeatable: how many steps fit depends on the machine's load.
+
 This module imports no torch; the job processes do.
 """
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from shared.engine import jobs
+from shared.engine.images import decode_image
 from shared.engine.model import load_checkpoint
+from shared.engine.predict import Predictor
 from shared.model_types import Task
 from shared.training.local_engine import LocalEngineBackend
 from shared.training.port import JobState, JobStatus, PredictionRequest, TrainingRequest
@@ -223,3 +226,24 @@ def test_refs_and_inputs_are_checked_up_front(data: TinyData, tmp_path: Path) ->
         engine.start_batch_prediction(
             prediction_request(Task.OBJECT_DETECTION, "local-engine://jobs/train-x/model.pt", data.instances())
         )
+
+
+def test_step_mode_is_deterministic_for_a_seed(data: TinyData, tmp_path: Path) -> None:
+    """Same seed and steps: identical weights and predictions; another seed: different weights."""
+    dataset = data.detection_import()
+    refs = [
+        backend(data, tmp_path, seed=seed).start_training(training_request(Task.OBJECT_DETECTION, dataset)).ref
+        for seed in (5, 5, 6)
+    ]
+    engine = backend(data, tmp_path)
+    models = []
+    for ref in refs:
+        status = wait(engine.training_status, ref)
+        assert status.state is JobState.SUCCEEDED, status.error
+        models.append(load_checkpoint(engine.checkpoint_path(status.result)))
+    first, again, other = (m.model.state_dict() for m in models)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+    pixels = torch.stack([decode_image(data.store.read(data.store.key_from_uri(u)), 64).pixels for u in data.images])
+    runs = [Predictor(m, torch.device("cpu")).detect(pixels, threshold=0.0, max_predictions=5) for m in models[:2]]
+    assert runs[0] == runs[1]
