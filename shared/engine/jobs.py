@@ -84,8 +84,13 @@ def job_folder(engine_dir: Path, job_id: str) -> Path:
 
 
 def _child_env() -> dict[str, str]:
-    """The job needs no secrets: anything that looks like one stays in the parent."""
+    """The job needs no secrets: anything that looks like one stays in the parent.
+
+    OpenMP threads that sleep instead of spinning while they wait: on a few shared cores (other jobs,
+    other processes) spinning threads starve each other, and training ran at half speed or worse.
+    """
     env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
