@@ -193,10 +193,15 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def _process(folder: Path) -> dict[str, Any]:
-    try:
-        return read_json(folder / PROCESS)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    """pid and create_time: as the launcher recorded them, else as the job itself reported them."""
+    for name in (PROCESS, STATE):
+        try:
+            info = read_json(folder / name)
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if isinstance(info.get("pid"), int):
+            return info
+    return {}
 
 
 def _signal(folder: Path, sig: int) -> None:

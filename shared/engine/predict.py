@@ -90,7 +90,7 @@ class PredictionJob:
 
 def _instances(store: ObjectStore, uri: str) -> Iterator[str]:
     with store.open_read(store.key_from_uri(uri)) as raw:
-        for line in io.TextIOWrapper(raw, encoding="utf-8"):
+        for line in io.TextIOWrapper(raw, encoding="utf-8", errors="replace"):
             if line.strip():
                 yield line
 

@@ -30,6 +30,9 @@ from shared.training.port import JobRef, JobState, JobStatus, PredictionRequest,
 
 SCHEME = "local-engine://"
 JOBS = SCHEME + "jobs/"
+# the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
+TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
+PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file"})
 PROGRESS_KEYS = (
     "step",
     "total_steps",
@@ -73,6 +76,10 @@ class LocalEngineBackend:
             raise ValueError("the local engine needs the bucket folder (bucket_dir) to read images from")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        for given, allowed in ((train_settings, TRAIN_SETTINGS), (prediction_settings, PREDICTION_SETTINGS)):
+            unknown = set(given or {}) - allowed
+            if unknown:
+                raise ValueError(f"unknown engine settings {sorted(unknown)}; known: {sorted(allowed)}")
         self.store = store
         self.engine_dir = Path(engine_dir).resolve()
         self.bucket_dir = Path(root).resolve()

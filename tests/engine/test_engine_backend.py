@@ -222,6 +222,8 @@ def test_refs_and_inputs_are_checked_up_front(data: TinyData, tmp_path: Path) ->
     unknown = engine.training_status("local-engine://jobs/train-nothing-here")
     assert unknown.state is JobState.FAILED and "no local engine job" in unknown.error
     assert engine.training_status("local-engine://jobs/../../etc").state is JobState.FAILED
+    with pytest.raises(ValueError, match="unknown engine settings"):
+        LocalEngineBackend(data.store, tmp_path, train_seconds=1, seed=0, train_settings={"epochs": 3})
     with pytest.raises(ValueError, match="no checkpoint"):
         engine.start_batch_prediction(
             prediction_request(Task.OBJECT_DETECTION, "local-engine://jobs/train-x/model.pt", data.instances())

@@ -111,3 +111,18 @@ def test_coco_map_is_one_for_perfect_predictions_and_lower_for_misplaced_ones() 
     assert 0.0 < map50 < 1.0 and map_coco < map50
     assert coco_map(truths, [ImageDetections([])]) == (0.0, 0.0)
     assert coco_map([ImageTruth(10, 10, [])], [ImageDetections([])]) == (None, None)
+
+
+def test_the_adapter_knows_exactly_the_engine_settings_it_may_override() -> None:
+    from dataclasses import fields
+
+    from shared.training.local_engine import PREDICTION_SETTINGS, TRAIN_SETTINGS
+
+    fixed_by_the_job = {"task", "import_uri", "seed", "max_steps", "train_seconds", "display_name"}
+    assert {f.name for f in fields(TrainSettings)} - fixed_by_the_job == TRAIN_SETTINGS
+    assert {f.name for f in fields(PredictionJob)} - {
+        "instances_uri",
+        "output_dir_uri",
+        "confidence_threshold",
+        "max_predictions",
+    } == PREDICTION_SETTINGS
