@@ -110,10 +110,14 @@ class LocalEngineBackend:
         if not keys:
             raise ValueError(f"no import file matches {import_uri}")
         dataset_key = f"runs/{run_id}/local_dataset/import.jsonl"
-        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as out:
+        with tempfile.NamedTemporaryFile("w+b", suffix=".jsonl") as out:
             for key in keys:
                 with self.store.open_read(key) as chunk:
                     shutil.copyfileobj(chunk, out, 1 << 20)
+                if out.tell():
+                    out.seek(-1, 2)
+                    if out.read(1) != b"\n":  # a chunk without a final newline must not merge two lines
+                        out.write(b"\n")
             out.flush()
             self.store.upload_file(dataset_key, out.name, content_type="application/jsonl")
         return JobRef(self.store.uri(dataset_key))

@@ -249,3 +249,20 @@ def test_step_mode_is_deterministic_for_a_seed(data: TinyData, tmp_path: Path) -
     pixels = torch.stack([decode_image(data.store.read(data.store.key_from_uri(u)), 64).pixels for u in data.images])
     runs = [Predictor(m, torch.device("cpu")).detect(pixels, threshold=0.0, max_predictions=5) for m in models[:2]]
     assert runs[0] == runs[1]
+
+
+def test_a_wildcard_import_uri_gathers_the_chunks_into_one_dataset(data: TinyData, tmp_path: Path) -> None:
+    lines = data.store.read(data.store.key_from_uri(data.detection_import())).decode().splitlines()
+    data.store.write("runs/tiny/import/part-00000.jsonl", "\n".join(lines[:5]).encode())  # no final newline
+    data.store.write("runs/tiny/import/part-00001.jsonl", ("\n".join(lines[5:]) + "\n").encode())
+    data.store.write("runs/tiny/import/notes.txt", b"not part of the dataset")
+    engine = backend(data, tmp_path)
+    ref = engine.start_dataset_import(
+        "run-1", Task.OBJECT_DETECTION, "gs://local-bucket/runs/tiny/import/part-*.jsonl", {}
+    )
+    status = engine.dataset_status(ref.ref)
+    assert status.state is JobState.SUCCEEDED
+    gathered = data.store.read(data.store.key_from_uri(status.result)).decode().splitlines()
+    assert gathered == lines
+    with pytest.raises(ValueError, match="no import file matches"):
+        engine.start_dataset_import("run-1", Task.OBJECT_DETECTION, "gs://local-bucket/runs/none/*.jsonl", {})
