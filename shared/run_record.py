@@ -66,8 +66,9 @@ class Watch:
     ref: str
     next_stage: str
     since: float
-    attempt: int = 0
+    attempt: int = 0  # looks at this job so far: drives the backoff
     next_look_at: float | None = None
+    look: int = 0  # the run-wide number of the scheduled look: names it for the scheduler
 
 
 @dataclass
@@ -81,6 +82,7 @@ class RunRecord:
     model_id: str | None = None
     status: RunStatus = RunStatus.RUNNING
     restarts: int = 0
+    looks: int = 0  # every monitor look ever scheduled for this run, across watches and restarts
     stages: dict[str, StageRecord] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, str] = field(default_factory=dict)
@@ -246,6 +248,15 @@ def fail_run(record: RunRecord, stage: str, now: float, error: str, *, owner: st
     record.error = error
     record.watch = None
     record.log(now, stage, "failed", error=error)
+
+
+def next_look(record: RunRecord, now: float, delay_s: float) -> Watch:
+    """Numbers the watch's next look: a new number every time, so no schedule name is ever reused."""
+    assert record.watch is not None
+    record.looks += 1
+    record.watch.look = record.looks
+    record.watch.next_look_at = now + delay_s
+    return record.watch
 
 
 def complete_run(record: RunRecord, now: float) -> None:

@@ -61,7 +61,7 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
         def next_look(r: RunRecord) -> rr.Watch:
             assert r.watch is not None
             r.watch.attempt += 1
-            r.watch.next_look_at = ctx.now + delay
+            rr.next_look(r, ctx.now, delay)
             r.stage("monitor").progress = {"job": watch.kind, "state": status.state.value, **progress}
             rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for=f"{watch.kind} {status.state.value}")
             return r.watch

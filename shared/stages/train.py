@@ -117,12 +117,10 @@ def ensure_monitor(services: Services, record: RunRecord) -> bool:
     now = services.clock()
 
     def advance(r: RunRecord) -> rr.Watch | None:
-        if r.watch is None or r.watch.attempt != watch.attempt:
+        if r.watch is None or r.watch.look != watch.look:
             return None  # somebody else moved it on
-        r.watch.attempt += 1
-        r.watch.next_look_at = now
-        r.log(now, "monitor", "rescheduled", reason="the scheduled look was lost", attempt=r.watch.attempt)
-        return r.watch
+        r.log(now, "monitor", "rescheduled", reason="the scheduled look was lost", look=r.looks + 1)
+        return rr.next_look(r, now, 0.0)
 
     _record, advanced = services.runs.update(record.run_id, advance)
     return bool(advanced) and schedule_look(services, record.run_id, advanced)

@@ -7,6 +7,7 @@ by task name, locally the timer), and the attempt only advances through a condit
 
 from __future__ import annotations
 
+from shared import run_record as rr
 from shared.bootstrap import Services
 from shared.run_record import RunRecord, Watch
 
@@ -18,15 +19,15 @@ def backoff_delay(services: Services, attempt: int) -> float:
 
 def watch_job(record: RunRecord, *, kind: str, ref: str, next_stage: str, now: float, delay_s: float) -> Watch:
     """Sets the run's watch (mutates the record; call inside a conditional update)."""
-    record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now, attempt=0, next_look_at=now + delay_s)
+    record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now)
     record.log(now, "monitor", "watching", kind=kind, ref=ref)
-    return record.watch
+    return rr.next_look(record, now, delay_s)
 
 
 def schedule_look(services: Services, run_id: str, watch: Watch) -> bool:
-    """Asks the scheduler for the watch's current attempt; a repeat of the same attempt is refused."""
+    """Asks the scheduler for the watch's numbered look; a repeat of the same look is refused."""
     delay = max(0.0, (watch.next_look_at or services.clock()) - services.clock())
-    return services.chain.schedule("monitor", run_id, delay_s=delay, attempt=watch.attempt)
+    return services.chain.schedule("monitor", run_id, delay_s=delay, attempt=watch.look)
 
 
 def look_is_overdue(services: Services, watch: Watch) -> bool:
