@@ -138,8 +138,8 @@ def decode(
     ys, xs = (cell // w).float(), (cell % w).float()
     size_flat = size.reshape(batch, 2, -1)
     off_flat = offset.reshape(batch, 2, -1)
-    bw = size_flat[:, 0].gather(1, cell)
-    bh = size_flat[:, 1].gather(1, cell)
+    bw = size_flat[:, 0].gather(1, cell).clamp(min=0)  # an untrained or low peak can regress a negative size
+    bh = size_flat[:, 1].gather(1, cell).clamp(min=0)
     cx = xs + off_flat[:, 0].gather(1, cell)
     cy = ys + off_flat[:, 1].gather(1, cell)
     boxes = torch.stack([(cx - bw / 2) / w, (cy - bh / 2) / h, (cx + bw / 2) / w, (cy + bh / 2) / h], dim=2)

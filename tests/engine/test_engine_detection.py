@@ -99,3 +99,15 @@ def test_augmentation_is_repeatable_for_a_seed() -> None:
     second = augment(image, boxes, Jitter(), torch.Generator().manual_seed(5))
     assert torch.equal(first[0], second[0])
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+
+
+def test_a_negative_regressed_size_decodes_to_an_empty_box_never_an_inverted_one() -> None:
+    """An inverted box would make the whole Vertex output line unreadable downstream."""
+    heat = torch.full((1, 1, OUT, OUT), -10.0)
+    heat[0, 0, 10, 10] = 3.0
+    size = torch.full((1, 2, OUT, OUT), -0.4)
+    found = decode(heat, size, torch.zeros(1, 2, OUT, OUT), score_threshold=0.1, max_detections=5)[0]
+    assert found
+    for d in found:
+        x_min, y_min, x_max, y_max = d.box
+        assert x_min <= x_max and y_min <= y_max
