@@ -212,6 +212,9 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
     for key in ("map50", "map50_95", "precision", "recall", "f1", "best_f1", "best_f1_threshold", "accuracy"):
         if isinstance(summary.get(key), (int, float)):
             print(f"  {key:<18} {summary[key]:.4f}")
+    for split, figures in sorted(summary.get("by_split", {}).items()):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if isinstance(v, float))
+        print(f"  {split + ' split':<18} {shown}")
     report = record.get("artifacts", {}).get("report")
     if report:
         path = chain.data_dir / "bucket" / report.split("/", 3)[3]

@@ -495,7 +495,8 @@ def _name(key: str, value: Any) -> str:
 
 
 def _is_duration(key: str, value: Any) -> bool:
-    return _finite(value) and _DURATION_KEY.search(str(key)) is not None
+    """Durations end in a seconds unit; rates ("images_per_s") end in one too but are not durations."""
+    return _finite(value) and _DURATION_KEY.search(str(key)) is not None and "_per_" not in str(key)
 
 
 def _tally(value: Any) -> str:

@@ -141,6 +141,7 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
         uuid_seed=f"{ctx.run_id}:{record.restarts}",
     )
     metrics = _run_metrics(record, evaluated, settings.predict_confidence_threshold)
+    metrics["by_split"] = _by_split(record, evaluated, rows, settings.predict_confidence_threshold)
     uploads = _upload(ctx, record, evaluated)
 
     report_key = f"runs/{ctx.run_id}/report.html"
@@ -206,6 +207,26 @@ def _run_metrics(record: RunRecord, evaluated: Evaluated, threshold: float) -> d
         multi_label=task is Task.MULTI_LABEL_CLASSIFICATION,
         confidence_threshold=threshold,
     )
+
+
+def _by_split(
+    record: RunRecord, evaluated: Evaluated, rows: dict[str, HeldOutRow], threshold: float
+) -> dict[str, dict[str, Any]]:
+    """The headline figures on each held-out split alone (the test split is the one to quote)."""
+    split_of = {row.data_row_id: row.split for row in rows.values()}
+    out: dict[str, dict[str, Any]] = {}
+    for split in sorted(set(split_of.values())):
+        subset = Evaluated(
+            {},
+            [d for d in evaluated.detections if split_of[d.image_id] == split],
+            [i for i in evaluated.classifications if split_of[i.image_id] == split],
+            0,
+            0,
+        )
+        full = _run_metrics(record, subset, threshold)
+        keep = ("map50", "map50_95", "precision", "recall", "f1", "accuracy", "exact_match", "macro_f1", "images")
+        out[split] = {k: full[k] for k in keep if k in full}
+    return out
 
 
 def _upload(ctx: StageContext, record: RunRecord, evaluated: Evaluated) -> dict[str, Any]:

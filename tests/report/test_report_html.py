@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -228,6 +229,8 @@ def test_summary_and_data_quality_read_as_a_user_expects() -> None:
     assert "1h 02m 03s" in summary  # created -> finished
     assert "<th>Train duration</th><td>52m 05s</td>" in summary  # train_duration_s = 3125
     assert "1,200" in summary and "37.4" in summary
+    rate = render_report(replace(detection_report(), training={"images_per_s": 113.1, "elapsed_s": 90}))
+    assert "<th>Images per s</th><td>113.1</td>" in rate and "<td>1m 30s</td>" in rate  # a rate is no duration
     quality = section(html, "data-quality")
     assert "Rows seen" in quality and "1,250" in quality and "1,203" in quality
     assert "no image size" in quality and ">30<" in quality
