@@ -104,10 +104,7 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         data = copy.deepcopy(data)
-        stages = {
-            name: StageRecord(**{**s, "state": StageState(s["state"])})
-            for name, s in data.pop("stages").items()
-        }
+        stages = {name: StageRecord(**{**s, "state": StageState(s["state"])}) for name, s in data.pop("stages").items()}
         watch = data.pop("watch", None)
         return cls(
             **{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "status"},
@@ -179,19 +176,23 @@ def claim(
 
     A running stage belongs to its owner while its heartbeat is younger than `lease_s`; `owner_alive`
     (known only locally, where the owner's process can be checked) settles staleness at once.
+    A succeeded stage is done unless forced. A failed run can be resumed by retrying the stage that
+    failed (the operator fixed the cause); any other stage of a finished run needs `force`.
     `force` redoes a succeeded stage but never steals a live one.
     """
-    if record.status is not RunStatus.RUNNING and not force:
-        return ClaimOutcome.RUN_FINISHED
     s = record.stage(stage)
     if s.state is StageState.SUCCEEDED and not force:
         return ClaimOutcome.DONE
+    retrying_failure = record.status is RunStatus.FAILED and s.state is StageState.FAILED
+    if record.status is not RunStatus.RUNNING and not (force or retrying_failure):
+        return ClaimOutcome.RUN_FINISHED
     if s.state is StageState.RUNNING and s.owner != owner:
         stale = owner_alive is False or (s.heartbeat_at is None or now - s.heartbeat_at > lease_s)
         if not stale:
             return ClaimOutcome.BUSY
         record.log(now, stage, "taken_over", previous_owner=s.owner, reason="owner gone or lease expired")
-    if force and record.status is not RunStatus.RUNNING:
+    if record.status is not RunStatus.RUNNING:
+        record.log(now, stage, "run_resumed", previous_status=record.status.value, forced=force)
         record.status = RunStatus.RUNNING
         record.error = None
     s.state = StageState.RUNNING

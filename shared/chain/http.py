@@ -86,10 +86,10 @@ class HttpHandOff:
                     return
                 last = f"HTTP {response.status_code}"
                 if 400 <= response.status_code < 500 and response.status_code != 429:
-                    raise HandOffFailed(f"{stage} refused run {run_id}: {last} {response.text[:200]}")
+                    raise HandOffFailed(f"{stage} refused run {run_id}: {last} {response.text[:200]}", stage=stage)
             if attempt + 1 < self._attempts:
                 delay = self._first_backoff_s * 2**attempt
                 time.sleep(delay * (0.5 + random.random() / 2))
         raise HandOffFailed(
-            f"could not reach {stage} for run {run_id} after {self._attempts} attempts ({last})"
+            f"could not reach {stage} for run {run_id} after {self._attempts} attempts ({last})", stage=stage
         )

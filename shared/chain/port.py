@@ -12,6 +12,10 @@ from typing import Protocol
 class HandOffFailed(RuntimeError):
     """The next stage could not be reached after every retry."""
 
+    def __init__(self, message: str, *, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
 
 class Chain(Protocol):
     def hand_off(self, stage: str, run_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shared import run_record as rr
 from shared.bootstrap import Services
+from shared.chain.port import HandOffFailed
 from shared.platform.port import ModelRunStatus
 from shared.run_record import RunRecord, RunStatus
 from shared.stages.runner import StageAnswer, fail
@@ -70,6 +71,10 @@ def start_training_run(services: Services, request: TrainingRequest) -> StageAns
         _r, first = services.runs.update(run_id, lambda r: rr.mark_handoff(r, key, services.clock()))
         if first:
             services.chain.hand_off("etl", run_id)
+    except HandOffFailed as exc:
+        message = services.scrub(f"{exc}; once it is reachable, re-run {exc.stage} with curl")
+        fail(services, run_id, exc.stage, message)
+        return StageAnswer(502, {"run_id": run_id, "error": message})
     except Exception as exc:
         message = services.scrub(f"could not start the run: {type(exc).__name__}: {exc}")
         fail(services, run_id, "model_run", message)

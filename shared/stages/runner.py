@@ -150,9 +150,9 @@ def run_stage(
         message = services.scrub(str(exc))
         fail(services, run_id, stage, message, owner=owner, link=exc.link)
         return StageAnswer(200, {**base, "outcome": "failed", "error": message})
-    except HandOffFailed as exc:
-        message = services.scrub(f"{exc}; once it is reachable, re-run that stage with curl")
-        fail(services, run_id, stage, message)
+    except HandOffFailed as exc:  # this stage's work is done; the next one is marked failed, to be retried
+        message = services.scrub(f"{exc}; once it is reachable, re-run {exc.stage} with curl")
+        fail(services, run_id, exc.stage, message)
         return StageAnswer(502, {**base, "outcome": "failed", "error": message})
     except Exception as exc:
         detail = services.scrub(f"{type(exc).__name__}: {exc}")

@@ -111,7 +111,7 @@ def test_failed_delivery_is_logged_not_raised(
 
     def unreachable(stage: str, run_id: str) -> None:
         attempted.set()
-        raise HandOffFailed(f"could not reach {stage} for run {run_id} after 6 attempts (ConnectionError)")
+        raise HandOffFailed(f"could not reach {stage} for run {run_id} after 6 attempts (ConnectionError)", stage=stage)
 
     scheduler = TimerScheduler(unreachable)
     schedulers.append(scheduler)

@@ -139,13 +139,29 @@ def test_force_never_steals_a_live_stage() -> None:
 def test_finished_run_refuses_claims_unless_forced(finish: str) -> None:
     record = new()
     if finish == "failed":
-        rr.fail_run(record, "etl", T0, "etl failed: no rows")
+        rr.fail_run(record, "train", T0, "train failed: no dataset")  # etl did not fail: it needs force
     else:
         rr.complete_run(record, T0)
     assert claim(record, "b", T0 + 1) is ClaimOutcome.RUN_FINISHED
     assert claim(record, "b", T0 + 2, force=True) is ClaimOutcome.CLAIMED
     assert record.status is RunStatus.RUNNING
     assert record.error is None
+
+
+def test_retrying_the_stage_that_failed_resumes_the_run_without_force() -> None:
+    record = new()
+    rr.fail_run(record, "etl", T0, "could not reach train")
+    assert claim(record, "b", T0 + 1) is ClaimOutcome.CLAIMED
+    assert record.status is RunStatus.RUNNING and record.error is None
+    assert record.events[-2]["event"] == "run_resumed"
+
+
+def test_a_succeeded_stage_of_a_complete_run_is_already_done() -> None:
+    record = new()
+    claim(record, "a", T0)
+    rr.succeed(record, "etl", "a", T0)
+    rr.complete_run(record, T0)
+    assert claim(record, "b", T0 + 1) is ClaimOutcome.DONE
 
 
 def test_same_owner_claiming_again_counts_an_attempt() -> None:

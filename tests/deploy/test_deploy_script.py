@@ -152,7 +152,11 @@ def test_the_runtime_account_gets_exactly_the_listed_roles_on_its_own_resources(
         [(SA, "roles/aiplatform.user"), (VERTEX_AGENT, "roles/aiplatform.serviceAgent")]
     )
     assert sorted(map(tuple, state["buckets"][BUCKET]["iam"])) == sorted(
-        [(SA, "roles/storage.objectAdmin"), (VERTEX_AGENT, "roles/storage.objectViewer"), (VERTEX_AGENT, "roles/storage.objectCreator")]
+        [
+            (SA, "roles/storage.objectAdmin"),
+            (VERTEX_AGENT, "roles/storage.objectViewer"),
+            (VERTEX_AGENT, "roles/storage.objectCreator"),
+        ]
     )
     for secret in ("lbc-labelbox-api-key", "lbc-webhook-secret"):
         assert state["secrets"][secret]["iam"] == [[SA, "roles/secretmanager.secretAccessor"]]

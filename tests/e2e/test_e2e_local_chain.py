@@ -1,0 +1,133 @@
+"""The whole chain on loopback: signed webhook -> etl -> train -> monitor -> inference -> COMPLETE.
+
+Six functions-framework processes, the local engine training in a detached process, the file-backed
+model run receiving statuses, predictions, metrics and config, and the report rendered to the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.demo import _ids, create_demo_model_run
+from shared.local_chain import LocalChain
+
+FAST_MONITOR = {"MONITOR_INITIAL_DELAY_S": "1", "MONITOR_MAX_DELAY_S": "3"}
+
+
+def _splits(model_run_dir: Path) -> dict[str, str | None]:
+    out = {}
+    for line in (model_run_dir / "export.ndjson").read_text().splitlines():
+        row = json.loads(line)
+        run = next(iter(next(iter(row["experiments"].values()))["runs"].values()))
+        out[row["data_row"]["id"]] = run.get("split")
+    return out
+
+
+def _uploaded(model_run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((model_run_dir / "predictions").glob("*.ndjson"))}
+
+
+@pytest.mark.slow
+def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice(tmp_path: Path) -> None:
+    create_demo_model_run(tmp_path / "model_runs", images=150, seed=3)
+    model_run_id, _ = _ids(3)
+    with LocalChain(tmp_path, env={"LOCAL_ENGINE_TRAIN_SECONDS": "25", **FAST_MONITOR}) as chain:
+        assert chain.webhook(model_run_id, "local_detector").status_code == 202
+        record = chain.wait(model_run_id, timeout_s=500)
+        assert record["status"] == "complete", record.get("error")
+        folder = chain.model_run_dir(model_run_id)
+
+        statuses = [s["status"] for s in chain.statuses(model_run_id)]
+        assert statuses[0] == "EXPORTING_DATA" and statuses[-1] == "COMPLETE"
+        assert statuses.index("PREPARING_DATA") < statuses.index("TRAINING_MODEL") < statuses.index("COMPLETE")
+        final = chain.statuses(model_run_id)[-1]["metadata"]
+        assert {"map50", "map50_95", "report", "predictions_uploaded"} <= set(final)
+
+        # monitor looked several times, each look ending at once with the next one scheduled (no sleeping)
+        looks = [e for e in record["events"] if e["stage"] == "monitor" and e["event"] == "started"]
+        assert len(looks) >= 2
+        assert record["looks"] >= len(looks)
+        assert record["jobs"]["model"].endswith("model.pt")
+
+        splits = _splits(folder)
+        held_out = {i for i, s in splits.items() if s in ("validation", "test")}
+        rows = [json.loads(line) for content in _uploaded(folder).values() for line in content.splitlines()]
+        predictions = [r for r in rows if "bbox" in r]
+        metrics = [r for r in rows if "metricValue" in r]
+        assert predictions, "no predictions uploaded"
+        assert {r["dataRow"]["id"] for r in predictions} <= held_out
+        assert all(0 <= r["confidence"] <= 1 and r["name"] in {"circle", "square", "triangle"} for r in predictions)
+        assert {r["dataRow"]["id"] for r in metrics} == held_out
+        assert {r["metricName"] for r in metrics} == {"50pct_iou", "custom_iou"}
+        assert not {r["metricName"] for r in metrics} & {"iou", "precision", "recall", "f1"}
+
+        config = json.loads((folder / "config.json").read_text())
+        assert 0 <= config["metrics"]["map50"] <= 1 and "per_class" in config["metrics"]
+        report = tmp_path / "bucket" / "runs" / model_run_id / "report.html"
+        html = report.read_text()
+        for section in ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples"):
+            assert f'id="{section}"' in html
+
+        # re-running inference by hand uploads nothing twice
+        before = _uploaded(folder)
+        again = chain.call_stage("inference", model_run_id)
+        assert again.status_code == 200 and again.json()["outcome"] == "already_done"
+        forced = chain.call_stage("inference", model_run_id, force=True)
+        assert forced.status_code == 200 and forced.json()["outcome"] == "complete", forced.text
+        assert _uploaded(folder) == before
+        record = chain.run_record(model_run_id)
+        assert record["status"] == "complete"
+        assert sum(c["accepted"] for c in record["uploads"]["chunks"].values()) == len(predictions) + len(metrics)
+
+
+@pytest.mark.slow
+def test_killing_the_training_process_fails_the_job_and_the_model_run(tmp_path: Path) -> None:
+    create_demo_model_run(tmp_path / "model_runs", images=60, seed=4)
+    model_run_id, _ = _ids(4)
+    with LocalChain(tmp_path, env={"LOCAL_ENGINE_TRAIN_SECONDS": "600", **FAST_MONITOR}) as chain:
+        assert chain.webhook(model_run_id, "local_detector").status_code == 202
+        record = chain.wait(model_run_id, until=lambda r: "training" in r["jobs"], timeout_s=120)
+        job = tmp_path / "engine" / "jobs" / record["jobs"]["training"].rsplit("/", 1)[-1]
+        deadline = time.monotonic() + 120
+        state: dict = {}
+        while time.monotonic() < deadline:
+            state = json.loads((job / "state.json").read_text()) if (job / "state.json").is_file() else {}
+            if state.get("state") == "running" and state.get("pid"):
+                break
+            time.sleep(0.2)
+        os.kill(state["pid"], signal.SIGKILL)
+
+        record = chain.wait(model_run_id, timeout_s=120)
+        assert record["status"] == "failed"
+        assert "training" in record["error"]
+        assert json.loads((job / "state.json").read_text())["state"] == "failed"
+        last = chain.statuses(model_run_id)[-1]
+        assert last["status"] == "FAILED" and len(last["error_message"]) <= 255
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["local_single_label_classifier", "vertex_automl_multi_label_classification"])
+def test_classification_runs_end_to_end(tmp_path: Path, model_type: str) -> None:
+    create_demo_model_run(tmp_path / "model_runs", images=120, seed=5)
+    model_run_id, _ = _ids(5)
+    with LocalChain(tmp_path, env={"LOCAL_ENGINE_TRAIN_SECONDS": "12", **FAST_MONITOR}) as chain:
+        assert chain.webhook(model_run_id, model_type).status_code == 202
+        record = chain.wait(model_run_id, timeout_s=400)
+        assert record["status"] == "complete", record.get("error")
+        rows = [
+            json.loads(line) for c in _uploaded(chain.model_run_dir(model_run_id)).values() for line in c.splitlines()
+        ]
+        answers = [r for r in rows if "answer" in r]
+        assert answers
+        if model_type.startswith("local_single"):
+            assert all(r["name"] == "largest_shape" and isinstance(r["answer"], dict) for r in answers)
+        else:
+            assert all(r["name"] == "shapes_present" and isinstance(r["answer"], list) for r in answers)
+        assert any(r.get("metricName") == "classification" for r in rows)
+        assert record["backend"] == "local"
