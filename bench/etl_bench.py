@@ -3,8 +3,8 @@
 Writes a synthetic model-run export of N rows (demo-shaped rows, 1-4 boxes each, all splits), then, each
 in a fresh process so peak memory is its own, runs:
 
-- `convert`: what ETL does per row: parse, `example_from_row`, `normalize_boxes`, `import_line`, count
-  data quality, write JSONL in chunks (to a file, as ETL writes chunk objects);
+- `convert`: what ETL does per row: parse, `example_from_row`, `training_row` (Vertex's box limits, the
+  import line, the manifest line, data-quality counts), write JSONL in chunks (as ETL writes chunk objects);
 - `baseline`: a bare `json.loads` + `json.dumps` pass over the same file.
 
 It prints rows/s and peak RSS for both, at two sizes, and the ratios: peak memory must not grow with
@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from shared.data_quality import DataQuality  # noqa: E402
 from shared.demo import export_row  # noqa: E402
 from shared.formats.labelbox_export import Converted, example_from_row  # noqa: E402
-from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes  # noqa: E402
+from shared.formats.vertex_import import LabelNames  # noqa: E402
 from shared.model_types import Task  # noqa: E402
+from shared.training_set import training_row  # noqa: E402
 
 MODEL_RUN_ID = "11111111-2222-4333-8444-555555555555"
 MODEL_ID = "cbenchmodel0000000000000a"
@@ -74,6 +75,7 @@ def convert(path: Path, out_path: Path) -> int:
     names = LabelNames()
     rows = 0
     buffer: list[str] = []
+    manifest: list[str] = []
     with open(path) as lines, open(out_path, "w") as out:
         for line in lines:
             rows += 1
@@ -83,27 +85,27 @@ def convert(path: Path, out_path: Path) -> int:
                 quality.skip(result.reason)
                 continue
             example = result.example
-            try:
-                boxes, dropped = normalize_boxes(example.boxes, example.width or 1, example.height or 1)
-            except TooManyBoxes:
-                quality.skip("image with more than 500 boxes")
-                continue
-            quality.drop_boxes(dropped)
-            if not boxes:
-                quality.skip("no box left after Vertex's size limits")
-                continue
-            quality.keep(example.split, [b.label for b in boxes])
-            if example.split.value != "unassigned":
-                uri = f"gs://bench/runs/x/images/{example.data_row_id}.jpg"
-                buffer.append(
-                    json.dumps(
-                        import_line(example, image_uri=uri, task=Task.OBJECT_DETECTION, names=names, boxes=boxes),
-                        separators=(",", ":"),
-                    )
-                )
+            uri = f"gs://bench/runs/x/images/{example.data_row_id}.jpg"
+            prepared = training_row(
+                example,
+                image_uri=uri,
+                mime_type="image/jpeg",
+                width=example.width or 1,
+                height=example.height or 1,
+                task=Task.OBJECT_DETECTION,
+                names=names,
+                quality=quality,
+                dropped=result.dropped_boxes,
+            )
+            if prepared is not None:
+                manifest.append(json.dumps(prepared.manifest, separators=(",", ":")))
+                if prepared.import_line is not None:
+                    buffer.append(json.dumps(prepared.import_line, separators=(",", ":")))
             if len(buffer) >= CHUNK_ROWS:
                 out.write("\n".join(buffer) + "\n")
+                out.write("\n".join(manifest) + "\n")
                 buffer.clear()
+                manifest.clear()
         out.write("\n".join(buffer) + "\n" if buffer else "")
     return rows
 

@@ -27,20 +27,8 @@ import numpy as np
 
 from shared.metrics._batch import Side, blocks, greedy_pairs, iou_corners, pad
 from shared.metrics.detections import ClassificationItem, ImageDetections
+from shared.platform.port import RESERVED_METRIC_NAMES
 
-# Labelbox rejects these metric names (labelbox.data.annotation_types.metrics.scalar.RESERVED_METRIC_NAMES).
-RESERVED_METRIC_NAMES = frozenset(
-    {
-        "true_positive_count",
-        "false_positive_count",
-        "true_negative_count",
-        "false_negative_count",
-        "precision",
-        "recall",
-        "f1",
-        "iou",
-    }
-)
 MAX_METRICS_PER_DATA_ROW = 20
 IOU_METRIC_NAME = "custom_iou"
 CLASSIFICATION_METRIC_NAME = "classification"

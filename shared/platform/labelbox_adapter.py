@@ -23,7 +23,14 @@ from urllib3.util.retry import Retry
 
 from shared.config import Secret
 from shared.examples import Split
-from shared.platform.port import ModelRunInfo, ModelRunStatus, PlatformError, UploadResult, cut_message
+from shared.platform.port import (
+    RESERVED_METRIC_NAMES,
+    ModelRunInfo,
+    ModelRunStatus,
+    PlatformError,
+    UploadResult,
+    cut_message,
+)
 
 if TYPE_CHECKING:
     from labelbox import Client, ModelRun
@@ -39,20 +46,6 @@ EXPORT_PARAMS = {
     "embeddings": False,
 }
 EXPORT_TASK_NAME = "training chain export"
-# Labelbox refuses these scalar metric names (labelbox.data.annotation_types.metrics.scalar); dict rows
-# skip the SDK's check, so we make it here instead of losing the whole import.
-RESERVED_METRIC_NAMES = frozenset(
-    {
-        "true_positive_count",
-        "false_positive_count",
-        "true_negative_count",
-        "false_negative_count",
-        "precision",
-        "recall",
-        "f1",
-        "iou",
-    }
-)
 MAX_ERROR_TEXT = 1000
 ERROR_SAMPLES = 5
 REDACTED = "[redacted]"

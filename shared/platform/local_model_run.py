@@ -31,21 +31,16 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from shared.examples import Split
-from shared.platform.port import ModelRunInfo, ModelRunStatus, PlatformError, UploadResult, cut_message
+from shared.platform.port import (
+    RESERVED_METRIC_NAMES,
+    ModelRunInfo,
+    ModelRunStatus,
+    PlatformError,
+    UploadResult,
+    cut_message,
+)
 from shared.run_record import iso
 
-RESERVED_METRIC_NAMES = frozenset(
-    {
-        "true_positive_count",
-        "false_positive_count",
-        "true_negative_count",
-        "false_negative_count",
-        "precision",
-        "recall",
-        "f1",
-        "iou",
-    }
-)
 _CHUNK = 1 << 16
 
 
@@ -223,9 +218,7 @@ def _http_media(url: str) -> Iterator[bytes]:
     try:
         with requests.get(url, stream=True, timeout=(10, 60)) as response:
             if response.status_code >= 400:
-                raise PlatformError(
-                    f"media download failed with HTTP {response.status_code}: {url.split('?')[0]}"
-                )
+                raise PlatformError(f"media download failed with HTTP {response.status_code}: {url.split('?')[0]}")
             yield from response.iter_content(_CHUNK)
     except requests.RequestException as exc:
         raise PlatformError(f"media download failed ({type(exc).__name__}): {url.split('?')[0]}") from None

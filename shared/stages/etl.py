@@ -18,11 +18,12 @@ from shared import run_record as rr
 from shared.data_quality import DataQuality
 from shared.examples import Split
 from shared.formats.labelbox_export import Converted, classification_question, example_from_row
-from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes
+from shared.formats.vertex_import import LabelNames
 from shared.image_staging import ImageStager, NotStaged
 from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.training_set import training_row
 
 IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
 MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
@@ -108,44 +109,21 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     quality.skip(staged.reason)
                     continue
                 copies["images_copied" if staged.copied else "images_already_staged"] += 1
-                quality.drop_boxes(item.dropped_boxes)
-                boxes = None
-                if task is Task.OBJECT_DETECTION:
-                    try:
-                        boxes, dropped = normalize_boxes(example.boxes, staged.width, staged.height)
-                    except TooManyBoxes:
-                        quality.skip("image with more than 500 boxes")
-                        continue
-                    quality.drop_boxes(dropped)
-                    if not boxes:
-                        quality.skip("no box left after Vertex's size limits")
-                        continue
-                labels = [b.label for b in boxes] if boxes is not None else list(example.labels)
-                quality.keep(example.split, labels)
-                manifest_lines.append(
-                    {
-                        "data_row_id": example.data_row_id,
-                        "global_key": example.global_key,
-                        "image_uri": staged.uri,
-                        "mime_type": staged.mime_type,
-                        "width": staged.width,
-                        "height": staged.height,
-                        "split": example.split.value,
-                        "boxes": [
-                            [
-                                b.label,
-                                b.x_min * staged.width,
-                                b.y_min * staged.height,
-                                (b.x_max - b.x_min) * staged.width,
-                                (b.y_max - b.y_min) * staged.height,
-                            ]
-                            for b in boxes or []
-                        ],
-                        "labels": list(example.labels),
-                    }
+                prepared = training_row(
+                    example,
+                    image_uri=staged.uri,
+                    mime_type=staged.mime_type,
+                    width=staged.width,
+                    height=staged.height,
+                    task=task,
+                    names=names,
+                    quality=quality,
+                    dropped=item.dropped_boxes,
                 )
-                if example.split is not Split.UNASSIGNED:
-                    import_lines.append(import_line(example, image_uri=staged.uri, task=task, names=names, boxes=boxes))
+                if prepared is not None:
+                    manifest_lines.append(prepared.manifest)
+                    if prepared.import_line is not None:
+                        import_lines.append(prepared.import_line)
             store.write(prefix + IMPORT_CHUNK.format(chunk), _jsonl(import_lines), content_type="application/jsonl")
             store.write(
                 prefix + MANIFEST_CHUNK.format(chunk),

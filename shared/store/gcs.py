@@ -20,7 +20,7 @@ from typing import BinaryIO, cast
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from shared.store.port import Generation, NotFound, PreconditionFailed, split_gs_uri
+from shared.store.port import Generation, NotFound, PreconditionFailed, gs_uri, key_in_bucket
 
 # Resumable uploads and streamed reads move this much per request: bounded memory in a small
 # Cloud Function instead of the client's 100 MiB (upload) and 40 MiB (read) defaults.
@@ -45,13 +45,10 @@ class GcsStore:
         return self._bucket.blob(_checked(key), generation=generation)
 
     def uri(self, key: str) -> str:
-        return f"gs://{self.bucket}/{key}"
+        return gs_uri(self.bucket, key)
 
     def key_from_uri(self, uri: str) -> str:
-        bucket, key = split_gs_uri(uri)
-        if bucket != self.bucket:
-            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
-        return key
+        return key_in_bucket(self.bucket, uri)
 
     def read(self, key: str) -> bytes:
         return self.read_versioned(key)[0]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.store.port import NO_OBJECT, Generation, NotFound, PreconditionFailed, split_gs_uri
+from shared.store.port import NO_OBJECT, Generation, NotFound, PreconditionFailed, gs_uri, key_in_bucket
 
 _LOCK_SUFFIX = ".lock~"
 _TMP_SUFFIX = ".tmp"
@@ -52,13 +52,10 @@ class LocalFolderStore:
         return path
 
     def uri(self, key: str) -> str:
-        return f"gs://{self.bucket}/{key}"
+        return gs_uri(self.bucket, key)
 
     def key_from_uri(self, uri: str) -> str:
-        bucket, key = split_gs_uri(uri)
-        if bucket != self.bucket:
-            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
-        return key
+        return key_in_bucket(self.bucket, uri)
 
     def read(self, key: str) -> bytes:
         try:

@@ -87,3 +87,15 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     if not bucket or not key:
         raise ValueError(f"gs:// URI needs a bucket and an object name: {uri!r}")
     return bucket, key
+
+
+def gs_uri(bucket: str, key: str) -> str:
+    return f"gs://{bucket}/{key}"
+
+
+def key_in_bucket(bucket: str, uri: str) -> str:
+    """The key of a `gs://` URI, refusing any other bucket."""
+    other, key = split_gs_uri(uri)
+    if other != bucket:
+        raise ValueError(f"{uri!r} is not in bucket {bucket!r}")
+    return key
