@@ -1,7 +1,9 @@
 """The local mode's "call this stage later": a timer thread in the process that asked.
 
 Like Cloud Tasks with named tasks, the (run, stage, attempt) triple names a call, so scheduling the
-same one twice delivers it once. The timer never blocks the request that scheduled it.
+same one twice delivers it once; and like a Cloud Tasks queue, a delivery that fails is retried later
+with backoff, so one bad moment of the target never leaves a run waiting for a look that never comes.
+The timer never blocks the request that scheduled it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class TimerScheduler:
-    def __init__(self, deliver: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, deliver: Callable[[str, str], None], *, redeliveries: int = 5, redelivery_delay_s: float = 10.0
+    ) -> None:
         self._deliver = deliver
+        self._redeliveries = redeliveries
+        self._redelivery_delay_s = redelivery_delay_s
         self._named: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
         self.timers: list[threading.Timer] = []
@@ -28,17 +34,26 @@ class TimerScheduler:
             if name in self._named:
                 return False
             self._named.add(name)
-            timer = threading.Timer(max(0.0, delay_s), self._fire, args=(stage, run_id))
-            timer.daemon = True
-            self.timers = [t for t in self.timers if t.is_alive()] + [timer]
-        timer.start()
+        self._start(stage, run_id, delay_s, failures=0)
         return True
 
-    def _fire(self, stage: str, run_id: str) -> None:
+    def _start(self, stage: str, run_id: str, delay_s: float, *, failures: int) -> None:
+        timer = threading.Timer(max(0.0, delay_s), self._fire, args=(stage, run_id, failures))
+        timer.daemon = True
+        with self._lock:
+            self.timers = [t for t in self.timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _fire(self, stage: str, run_id: str, failures: int) -> None:
         try:
             self._deliver(stage, run_id)
         except HandOffFailed as exc:
-            log.error("scheduled call failed: %s", exc)
+            if failures >= self._redeliveries:
+                log.error("scheduled call failed for good after %d redeliveries: %s", failures, exc)
+                return
+            delay = self._redelivery_delay_s * 2**failures
+            log.warning("scheduled call failed (%s); delivering again in %.0f s", exc, delay)
+            self._start(stage, run_id, delay, failures=failures + 1)
 
     def cancel_all(self) -> None:
         with self._lock:

@@ -102,25 +102,48 @@ def test_same_attempt_for_another_stage_is_another_call(schedulers: list[TimerSc
     assert sorted(deliver.calls) == [("inference", "run-1"), ("monitor", "run-1")]
 
 
-def test_failed_delivery_is_logged_not_raised(
+def test_a_failed_delivery_is_retried_with_backoff_then_given_up_and_logged_not_raised(
     schedulers: list[TimerScheduler], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    attempted = threading.Event()
+    tries: list[str] = []
+    gave_up = threading.Event()
     uncaught: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
 
     def unreachable(stage: str, run_id: str) -> None:
-        attempted.set()
+        tries.append(stage)
+        if len(tries) == 3:
+            gave_up.set()
         raise HandOffFailed(f"could not reach {stage} for run {run_id} after 6 attempts (ConnectionError)", stage=stage)
 
-    scheduler = TimerScheduler(unreachable)
+    scheduler = TimerScheduler(unreachable, redeliveries=2, redelivery_delay_s=0.01)
     schedulers.append(scheduler)
-    with caplog.at_level(logging.ERROR, logger="shared.chain.timer"):
+    with caplog.at_level(logging.WARNING, logger="shared.chain.timer"):
         assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
-        assert attempted.wait(WAIT)
+        assert gave_up.wait(WAIT)
         join_all(scheduler)
     assert uncaught == []
-    assert "scheduled call failed: could not reach monitor for run run-1 after 6 attempts" in caplog.text
+    assert tries == ["monitor"] * 3  # the first delivery and two redeliveries
+    assert "delivering again" in caplog.text
+    assert "failed for good after 2 redeliveries: could not reach monitor for run run-1" in caplog.text
+
+
+def test_a_redelivery_that_succeeds_stops_retrying(schedulers: list[TimerScheduler]) -> None:
+    calls: list[str] = []
+    delivered = threading.Event()
+
+    def flaky(stage: str, run_id: str) -> None:
+        calls.append(stage)
+        if len(calls) == 1:
+            raise HandOffFailed("monitor answered HTTP 500", stage=stage)
+        delivered.set()
+
+    scheduler = TimerScheduler(flaky, redeliveries=5, redelivery_delay_s=0.01)
+    schedulers.append(scheduler)
+    scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
+    assert delivered.wait(WAIT)
+    join_all(scheduler)
+    assert calls == ["monitor", "monitor"]
 
 
 def test_cancel_all_stops_pending_calls(schedulers: list[TimerScheduler]) -> None:
