@@ -59,11 +59,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ -n "$ENV_FILE" ]; then
-  load_env_file "$ENV_FILE"
-elif [ -f "$ROOT/.env" ]; then
-  load_env_file "$ROOT/.env"
-fi
+load_settings_file
 # The secret values move into unexported variables: no gcloud process ever sees them in its
 # environment, and they reach Secret Manager only on a pipe (read through ${!var} below).
 # shellcheck disable=SC2034

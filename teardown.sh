@@ -48,11 +48,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ -n "$ENV_FILE" ]; then
-  load_env_file "$ENV_FILE"
-elif [ -f "$ROOT/.env" ]; then
-  load_env_file "$ROOT/.env"
-fi
+load_settings_file
 unset LABELBOX_API_KEY WEBHOOK_SECRET
 load_config
 require_tools gcloud

@@ -254,3 +254,12 @@ function_label() {
   lookup "$1" gcloud functions describe "$(fn_name "$2")" --project="$PROJECT" --region="$REGION" \
     --format="value(labels.${LABEL_KEY})"
 }
+
+# The settings file: --env-file when given, else .env at the repository root when present.
+load_settings_file() {
+  if [ -n "$ENV_FILE" ]; then
+    load_env_file "$ENV_FILE"
+  elif [ -f "$ROOT/.env" ]; then
+    load_env_file "$ROOT/.env"
+  fi
+}

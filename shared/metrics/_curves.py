@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,18 @@ class ThresholdCurve:
             "precision": self.precision()[keep].tolist(),
             "thresholds": self.thresholds[keep].tolist(),
         }
+
+
+def class_figures(tp: int, n_pred: int, n_gt: int, curve: ThresholdCurve) -> dict[str, Any]:
+    """The per-class figures both evaluators report: at the confidence threshold, and over all thresholds."""
+    best_f1, best_threshold = curve.best_f1()
+    return {
+        "precision": ratio(tp, n_pred),
+        "recall": ratio(tp, n_gt),
+        "f1": f1_score(tp, n_pred, n_gt),
+        "gt_count": n_gt,
+        "pred_count": n_pred,
+        "best_f1": best_f1,
+        "best_f1_threshold": best_threshold,
+        "pr_curve": curve.report(),
+    }

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.metrics._curves import ThresholdCurve, f1_score, ratio
+from shared.metrics._curves import ThresholdCurve, class_figures, f1_score, ratio
 from shared.metrics.detections import ClassificationItem
 
 NO_PREDICTION = "none"
@@ -33,19 +33,8 @@ def _matrices(items: Sequence[ClassificationItem], classes: list[str]) -> tuple[
 
 def _class_report(scores: np.ndarray, truth: np.ndarray, tp: int, n_pred: int, n_gt: int) -> tuple[dict, float | None]:
     curve = ThresholdCurve.of(scores, truth, n_gt)
-    best_f1, best_threshold = curve.best_f1()
     ap = curve.average_precision()
-    return {
-        "ap": ap,
-        "precision": ratio(tp, n_pred),
-        "recall": ratio(tp, n_gt),
-        "f1": f1_score(tp, n_pred, n_gt),
-        "gt_count": n_gt,
-        "pred_count": n_pred,
-        "best_f1": best_f1,
-        "best_f1_threshold": best_threshold,
-        "pr_curve": curve.report(),
-    }, ap
+    return {"ap": ap, **class_figures(tp, n_pred, n_gt, curve)}, ap
 
 
 def evaluate_classification(

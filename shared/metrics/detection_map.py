@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.metrics._batch import Side, blocks, greedy_pairs, iou_coco, pad
-from shared.metrics._curves import ThresholdCurve, f1_score, ratio
+from shared.metrics._curves import ThresholdCurve, class_figures, f1_score, ratio
 from shared.metrics.detections import ImageDetections
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -199,18 +199,10 @@ def evaluate_detections(
         chosen = ordered[above[ordered]]
         tp, n_pred = int(hit50[chosen].sum()), len(chosen)
         curve = ThresholdCurve.of(pred.score[ordered], hit50[ordered], n_gt)
-        best_f1, best_threshold = curve.best_f1()
         per_class[name] = {
             "ap50": float(np.mean(precision[0, :, k])) if n_gt else None,
             "ap50_95": float(np.mean(precision[:, :, k])) if n_gt else None,
-            "precision": ratio(tp, n_pred),
-            "recall": ratio(tp, n_gt),
-            "f1": f1_score(tp, n_pred, n_gt),
-            "gt_count": n_gt,
-            "pred_count": n_pred,
-            "best_f1": best_f1,
-            "best_f1_threshold": best_threshold,
-            "pr_curve": curve.report(),
+            **class_figures(tp, n_pred, n_gt, curve),
         }
 
     tp, n_pred, n_gt = int((hit50 & above).sum()), int(above.sum()), len(gt.cls)
