@@ -28,9 +28,7 @@ class Services:
     """The adapters for every port, each built on first use: a function imports only what it touches
     (the `models` function never loads the Vertex SDK; no cloud function ever loads torch)."""
 
-    def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.time, **overrides: object
-    ) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time, **overrides: object) -> None:
         self.settings = settings
         self.clock = clock
         self._secrets = [s.reveal() for s in settings.secrets if s.reveal()]
@@ -198,8 +196,6 @@ def services() -> Services:
     global _services
     with _lock:
         if _services is None:
-            logging.basicConfig(
-                level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-            )
+            logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
             _services = build_services(load_settings())
         return _services

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, apply_limits
+from shared.formats.vertex_prediction import PredictedLabel, PredictionLineError, VertexPrediction, apply_limits
 from shared.metrics.detections import ClassificationItem, ImageDetections
 from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics, metric_import_rows
 from shared.model_types import Task
@@ -144,7 +144,7 @@ def evaluate_rows(
             renamed = VertexPrediction(
                 shown.content_uri,
                 shown.mime_type,
-                labels=tuple(type(lb)(feature_for.get(lb.label, lb.label), lb.confidence) for lb in shown.labels),
+                labels=tuple(PredictedLabel(feature_for.get(lb.label, lb.label), lb.confidence) for lb in shown.labels),
             )
             out = classification_prediction_rows(
                 renamed,

@@ -77,7 +77,3 @@ def stage_endpoint(
 
     handle.__name__ = stage
     return handle
-
-
-def current_services() -> Services:
-    return services()

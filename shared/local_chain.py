@@ -245,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         with chain:
             for name, url in chain.urls.items():
                 print(f"{name:<10} {url}")
-            print(
-                f"webhook secret for this session: WEBHOOK_SECRET in {chain.log_dir}/.. is not stored; "
-                "sign with the value printed below"
-            )
-            print(chain.secret)
+            print(f"webhook secret for this session (sign requests with it; it is not stored): {chain.secret}")
             try:
                 while True:
                     time.sleep(3600)

@@ -80,7 +80,8 @@ class RunRepository:
     def update(self, run_id: str, mutate: Callable[[RunRecord], T]) -> tuple[RunRecord, T]:
         """Applies `mutate` to the current record and writes it back only if nobody wrote in between.
 
-        `mutate` may raise to abort without writing; its return value is passed back to the caller.
+        `mutate` may raise to abort without writing; its return value is passed back to the caller. A mutation
+        that leaves the record as it was writes nothing.
         """
         key = record_key(run_id)
         for attempt in range(self._max_attempts):
@@ -90,10 +91,11 @@ class RunRepository:
                 raise RunNotFound(run_id) from None
             record = RunRecord.from_dict(json.loads(data))
             result = mutate(record)
+            encoded = self._encode(record)
+            if encoded == data:  # nothing changed (a busy or done claim): no write, so no conflict either
+                return record, result
             try:
-                self.store.write(
-                    key, self._encode(record), content_type="application/json", if_generation=generation
-                )
+                self.store.write(key, encoded, content_type="application/json", if_generation=generation)
             except PreconditionFailed:
                 time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
                 continue

@@ -48,9 +48,7 @@ def verify_signature(body: bytes, headers: Mapping[str, str], secret: Secret | N
     checks = (("X-Hub-Signature-256", "sha256"), ("X-Hub-Signature", "sha1"))
     present = [(name, algo, headers.get(name)) for name, algo in checks if headers.get(name)]
     if not present:
-        raise Rejected(
-            401, "missing signature: expected an X-Hub-Signature header signed with the webhook secret"
-        )
+        raise Rejected(401, "missing signature: expected an X-Hub-Signature header signed with the webhook secret")
     for name, algo, value in present:
         scheme, _, given = (value or "").partition("=")
         expected = _digest(secret, body, algo)
@@ -81,9 +79,7 @@ def parse_training_request(body: bytes, offered: Mapping[str, ModelType]) -> Tra
     if not isinstance(model_type, str) or not model_type:
         raise Rejected(400, "modelType is required")
     if model_type not in offered:
-        raise Rejected(
-            400, f"unknown modelType {model_type[:64]!r}; this deployment offers: {', '.join(offered)}"
-        )
+        raise Rejected(400, f"unknown modelType {model_type[:64]!r}; this deployment offers: {', '.join(offered)}")
     model_id = payload.get("modelId")
     if model_id is not None and not isinstance(model_id, str):
         raise Rejected(400, "modelId must be a string when given")

@@ -3,11 +3,12 @@
 import flask
 import functions_framework
 
-from shared.http_entry import answer, current_services, read_body, require_method
+from shared.bootstrap import services
+from shared.http_entry import answer, read_body, require_method
 from shared.model_types import offered
 from shared.webhook import Rejected, verify_signature
 
-SERVICES = current_services()
+SERVICES = services()  # validates the configuration when the function starts
 
 
 @functions_framework.http

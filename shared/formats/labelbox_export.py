@@ -96,9 +96,7 @@ def _answers(classifications: Any, task: Task, question: str | None) -> tuple[st
             answer = c["radio_answer"].get("name") or c["radio_answer"].get("value")
             return name, [answer] if isinstance(answer, str) and answer else []
         if task is Task.MULTI_LABEL_CLASSIFICATION and isinstance(c.get("checklist_answers"), list):
-            answers = [
-                a.get("name") or a.get("value") for a in c["checklist_answers"] if isinstance(a, Mapping)
-            ]
+            answers = [a.get("name") or a.get("value") for a in c["checklist_answers"] if isinstance(a, Mapping)]
             return name, sorted({a for a in answers if isinstance(a, str) and a})
     return None, []
 

@@ -58,9 +58,7 @@ def label_value(text: str) -> str:
     return _LABEL_VALUE.sub("_", text.lower())[:63]
 
 
-def normalize_boxes(
-    boxes: tuple[PixelBox, ...], width: int, height: int
-) -> tuple[list[NormalizedBox], Counter[str]]:
+def normalize_boxes(boxes: tuple[PixelBox, ...], width: int, height: int) -> tuple[list[NormalizedBox], Counter[str]]:
     """Clips to the image, drops boxes Vertex would drop, and normalizes to [0, 1]."""
     if len(boxes) > MAX_BOXES_PER_IMAGE:
         raise TooManyBoxes(f"image has {len(boxes)} boxes (Vertex accepts at most {MAX_BOXES_PER_IMAGE})")
@@ -108,9 +106,7 @@ def import_line(
     elif task is Task.SINGLE_LABEL_CLASSIFICATION:
         line["classificationAnnotation"] = {"displayName": names.vertex_name(example.labels[0])}
     else:
-        line["classificationAnnotations"] = [
-            {"displayName": names.vertex_name(lbl)} for lbl in example.labels
-        ]
+        line["classificationAnnotations"] = [{"displayName": names.vertex_name(lbl)} for lbl in example.labels]
     line["dataItemResourceLabels"] = {
         ML_USE: example.split.value,
         "data_row_id": label_value(example.data_row_id),

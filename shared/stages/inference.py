@@ -233,9 +233,10 @@ def _upload(ctx: StageContext, record: RunRecord, evaluated: Evaluated) -> dict[
     """Uploads chunk by chunk; a chunk recorded as done (by an earlier, interrupted call) is skipped."""
     services = ctx.services
     chunks = chunk_by_rows(evaluated.upload_rows, UPLOAD_ROWS_PER_CHUNK)
+    uploaded = set(ctx.record().uploads.get("chunks", {}))
     for index, rows in enumerate(chunks):
         name = f"lbchain-{ctx.run_id}-r{record.restarts}-{index:05d}"
-        if name in ctx.record().uploads.get("chunks", {}):
+        if name in uploaded:
             continue
         result = services.platform.upload_predictions(record.model_run_id, name, rows)
 
@@ -247,9 +248,10 @@ def _upload(ctx: StageContext, record: RunRecord, evaluated: Evaluated) -> dict[
 
         ctx.update(done)
         ctx.heartbeat(uploaded_chunks=index + 1, chunks=len(chunks))
-    recorded = ctx.record().uploads.get("chunks", {})
+    uploads = ctx.record().uploads
+    recorded = uploads.get("chunks", {})
     reasons: Counter[str] = Counter()
-    for error in ctx.record().uploads.get("error_samples", []):
+    for error in uploads.get("error_samples", []):
         for e in error.get("errors", []) or [{}]:
             reasons[str(e.get("message", "unknown"))[:120]] += 1
     return {

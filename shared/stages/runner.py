@@ -19,7 +19,7 @@ from shared import run_record as rr
 from shared.bootstrap import Services
 from shared.chain.port import HandOffFailed
 from shared.platform.port import ModelRunStatus, cut_message
-from shared.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus
+from shared.run_record import ClaimOutcome, LostOwnership, RunRecord
 from shared.run_repository import RunNotFound
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,3 @@ def fail(
         )
     except Exception as exc:  # the record already says FAILED; the platform is a best-effort mirror
         log.error("could not mark model run %s FAILED: %s", record.model_run_id, services.scrub(str(exc)))
-
-
-def is_running(record: RunRecord) -> bool:
-    return record.status is RunStatus.RUNNING

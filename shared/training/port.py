@@ -73,9 +73,7 @@ class PredictionRequest:
 class TrainingBackend(Protocol):
     name: str
 
-    def start_dataset_import(
-        self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]
-    ) -> JobRef:
+    def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
         """Creates the dataset and starts importing the JSONL; the ref is polled with `dataset_status`."""
         ...
 
