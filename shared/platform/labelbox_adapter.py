@@ -4,18 +4,25 @@ Everything the SDK raises becomes a PlatformError whose text is safe to show a u
 scrubbed from it (and from the SDK's own log records), and signed media URLs lose their query string,
 which carries their credentials. The SDK sends `update_status` to the experimental `/_gql` endpoint,
 so the client is built with `enable_experimental=True`.
+
+Exports are split into start / one look / read, so a caller can bound its own wait; the rows are read
+by `export_stream` (bounded memory) instead of the SDK's buffered stream, which first downloads the
+whole export into a temporary file (RAM on Cloud Functions).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -23,9 +30,14 @@ from urllib3.util.retry import Retry
 
 from shared.config import Secret
 from shared.examples import Split
+from shared.platform import export_stream
+from shared.platform.export_stream import url_without_query
 from shared.platform.port import (
     RESERVED_METRIC_NAMES,
+    ExportState,
+    ExportStatus,
     ModelRunInfo,
+    ModelRunNotFound,
     ModelRunStatus,
     PlatformError,
     UploadResult,
@@ -34,6 +46,8 @@ from shared.platform.port import (
 
 if TYPE_CHECKING:
     from labelbox import Client, ModelRun
+    from labelbox.schema.task import Task
+    from labelbox.schema.user import User
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +63,8 @@ EXPORT_TASK_NAME = "training chain export"
 MAX_ERROR_TEXT = 1000
 ERROR_SAMPLES = 5
 REDACTED = "[redacted]"
+EXPORT_POLL_S = 2.0  # the SDK's own minimum between two looks at a task
+_SIGNED_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"<>]+)\?[^\s#'\"<>]*")
 
 
 @dataclass
@@ -64,13 +80,6 @@ def redact(text: str, secrets: set[str] | frozenset[str]) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return text
-
-
-def url_without_query(url: str) -> str:
-    """A URL safe to log: signed URLs carry their credentials in the query string."""
-    parts = urlsplit(url)
-    safe = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return safe if len(safe) <= 300 else safe[:299] + "…"
 
 
 class _RedactSecrets(logging.Filter):
@@ -123,6 +132,9 @@ class LabelboxPlatform:
         endpoint: str = "https://api.labelbox.com/graphql",
         rest_endpoint: str = "https://api.labelbox.com/api/v1",
         export_timeout_s: float = 7200,
+        export_poll_s: float = EXPORT_POLL_S,
+        export_block_bytes: int = export_stream.BLOCK_BYTES,
+        export_max_line_bytes: int = export_stream.MAX_LINE_BYTES,
         import_poll_s: float = 10,
         media_timeout_s: float = 60,
         media_chunk_bytes: int = 1 << 20,
@@ -131,11 +143,15 @@ class LabelboxPlatform:
         self.endpoint = endpoint
         self.rest_endpoint = rest_endpoint
         self.export_timeout_s = export_timeout_s
+        self.export_poll_s = export_poll_s
+        self.export_block_bytes = export_block_bytes
+        self.export_max_line_bytes = export_max_line_bytes
         self.import_poll_s = import_poll_s
         self.media_timeout_s = media_timeout_s
         self.media_chunk_bytes = media_chunk_bytes
         self.export_errors: dict[str, ExportErrors] = {}
         self._client_instance: Client | None = None
+        self._user_instance: User | None = None
         self._media: requests.Session | None = None
         self._model_runs: dict[str, ModelRun] = {}
         self._lock = threading.Lock()
@@ -165,16 +181,31 @@ class LabelboxPlatform:
             return self._client_instance
 
     def _safe(self, text: str) -> str:
-        return cut_message(redact(text, {self._api_key.reveal()}), MAX_ERROR_TEXT)
+        text = _SIGNED_QUERY.sub(r"\1", redact(text, {self._api_key.reveal()}))
+        return cut_message(text, MAX_ERROR_TEXT)
 
     @contextmanager
-    def _calling(self, what: str) -> Iterator[None]:
-        """Turns any SDK failure into a PlatformError without the key and without chaining the original."""
+    def _calling(self, what: str, *, model_run_id: str | None = None) -> Iterator[None]:
+        """Turns any SDK failure into a PlatformError without the key and without chaining the original.
+
+        For a call on a model run, a null answer (the SDK's TypeError or ResourceNotFoundError) is checked
+        against a fresh lookup, so a run deleted since it was cached surfaces as ModelRunNotFound.
+        """
         try:
             yield
         except PlatformError:
             raise
         except Exception as exc:
+            from lbox.exceptions import ResourceNotFoundError
+
+            if model_run_id is not None and isinstance(exc, TypeError | ResourceNotFoundError):
+                self._model_runs.pop(model_run_id, None)
+                try:
+                    self._model_run(model_run_id)
+                except ModelRunNotFound as gone:
+                    raise gone from None
+                except PlatformError:
+                    pass
             detail = self._safe(f"{type(exc).__name__}: {exc}")
             raise PlatformError(f"Labelbox {what} failed: {detail}") from None
 
@@ -191,7 +222,7 @@ class LabelboxPlatform:
             except ResourceNotFoundError:
                 model_run = None
         if model_run is None:
-            raise PlatformError(
+            raise ModelRunNotFound(
                 self._safe(
                     f"Labelbox has no model run {model_run_id} visible to this API key "
                     "(check the id and the key's organization)"
@@ -207,54 +238,143 @@ class LabelboxPlatform:
         return ModelRunInfo(id=model_run.uid, model_id=model_run.model_id, name=model_run.name)
 
     def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
-        """Streams the export; the SDK buffers its chunks in a temporary file, never all rows in memory."""
-        from labelbox import StreamType
+        """Start, look every `export_poll_s` up to `export_timeout_s`, then stream: for callers that wait in one go."""
+        task_id = self.start_export(model_run_id)
+        deadline = time.monotonic() + self.export_timeout_s
+        while (status := self.export_status(task_id)).state is ExportState.RUNNING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PlatformError(
+                    f"Labelbox export of model run {model_run_id} did not finish within {self.export_timeout_s:g} s "
+                    f"(task {task_id} is still running); try again later"
+                )
+            time.sleep(min(self.export_poll_s, left))
+        if status.state is ExportState.FAILED:
+            why = f"(task {task_id} FAILED): {status.error}"
+            raise PlatformError(self._safe(f"Labelbox could not export model run {model_run_id} {why}"))
+        if status.row_errors:
+            self._note_export_errors(model_run_id, status)
+        yield from self.read_export(model_run_id, task_id)
 
+    def start_export(self, model_run_id: str) -> str:
+        """Creates the export task; the SDK's `export` only creates it and fetches it once, it never waits."""
         model_run = self._model_run(model_run_id)
-        what = f"export of model run {model_run_id}"
-        with self._calling(what):
+        with self._calling(f"start of the export of model run {model_run_id}", model_run_id=model_run_id):
             task = model_run.export(task_name=EXPORT_TASK_NAME, params=EXPORT_PARAMS)
-            task.wait_till_done(timeout_seconds=self.export_timeout_s)
-        status = task.status
+            user = getattr(task._task, "_user", None)  # Task.get_task fetched the user: one lookup less later
+            task_id = str(task.uid)
+        with self._lock:
+            if self._user_instance is None and user is not None:
+                self._user_instance = user
+        return task_id
+
+    def export_status(self, task_id: str) -> ExportStatus:
+        """One task lookup; once COMPLETE, also the ERRORS header and (if any) its first rows as samples."""
+        task = self._task(task_id)
+        status = str(task.status).upper()
+        if status == "IN_PROGRESS":
+            return ExportStatus(ExportState.RUNNING)
         if status == "FAILED":
-            raise PlatformError(self._safe(f"Labelbox could not {what} (task {task.uid} FAILED): {self._why(task)}"))
+            return ExportStatus(ExportState.FAILED, error=self._why(task))
+        if status != "COMPLETE":  # CANCELLING, CANCELED, UNKNOWN: it will never deliver rows
+            error = self._safe(f"Labelbox reports export task {task_id} {status}")
+            return ExportStatus(ExportState.FAILED, error=error)
+        count, samples = self._row_errors(task_id)
+        return ExportStatus(ExportState.COMPLETE, row_errors=count, row_error_samples=samples)
+
+    def read_export(self, model_run_id: str, task_id: str) -> Iterator[dict[str, Any]]:
+        """Checks the task now (PlatformError unless COMPLETE) and streams its rows with bounded memory."""
+        task = self._task(task_id)
+        status = str(task.status).upper()
         if status != "COMPLETE":
+            why = f": {self._why(task)}" if status == "FAILED" else "; wait until export_status answers complete"
             raise PlatformError(
-                f"Labelbox {what} did not finish within {self.export_timeout_s:g} s "
-                f"(task {task.uid} is {status}); try again later"
+                self._safe(f"the export of model run {model_run_id} (task {task_id}) is {status}, not COMPLETE{why}")
             )
-        with self._calling(what):
-            if task.has_errors():
-                self._collect_export_errors(model_run_id, task.get_buffered_stream(StreamType.ERRORS))
-            if not task.has_result():
-                return
-            rows = iter(task.get_buffered_stream(StreamType.RESULT))
-        while True:
-            with self._calling(what):
-                try:
-                    output = next(rows)
-                except StopIteration:
-                    return
-            yield output.json
+        rows = export_stream.read_stream(
+            self._client,
+            task_id,
+            export_stream.RESULT,
+            session=self._media_session(),
+            block_bytes=self.export_block_bytes,
+            max_line_bytes=self.export_max_line_bytes,
+        )
+        return self._guarded(rows, f"export of model run {model_run_id}")
 
-    def _why(self, task: Any) -> str:
-        """The failure reason from the failed task's error file, when Labelbox left one."""
-        inner = getattr(task, "_task", None)  # ExportTask hides the task whose error file says why
+    def _guarded(self, rows: Iterator[Any], what: str) -> Iterator[Any]:
+        """Scrubs whatever the stream raises (the SDK's `execute` included) and closes it when abandoned."""
         try:
-            errors = inner.errors if inner is not None else None
-        except Exception as exc:
-            return f"its error file could not be read ({type(exc).__name__})"
-        if not errors:
-            return "Labelbox gave no reason"
-        entries = errors if isinstance(errors, list) else [errors]
-        return "; ".join(_describe_error(e) for e in entries[:ERROR_SAMPLES])
+            while True:
+                with self._calling(what):
+                    try:
+                        row = next(rows)
+                    except StopIteration:
+                        return
+                yield row
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
 
-    def _collect_export_errors(self, model_run_id: str, stream: Any) -> None:
-        found = ExportErrors()
-        for output in stream:
-            found.count += 1
-            if len(found.samples) < ERROR_SAMPLES:
-                found.samples.append(self._safe(_describe_error(output.json)))
+    def _user(self) -> User:
+        """The key's user, once per process: tasks are looked up among the tasks it created."""
+        with self._lock:
+            user = self._user_instance
+        if user is None:
+            client = self._client
+            with self._calling("lookup of the API key's user"):
+                user = client.get_user()
+            with self._lock:
+                self._user_instance = user
+        return user
+
+    def _task(self, task_id: str) -> Task:
+        """The task by id, as `Task.get_task` and `Task.refresh` look it up (one `GetUserCreatedTasksPyApi`)."""
+        from labelbox.schema.task import Task
+
+        user = self._user()
+        with self._calling(f"lookup of export task {task_id}"):
+            tasks = list(user.created_tasks(where=Task.uid == task_id))
+        if len(tasks) != 1:
+            raise PlatformError(
+                self._safe(
+                    f"Labelbox has no export task {task_id} created by this API key's user "
+                    "(check the id; a task is visible only to the user who started it)"
+                )
+            )
+        return tasks[0]
+
+    def _why(self, task: Task) -> str:
+        """The failure reason from the failed task's error file, when Labelbox left one."""
+        url = task.errors_url
+        if not url:
+            return "Labelbox gave no reason"
+        try:
+            entries = export_stream.read_error_file(url, session=self._media_session())
+        except PlatformError as exc:
+            return self._safe(f"its error file could not be read ({exc})")
+        if not entries:
+            return "Labelbox gave no reason"
+        return self._safe("; ".join(_describe_error(e) for e in entries[:ERROR_SAMPLES]))
+
+    def _row_errors(self, task_id: str) -> tuple[int, tuple[str, ...]]:
+        """How many rows the ERRORS stream holds (its header) and the first few, read and then dropped."""
+        client = self._client
+        with self._calling(f"reading the row errors of export task {task_id}"):
+            header = export_stream.stream_header(client, task_id, export_stream.ERRORS)
+            if header is None or header.total_size <= 0:
+                return 0, ()
+            errors = export_stream.read_stream(
+                client, task_id, export_stream.ERRORS, session=self._media_session(), header=header
+            )
+            try:
+                samples = tuple(self._safe(_describe_error(e)) for e in islice(errors, ERROR_SAMPLES))
+            finally:
+                errors.close()
+        return max(header.total_lines, len(samples)), samples
+
+    def _note_export_errors(self, model_run_id: str, status: ExportStatus) -> None:
+        found = ExportErrors(count=status.row_errors, samples=list(status.row_error_samples))
         self.export_errors[model_run_id] = found
         logger.warning(
             "Labelbox reported %d row errors exporting model run %s; first: %s",
@@ -266,7 +386,7 @@ class LabelboxPlatform:
     def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:
         model_run = self._model_run(model_run_id)
         splits: dict[str, Split] = {}
-        with self._calling(f"listing the data rows of model run {model_run_id}"):
+        with self._calling(f"listing the data rows of model run {model_run_id}", model_run_id=model_run_id):
             for member in model_run.model_run_data_rows():
                 value = getattr(member.data_split, "value", member.data_split)
                 splits[member.data_row().uid] = Split.parse(value)
@@ -346,12 +466,12 @@ class LabelboxPlatform:
         key = {self._api_key.reveal()}
         values = {str(k): redact(str(v), key) for k, v in (metadata or {}).items()}
         message = cut_message(self._safe(error_message)) if error_message else None
-        with self._calling(f"status update of model run {model_run_id} to {status.value}"):
+        with self._calling(f"status update of model run {model_run_id} to {status.value}", model_run_id=model_run_id):
             model_run.update_status(status.value, metadata=values or None, error_message=message)
 
     def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
         model_run = self._model_run(model_run_id)
-        with self._calling(f"config update of model run {model_run_id}"):
+        with self._calling(f"config update of model run {model_run_id}", model_run_id=model_run_id):
             model_run.update_config(dict(config))
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
@@ -367,7 +487,7 @@ class LabelboxPlatform:
             )
         model_run = self._model_run(model_run_id)
         what = f"prediction import {name!r} into model run {model_run_id}"
-        with self._calling(what):
+        with self._calling(what, model_run_id=model_run_id):
             job = model_run.add_predictions(name=name, predictions=rows)
             job.wait_till_done(sleep_time_seconds=self.import_poll_s)
         if job.state == AnnotationImportState.FAILED:

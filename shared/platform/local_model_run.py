@@ -12,6 +12,9 @@ model run"):
         config.json           written here: the latest update_config
         predictions/<name>.ndjson   written here: each prediction import, as uploaded
 
+An export needs no wait here: `start_export` names a task derived from the model run id, which is
+COMPLETE at once, and `read_export` streams `export.ndjson` line by line.
+
 Uploads are validated the way the Labelbox SDK and server validate them (one of dataRow.id/globalKey,
 known data rows, confidences in [0, 1], no reserved metric names), so errors surface locally first.
 """
@@ -33,7 +36,10 @@ import requests
 from shared.examples import Split
 from shared.platform.port import (
     RESERVED_METRIC_NAMES,
+    ExportState,
+    ExportStatus,
     ModelRunInfo,
+    ModelRunNotFound,
     ModelRunStatus,
     PlatformError,
     UploadResult,
@@ -42,6 +48,7 @@ from shared.platform.port import (
 from shared.run_record import iso
 
 _CHUNK = 1 << 16
+EXPORT_TASK_PREFIX = "local-export-"
 
 
 class LocalModelRuns:
@@ -51,7 +58,7 @@ class LocalModelRuns:
     def folder(self, model_run_id: str) -> Path:
         folder = (self.root / model_run_id).resolve()
         if folder.parent != self.root or not (folder / "model_run.json").is_file():
-            raise PlatformError(f"model run {model_run_id} not found in {self.root}")
+            raise ModelRunNotFound(f"model run {model_run_id} not found in {self.root}")
         return folder
 
     def get_model_run(self, model_run_id: str) -> ModelRunInfo:
@@ -59,15 +66,35 @@ class LocalModelRuns:
         return ModelRunInfo(id=model_run_id, model_id=info.get("model_id"), name=info.get("name"))
 
     def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
-        path = self.folder(model_run_id) / "export.ndjson"
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    yield {"_malformed": f"line {number} is not valid JSON"}
+        task_id = self.start_export(model_run_id)
+        status = self.export_status(task_id)
+        if status.state is not ExportState.COMPLETE:
+            raise PlatformError(f"could not export model run {model_run_id}: {status.error}")
+        yield from self.read_export(model_run_id, task_id)
+
+    def start_export(self, model_run_id: str) -> str:
+        """The same task id for the same model run, so a re-run (another process) finds it again."""
+        self.folder(model_run_id)
+        return EXPORT_TASK_PREFIX + model_run_id
+
+    def _export_file(self, task_id: str) -> Path:
+        if not task_id.startswith(EXPORT_TASK_PREFIX):
+            raise PlatformError(f"{task_id!r} is not an export task of the local model runs in {self.root}")
+        return self.folder(task_id.removeprefix(EXPORT_TASK_PREFIX)) / "export.ndjson"
+
+    def export_status(self, task_id: str) -> ExportStatus:
+        if not self._export_file(task_id).is_file():
+            return ExportStatus(ExportState.FAILED, error="the model run folder has no export.ndjson")
+        return ExportStatus(ExportState.COMPLETE)
+
+    def read_export(self, model_run_id: str, task_id: str) -> Iterator[dict[str, Any]]:
+        """Checks now (task of this run, file present) and streams the file one line at a time."""
+        path = self._export_file(task_id)
+        if path.parent != self.folder(model_run_id):
+            raise PlatformError(f"export task {task_id} is not an export of model run {model_run_id}")
+        if not path.is_file():
+            raise PlatformError(f"model run {model_run_id} has no export.ndjson in {path.parent}")
+        return _export_lines(path)
 
     def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:
         path = self.folder(model_run_id) / "splits.json"
@@ -181,6 +208,17 @@ class LocalModelRuns:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
         return ids
+
+
+def _export_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield {"_malformed": f"line {number} is not valid JSON"}
 
 
 def _safe_name(name: str) -> str:

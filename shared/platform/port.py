@@ -58,16 +58,53 @@ class PlatformError(RuntimeError):
     """The labeling platform refused or failed a call; the message is safe to show a user."""
 
 
+class ModelRunNotFound(PlatformError):
+    """The model run does not exist (or this key cannot see it): retrying will not help, the id must change."""
+
+
+class ExportState(StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """One look at an export task, so a caller can bound its own wait instead of blocking in the adapter."""
+
+    state: ExportState
+    error: str | None = None  # FAILED: Labelbox's reason (from the task's error file), safe to show a user
+    row_errors: int = 0  # COMPLETE: rows in the export's ERRORS stream
+    row_error_samples: tuple[str, ...] = ()  # at most 5, safe to show a user
+
+
 def cut_message(message: str, limit: int = MAX_STATUS_MESSAGE) -> str:
     message = " ".join(message.split())
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 class LabelingPlatform(Protocol):
-    def get_model_run(self, model_run_id: str) -> ModelRunInfo: ...
+    def get_model_run(self, model_run_id: str) -> ModelRunInfo:
+        """The model run's ids and name; ModelRunNotFound when there is no such run."""
+        ...
 
     def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
-        """Streams the model run's export rows (Labelbox model-run export shape), never all in memory."""
+        """Streams the model run's export rows (Labelbox model-run export shape), never all in memory.
+
+        Starts the export and waits for it: `start_export`, `export_status` until done, `read_export`.
+        """
+        ...
+
+    def start_export(self, model_run_id: str) -> str:
+        """Starts the model run's export and returns its task id at once, without waiting for it."""
+        ...
+
+    def export_status(self, task_id: str) -> ExportStatus:
+        """One look at the export task; never waits for it to finish."""
+        ...
+
+    def read_export(self, model_run_id: str, task_id: str) -> Iterator[dict[str, Any]]:
+        """Streams a COMPLETE export's rows with bounded memory; PlatformError if the task is not COMPLETE."""
         ...
 
     def data_row_splits(self, model_run_id: str) -> Mapping[str, Split]:

@@ -12,7 +12,14 @@ import pytest
 
 from shared.examples import Split
 from shared.platform.local_model_run import LocalModelRuns
-from shared.platform.port import ModelRunInfo, ModelRunStatus, PlatformError
+from shared.platform.port import (
+    ExportState,
+    ExportStatus,
+    ModelRunInfo,
+    ModelRunNotFound,
+    ModelRunStatus,
+    PlatformError,
+)
 from tests.core.conftest import DemoRun
 
 
@@ -50,13 +57,53 @@ def test_malformed_and_blank_lines(demo: DemoRun) -> None:
     assert rows[0]["data_row"]["id"] == json.loads(lines[0])["data_row"]["id"]
 
 
-def test_unknown_model_run_is_a_platform_error(demo_template: DemoRun) -> None:
+def test_unknown_model_run_is_model_run_not_found(demo_template: DemoRun) -> None:
     runs = platform(demo_template)
     for model_run_id in ("no-such-run", "../" + demo_template.root.name, "."):
-        with pytest.raises(PlatformError, match="not found"):
+        with pytest.raises(ModelRunNotFound, match=f"model run {model_run_id} not found"):
             runs.get_model_run(model_run_id)
-        with pytest.raises(PlatformError):
+        with pytest.raises(ModelRunNotFound):
             list(runs.export_rows(model_run_id))
+        with pytest.raises(ModelRunNotFound):
+            runs.start_export(model_run_id)
+        with pytest.raises(ModelRunNotFound):
+            runs.export_status("local-export-" + model_run_id)
+        with pytest.raises(ModelRunNotFound):
+            runs.read_export(model_run_id, "local-export-" + model_run_id)
+
+
+def test_an_export_is_complete_at_once_under_a_task_id_from_the_model_run(demo_template: DemoRun) -> None:
+    runs = platform(demo_template)
+    task_id = runs.start_export(demo_template.model_run_id)
+
+    assert task_id == platform(demo_template).start_export(demo_template.model_run_id)  # another process agrees
+    assert demo_template.model_run_id in task_id
+    assert runs.export_status(task_id) == ExportStatus(ExportState.COMPLETE)
+    rows = runs.read_export(demo_template.model_run_id, task_id)
+    assert isinstance(rows, types.GeneratorType)
+    assert list(rows) == demo_template.rows()
+
+
+def test_reading_an_export_checks_the_task_before_the_first_row(demo: DemoRun) -> None:
+    runs = platform(demo)
+    task_id = runs.start_export(demo.model_run_id)
+    with pytest.raises(PlatformError, match="is not an export task"):
+        runs.export_status("cexport0123")
+    with pytest.raises(PlatformError, match="is not an export task"):
+        runs.read_export(demo.model_run_id, "cexport0123")
+    (demo.root / "other").mkdir()
+    (demo.root / "other" / "model_run.json").write_text("{}")
+    with pytest.raises(PlatformError, match=f"is not an export of model run {demo.model_run_id}"):
+        runs.read_export(demo.model_run_id, runs.start_export("other"))
+
+    (demo.folder / "export.ndjson").unlink()
+    assert runs.export_status(task_id) == ExportStatus(
+        ExportState.FAILED, error="the model run folder has no export.ndjson"
+    )
+    with pytest.raises(PlatformError, match=r"has no export\.ndjson"):
+        runs.read_export(demo.model_run_id, task_id)
+    with pytest.raises(PlatformError, match=r"has no export\.ndjson"):
+        list(runs.export_rows(demo.model_run_id))
 
 
 def test_data_row_splits_from_splits_json(demo: DemoRun) -> None:

@@ -1,7 +1,8 @@
 """A small fake Labelbox GraphQL server, so the real labelbox SDK runs end to end on loopback.
 
 It answers the operations the SDK 7.17 sends for the chain (captured by running the SDK against it):
-model run lookup, the streamable model-run export (task polling, metadata header, file offsets),
+model run lookup, the streamable model-run export (task lookup and polling, metadata header, file
+offsets; the adapter's own export reader sends the same queries),
 `model_run_data_rows()`, pipeline status on `/_gql`, config, and the multipart prediction import
 with its polling and status files. Every GraphQL request is recorded, so tests assert exactly what
 the SDK sent. Files (export chunks, import status/error files, media) are plain GET URLs whose query
@@ -18,6 +19,7 @@ import copy
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,11 +56,15 @@ class Operation:
 class ExportJob:
     task_id: str
     input: dict[str, Any]
-    chunks: list[bytes]
+    chunks: list[bytes]  # the RESULT stream's files, in order; b"".join(chunks) is the whole stream
     chunk_lines: list[int]
     errors: bytes
     failed: bool
     in_progress_polls: int
+
+    @property
+    def result(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass
@@ -81,7 +87,29 @@ class PredictionImport:
         return [s for s in self.statuses if s["status"] == "FAILURE"]
 
 
+class _SmallReads:
+    """The request stream, except that one `read` returns at most 64 KiB.
+
+    After each response werkzeug's dev server drains the socket with `rfile.read(10_000_000)`, which
+    allocates a 10 MB buffer in this process; tests that measure the client's memory would see it.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._raw.read(1 << 16 if size is None or size < 0 or size > 1 << 16 else size)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _SmallReads(self.rfile)  # type: ignore[assignment]
+
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         """Every request is in `FakeLabelbox.operations` / `.downloads`; no access log."""
 
@@ -105,7 +133,14 @@ class FakeLabelbox:
     - export_failure: the export task ends FAILED, its error file holds this message;
     - export_errors: rows of the export's ERRORS stream on a COMPLETE export;
     - export_chunk_rows: rows per export file chunk (several chunks exercise the offset protocol);
+    - export_file_bytes: cut the RESULT stream into files of this many bytes instead (a sequence is
+      cycled), anywhere: mid-line and, unless export_split_chars is False, mid-UTF-8-character;
+    - export_result: serve these bytes as the RESULT stream instead of the rows (big exports, cheaply);
+    - export_expire_urls_once: the first GET of each RESULT file answers 403, as an expired signed URL;
+    - export_break_once_after: the first GET of each RESULT file drops the connection after this many bytes;
+    - export_short_file: the RESULT file with this index is served one byte short of its offsets;
     - export_in_progress_polls: task refreshes answered IN_PROGRESS first (each costs the SDK 2 s);
+    - media_delay_s: every media download waits this long first (can be changed while running);
     - splits_on_run: whether export rows carry `split` on their run object (with model_run_details);
     - splits: data_row_id -> DataSplit value for `model_run_data_rows()` (default: from the rows);
     - max_page_size: caps a `model_run_data_rows()` page, to exercise pagination;
@@ -126,7 +161,14 @@ class FakeLabelbox:
         export_failure: str | None = None,
         export_errors: Sequence[Mapping[str, Any]] = (),
         export_chunk_rows: int = 1000,
+        export_file_bytes: int | Sequence[int] | None = None,
+        export_split_chars: bool = True,
+        export_result: bytes | None = None,
+        export_expire_urls_once: bool = False,
+        export_break_once_after: int | None = None,
+        export_short_file: int | None = None,
         export_in_progress_polls: int = 0,
+        media_delay_s: float = 0.0,
         splits_on_run: bool = True,
         splits: Mapping[str, str] | None = None,
         max_page_size: int = 100,
@@ -143,7 +185,14 @@ class FakeLabelbox:
         self.export_failure = export_failure
         self.export_errors = [dict(e) for e in export_errors]
         self.export_chunk_rows = max(1, export_chunk_rows)
+        self.export_file_bytes = export_file_bytes
+        self.export_split_chars = export_split_chars
+        self.export_result = export_result
+        self.export_expire_urls_once = export_expire_urls_once
+        self.export_break_once_after = export_break_once_after
+        self.export_short_file = export_short_file
         self.export_in_progress_polls = export_in_progress_polls
+        self.media_delay_s = media_delay_s
         self.splits_on_run = splits_on_run
         self.max_page_size = max_page_size
         self.import_running_polls = import_running_polls
@@ -162,6 +211,8 @@ class FakeLabelbox:
         self.exports: list[ExportJob] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self._files: dict[str, tuple[bytes, str]] = {}
+        self._quirks_spent: set[str] = set()  # RESULT files whose one-time expiry or break has happened
+        self._signatures = 0
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -231,11 +282,22 @@ class FakeLabelbox:
             found = self._files.get(key)
             if found is None:
                 return Response("no such file", status=404)
-            return Response(found[0], mimetype=found[1])
+            content, mimetype = found
+            if "/result-" in key and key not in self._quirks_spent:
+                if self.export_expire_urls_once:
+                    self._quirks_spent.add(key)
+                    return Response("<Error><Code>ExpiredToken</Code></Error>", status=403, mimetype="application/xml")
+                if self.export_break_once_after is not None:
+                    self._quirks_spent.add(key)
+                    headers = {"Content-Length": str(len(content))}  # promises more than it sends, then hangs up
+                    return Response([content[: self.export_break_once_after]], mimetype=mimetype, headers=headers)
+            return Response(content, mimetype=mimetype)
 
         @app.get("/media/<path:name>")
         def media(name: str) -> Response:
             self.downloads.append(request.full_path)
+            if self.media_delay_s:
+                time.sleep(self.media_delay_s)  # a slow image host: ETL takes a while
             found = self.media.get(name)
             if found is None:
                 return Response("no such object", status=404)
@@ -244,8 +306,10 @@ class FakeLabelbox:
         return app
 
     def _file_url(self, key: str, content: bytes, mimetype: str = "application/x-ndjson") -> str:
+        """A freshly signed URL each time, as Labelbox hands out; the content is shared, not copied."""
         self._files[key] = (content, mimetype)
-        return f"{self.base_url}/files/{key}?{FAKE_SIGNATURE}"
+        self._signatures += 1
+        return f"{self.base_url}/files/{key}?{FAKE_SIGNATURE}&X-Goog-Date={self._signatures}"
 
     def _graphql(self) -> Response:
         form: dict[str, str] = {}
@@ -280,7 +344,12 @@ class FakeLabelbox:
                     raise GraphQLError(
                         f"fake Labelbox does not serve {op.name or 'this query'}", "GRAPHQL_PARSE_FAILED"
                     )
-                data = handler(op)
+                try:
+                    data = handler(op)
+                except (KeyError, TypeError, ValueError) as exc:  # a 500 would make the SDK retry for minutes
+                    raise GraphQLError(
+                        f"fake Labelbox cannot read {op.name}'s variables: {exc!r}", "BAD_USER_INPUT"
+                    ) from None
             except GraphQLError as exc:
                 payload = {"data": None, "errors": [{"message": str(exc), "extensions": {"code": exc.code}}]}
                 return Response(json.dumps(payload), status=exc.status, mimetype="application/json")
@@ -354,20 +423,46 @@ class FakeLabelbox:
                 run.pop("predictions", None)
         return row
 
+    def export_lines(self, params: Mapping[str, Any]) -> list[bytes]:
+        """The RESULT stream's lines as Labelbox writes them: compact JSON, UTF-8 (not \\u escapes)."""
+        return [
+            json.dumps(self._exported_row(r, params), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            for r in self.rows
+        ]
+
+    def _cut(self, stream: bytes) -> list[bytes]:
+        """Files of `export_file_bytes` bytes, blind to lines (and to characters unless told otherwise)."""
+        sizes = self.export_file_bytes
+        cycle = [sizes] if isinstance(sizes, int) else list(sizes or ())
+        chunks, start, index = [], 0, 0
+        while start < len(stream):
+            end = min(len(stream), start + max(1, cycle[index % len(cycle)]))
+            while not self.export_split_chars and start + 1 < end < len(stream) and stream[end] & 0xC0 == 0x80:
+                end -= 1  # back to the first byte of the character
+            chunks.append(stream[start:end])
+            start, index = end, index + 1
+        return chunks
+
     def _create_export(self, op: Operation) -> dict[str, Any]:
         data = op.variables["input"]
         self._check_run(data["filters"]["modelRunId"])
         task_id = "cexport" + uuid.uuid4().hex[:18]
-        lines = [json.dumps(self._exported_row(r, data["params"]), separators=(",", ":")) + "\n" for r in self.rows]
-        step = self.export_chunk_rows
-        groups = [lines[i : i + step] for i in range(0, len(lines), step)]
-        errors = "".join(json.dumps(e) + "\n" for e in self.export_errors)
+        if self.export_result is not None or self.export_file_bytes is not None:
+            stream = (
+                self.export_result if self.export_result is not None else b"".join(self.export_lines(data["params"]))
+            )
+            chunks = self._cut(stream) if self.export_file_bytes is not None else [stream]
+        else:
+            lines = self.export_lines(data["params"])
+            step = self.export_chunk_rows
+            chunks = [b"".join(lines[i : i + step]) for i in range(0, len(lines), step)]
+        errors = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.export_errors)
         self.exports.append(
             ExportJob(
                 task_id=task_id,
                 input=data,
-                chunks=["".join(g).encode() for g in groups],
-                chunk_lines=[len(g) for g in groups],
+                chunks=chunks,
+                chunk_lines=[c.count(b"\n") for c in chunks],
                 errors=errors.encode(),
                 failed=self.export_failure is not None,
                 in_progress_polls=self.export_in_progress_polls,
@@ -398,7 +493,12 @@ class FakeLabelbox:
         raise GraphQLError(f"Task {task_id} not found", "RESOURCE_NOT_FOUND")
 
     def _get_tasks(self, op: Operation) -> dict[str, Any]:
-        job = self._export(op.variables["param_0"])
+        """`user.created_tasks(where=Task.uid == id)`, as Task.get_task and Task.refresh send it."""
+        if op.variables["param_1"] != USER_ID:
+            raise GraphQLError("You may only list your own tasks", "AUTHORIZATION_ERROR")
+        job = next((j for j in self.exports if j.task_id == op.variables["param_0"]), None)
+        if job is None:
+            return {"user": {"createdTasks": []}}  # a filter that matches nothing
         if job.in_progress_polls > 0:
             job.in_progress_polls -= 1
             status = "IN_PROGRESS"
@@ -428,6 +528,7 @@ class FakeLabelbox:
             size, lines = len(job.errors), len(self.export_errors)
         else:
             size, lines = sum(len(c) for c in job.chunks), sum(job.chunk_lines)
+            lines += bool(job.chunks and not job.chunks[-1].endswith(b"\n"))
         header = {"totalSize": size, "totalLines": lines} if size else None
         return {"task": {"exportMetadataHeader": header}}
 
@@ -442,7 +543,8 @@ class FakeLabelbox:
         for index, (chunk, count) in enumerate(zip(chunks, counts, strict=True)):
             if start <= offset < start + len(chunk):
                 kind = op.variables["streamType"].lower()
-                url = self._file_url(f"export/{job.task_id}/{kind}-{index}.ndjson", chunk)
+                served = chunk[:-1] if kind == "result" and index == self.export_short_file else chunk
+                url = self._file_url(f"export/{job.task_id}/{kind}-{index}.ndjson", served)
                 return {
                     "task": {
                         "exportFileFromOffset": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ from shared.config import Secret
 from shared.demo import create_demo_model_run, export_row
 from shared.examples import Split
 from shared.platform.labelbox_adapter import LabelboxPlatform
-from shared.platform.port import MAX_STATUS_MESSAGE, ModelRunInfo, ModelRunStatus, PlatformError
+from shared.platform.port import (
+    MAX_STATUS_MESSAGE,
+    ExportState,
+    ExportStatus,
+    ModelRunInfo,
+    ModelRunNotFound,
+    ModelRunStatus,
+    PlatformError,
+)
 from tests.labelbox.fake_labelbox import (
     FAKE_SIGNATURE,
     FakeLabelbox,
@@ -85,9 +94,24 @@ def test_get_model_run_returns_its_ids_and_is_fetched_once(fake: FakeLabelbox) -
     assert fake.operations[0].variables == {"param_0": MODEL_RUN_ID}
 
 
-def test_unknown_model_run_is_a_clear_platform_error(fake: FakeLabelbox) -> None:
-    with pytest.raises(PlatformError, match="no model run 00000000-dead"):
-        platform_for(fake).get_model_run("00000000-dead")
+def test_unknown_model_run_is_model_run_not_found(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    for call in (platform.get_model_run, platform.start_export, lambda run: list(platform.export_rows(run))):
+        with pytest.raises(ModelRunNotFound, match="no model run 00000000-dead") as raised:
+            call("00000000-dead")
+        assert "check the id and the key's organization" in str(raised.value)
+    assert fake.named("exportDataRowsInModelRunPyApi") == []
+
+
+def test_a_model_run_deleted_after_its_lookup_is_model_run_not_found(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    platform.get_model_run(MODEL_RUN_ID)
+    fake.model_run_id = "another-run"  # Labelbox now answers RESOURCE_NOT_FOUND for ours; the SDK gets null data
+
+    with pytest.raises(ModelRunNotFound, match=f"no model run {MODEL_RUN_ID}"):
+        platform.update_config(MODEL_RUN_ID, {"model_type": "bounding_box"})
+    with pytest.raises(ModelRunNotFound, match=f"no model run {MODEL_RUN_ID}"):
+        platform.start_export(MODEL_RUN_ID)
 
 
 @pytest.mark.parametrize("fake", [{"export_chunk_rows": 2}], indirect=True)
@@ -146,6 +170,103 @@ def test_failed_export_raises_with_labelboxs_reason(fake: FakeLabelbox) -> None:
 def test_export_still_running_at_the_timeout_raises(fake: FakeLabelbox) -> None:
     with pytest.raises(PlatformError, match="did not finish within 0 s"):
         list(platform_for(fake, export_timeout_s=0).export_rows(MODEL_RUN_ID))
+
+
+@pytest.mark.parametrize("fake", [{"export_in_progress_polls": 3}], indirect=True)
+def test_export_rows_looks_every_two_seconds_until_complete(
+    fake: FakeLabelbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("shared.platform.labelbox_adapter.time.sleep", slept.append)
+
+    exported = list(platform_for(fake).export_rows(MODEL_RUN_ID))
+
+    assert [r["data_row"]["id"] for r in exported] == [r["data_row"]["id"] for r in ROWS]
+    assert slept == [2.0, 2.0]  # creation answered IN_PROGRESS, then two looks RUNNING, the third COMPLETE
+    assert fake.operation_names()[:3] == ["GetModelRunPyApi", "exportDataRowsInModelRunPyApi", "GetUserPyApi"]
+    assert fake.operation_names().count("GetUserPyApi") == 1
+    assert fake.operation_names().count("GetUserCreatedTasksPyApi") == 5  # creation, 3 looks, read's check
+
+
+@pytest.mark.parametrize("fake", [{"export_in_progress_polls": 1000}], indirect=True)
+def test_start_export_and_export_status_never_wait(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    started = time.monotonic()
+    task_id = platform.start_export(MODEL_RUN_ID)
+    before = len(fake.operations)
+    status = platform.export_status(task_id)
+    elapsed = time.monotonic() - started
+
+    assert status == ExportStatus(ExportState.RUNNING)
+    assert elapsed < 1.5
+    assert [op.name for op in fake.operations[before:]] == ["GetUserCreatedTasksPyApi"]  # one round trip
+    (lookup,) = fake.operations[before:]
+    assert lookup.variables == {"param_0": task_id, "param_1": "cfakeuser000000000000000001"}
+    assert "createdTasks(where: {id: $param_0} skip: 0 first: 100)" in lookup.query
+    with pytest.raises(PlatformError, match=f"task {task_id}\\) is IN_PROGRESS, not COMPLETE"):
+        platform.read_export(MODEL_RUN_ID, task_id)
+    assert fake.named("GetExportFileFromOffsetPyApi") == []
+
+
+@pytest.mark.parametrize("fake", [{"export_chunk_rows": 3}], indirect=True)
+def test_an_export_started_elsewhere_is_found_by_its_task_id(fake: FakeLabelbox) -> None:
+    task_id = platform_for(fake).start_export(MODEL_RUN_ID)
+    later = platform_for(fake)  # another process: nothing cached
+    before = len(fake.operations)
+
+    status = later.export_status(task_id)
+    rows = list(later.read_export(MODEL_RUN_ID, task_id))
+
+    assert status == ExportStatus(ExportState.COMPLETE)
+    assert [r["data_row"]["id"] for r in rows] == [r["data_row"]["id"] for r in ROWS]
+    names = [op.name for op in fake.operations[before:]]
+    assert names[:4] == [
+        "GetUserPyApi",
+        "GetUserCreatedTasksPyApi",
+        "GetExportMetadataHeaderPyApi",  # ERRORS: none
+        "GetUserCreatedTasksPyApi",  # read_export checks the task once more
+    ]
+    assert "exportDataRowsInModelRunPyApi" not in names and "GetModelRunPyApi" not in names
+    assert names.count("GetExportFileFromOffsetPyApi") == 3
+
+
+def test_an_unknown_export_task_is_a_platform_error(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    with pytest.raises(PlatformError, match="no export task cexportnope created by this API key's user"):
+        platform.export_status("cexportnope")
+    with pytest.raises(PlatformError, match="no export task cexportnope"):
+        platform.read_export(MODEL_RUN_ID, "cexportnope")
+
+
+@pytest.mark.parametrize("fake", [{"export_failure": "Export exceeded the 1,000,000 data row limit"}], indirect=True)
+def test_a_failed_exports_status_carries_labelboxs_reason(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    task_id = platform.start_export(MODEL_RUN_ID)
+
+    status = platform.export_status(task_id)
+
+    assert status == ExportStatus(ExportState.FAILED, error="Export exceeded the 1,000,000 data row limit")
+    with pytest.raises(PlatformError, match="is FAILED, not COMPLETE: Export exceeded the 1,000,000 data row limit"):
+        platform.read_export(MODEL_RUN_ID, task_id)
+    assert fake.named("GetExportMetadataHeaderPyApi") == fake.named("GetExportFileFromOffsetPyApi") == []
+
+
+ROW_ERRORS = [{"message": f"data row cdatarow{i} could not be read"} for i in range(7)]
+
+
+@pytest.mark.parametrize("fake", [{"export_errors": ROW_ERRORS}], indirect=True)
+def test_a_complete_exports_status_counts_its_row_errors(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    task_id = platform.start_export(MODEL_RUN_ID)
+
+    status = platform.export_status(task_id)
+
+    assert status.state is ExportState.COMPLETE and status.error is None
+    assert status.row_errors == 7
+    assert status.row_error_samples == tuple(f"data row cdatarow{i} could not be read" for i in range(5))
+    (header,) = fake.named("GetExportMetadataHeaderPyApi")
+    assert header.variables == {"where": {"id": task_id}, "streamType": "ERRORS"}
+    assert [op.variables["streamType"] for op in fake.named("GetExportFileFromOffsetPyApi")] == ["ERRORS"]
 
 
 @pytest.mark.parametrize(
@@ -267,26 +388,47 @@ SECRET_KEY = "lb-secret-KEY-5f0e7c1d9a8b"
 
 def test_the_api_key_is_sent_but_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    echo = {"setPipelineStatusPyApi": f"token {SECRET_KEY} may not update this pipeline"}
-    with running_fake_labelbox(
-        ROWS, model_run_id=MODEL_RUN_ID, model_id=MODEL_ID, api_key=SECRET_KEY, fail_operations=echo
-    ) as fake:
+    echo = {
+        "setPipelineStatusPyApi": f"token {SECRET_KEY} may not update this pipeline",
+        "GetExportFileFromOffsetPyApi": f"token {SECRET_KEY} may not read https://x.example/e.ndjson?sig=S3CR3T",
+    }
+    failure = f"token {SECRET_KEY} cannot write https://storage.example.com/out.ndjson?X-Goog-Signature=S3CR3T"
+    with (
+        running_fake_labelbox(
+            ROWS, model_run_id=MODEL_RUN_ID, model_id=MODEL_ID, api_key=SECRET_KEY, fail_operations=echo
+        ) as fake,
+        running_fake_labelbox(
+            ROWS, model_run_id=MODEL_RUN_ID, model_id=MODEL_ID, api_key=SECRET_KEY, export_failure=failure
+        ) as failing,
+    ):
         platform = LabelboxPlatform(Secret(SECRET_KEY), endpoint=fake.endpoint, rest_endpoint=fake.rest_endpoint)
         wrong = LabelboxPlatform(Secret("lb-wrong-KEY-0000"), endpoint=fake.endpoint, rest_endpoint=fake.rest_endpoint)
+        failed = LabelboxPlatform(Secret(SECRET_KEY), endpoint=failing.endpoint, rest_endpoint=failing.rest_endpoint)
         with pytest.raises(PlatformError) as refused:
             platform.update_status(MODEL_RUN_ID, ModelRunStatus.TRAINING_MODEL)
         with pytest.raises(PlatformError) as unauthenticated:
             wrong.get_model_run(MODEL_RUN_ID)
+        with pytest.raises(PlatformError) as unreadable:
+            list(platform.export_rows(MODEL_RUN_ID))
+        with pytest.raises(PlatformError) as export_failed:
+            list(failed.export_rows(MODEL_RUN_ID))
+        status = failed.export_status(failing.exports[0].task_id)
 
     assert fake.operations[0].headers["Authorization"] == f"Bearer {SECRET_KEY}"
     assert "may not update this pipeline" in str(refused.value)
     assert "AuthenticationError" in str(unauthenticated.value)
+    assert "may not read https://x.example/e.ndjson" in str(unreadable.value)
+    assert status.error == "token [redacted] cannot write https://storage.example.com/out.ndjson"
+    assert status.error in str(export_failed.value)
+    errors = (refused, unauthenticated, unreadable, export_failed)
     shown = [
         caplog.text,
         repr(platform),
-        *(str(e.value) for e in (refused, unauthenticated)),
-        *("".join(traceback.format_exception(e.value)) for e in (refused, unauthenticated)),
+        status.error,
+        *(str(e.value) for e in errors),
+        *("".join(traceback.format_exception(e.value)) for e in errors),
     ]
+    assert all("S3CR3T" not in text for text in shown[2:])
     assert "may not update this pipeline" in caplog.text  # the SDK did log the server's text...
     assert all(SECRET_KEY not in text for text in shown)  # ...without the key
     assert all("lb-wrong-KEY-0000" not in text for text in shown)
