@@ -177,8 +177,8 @@ write_lifecycle() {
       "condition": {
         "age": $STAGING_RETENTION_DAYS,
         "matchesPrefix": ["runs/"],
-        "matchesSuffix": [".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
-                          ".JPG", ".JPEG", ".PNG", ".GIF", ".BMP", ".WEBP", ".TIF", ".TIFF"]
+        "matchesSuffix": [".jpg", ".jpeg", ".png", ".gif", ".bmp", ".ico", ".webp", ".tif", ".tiff",
+                          ".JPG", ".JPEG", ".PNG", ".GIF", ".BMP", ".ICO", ".WEBP", ".TIF", ".TIFF"]
       }
     },
     {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 7}}
@@ -217,18 +217,25 @@ ensure_bucket() {
     --lifecycle-file="$PRIVATE_TMP/lifecycle.json"
 }
 
+# Every hand-off between stages and every monitor look is a task on this queue. Its retry policy is
+# what makes a hand-off survive: a stage that is busy (409), crashes, times out, or is refused with 403
+# while a fresh deployment's IAM grants propagate is delivered again, 10 s, 20 s, ... then every 5 min,
+# up to 30 attempts (about 2 h in all). The rates bound how many stage invocations run at once.
+QUEUE_FLAGS=(--max-attempts=30 --min-backoff=10s --max-backoff=300s --max-doublings=5
+  --max-dispatches-per-second=20 --max-concurrent-dispatches=50)
+
 ensure_queue() {
   local state
   say "== Cloud Tasks queue $QUEUE"
   if api_enabled cloudtasks && lookup state gcloud tasks queues describe "$QUEUE" --location="$REGION" \
     --project="$PROJECT" --format='value(state)'; then
-    say "  exists ($state)"
-    [ "$state" = RUNNING ] || warn "queue $QUEUE is $state: monitor's re-checks will wait until it runs" \
+    say "  exists ($state); keeping its retry policy and rates in step"
+    [ "$state" = RUNNING ] || warn "queue $QUEUE is $state: hand-offs and monitor's re-checks wait until it runs" \
       "(gcloud tasks queues resume $QUEUE --location=$REGION --project=$PROJECT)"
+    run gcloud tasks queues update "$QUEUE" --location="$REGION" --project="$PROJECT" "${QUEUE_FLAGS[@]}"
     return 0
   fi
-  run gcloud tasks queues create "$QUEUE" --location="$REGION" --project="$PROJECT" \
-    --max-attempts=20 --min-backoff=10s --max-backoff=600s
+  run gcloud tasks queues create "$QUEUE" --location="$REGION" --project="$PROJECT" "${QUEUE_FLAGS[@]}"
 }
 
 create_secret() {
@@ -336,13 +343,18 @@ write_env_file() {
 }
 
 deploy_function() {
-  local f=$1 gen_flag=--gen2 auth_flag=--no-allow-unauthenticated
+  local f=$1 gen_flag=--gen2 auth_flag=--no-allow-unauthenticated timeout env_file
   [ "$(fn_gen "$f")" = 1 ] && gen_flag=--no-gen2
   fn_public "$f" && auth_flag=--allow-unauthenticated
+  timeout=$(fn_timeout "$f")
+  # Each function knows its own timeout, so a stage that waits (ETL on a Labelbox export) stops in time.
+  env_file="$PRIVATE_TMP/env-$f.yaml"
+  cp "$ENV_VARS_FILE" "$env_file"
+  printf 'FUNCTION_TIMEOUT_S: %s\n' "$(yaml_value "${timeout%s}")" >>"$env_file"
   run gcloud functions deploy "$(fn_name "$f")" --project="$PROJECT" --region="$REGION" "$gen_flag" \
     --runtime=python312 --entry-point="$f" --source="$BUILD_DIR/$f" --trigger-http \
-    --timeout="$(fn_timeout "$f")" --memory="$(fn_memory "$f")" --service-account="$SA_EMAIL" \
-    --env-vars-file="$ENV_VARS_FILE" \
+    --timeout="$timeout" --memory="$(fn_memory "$f")" --service-account="$SA_EMAIL" \
+    --env-vars-file="$env_file" \
     --set-secrets="$LABELBOX_KEY_PATH=$SECRET_API_KEY:latest,$WEBHOOK_SECRET_PATH=$SECRET_WEBHOOK:latest" \
     --update-labels="$LABEL" "$auth_flag"
 }

@@ -127,12 +127,9 @@ def _local_adapters(settings: Settings) -> dict[str, Factory]:
         )
 
     def chain(svc: Services) -> Chain:
-        from shared.chain.composed import ComposedChain
-        from shared.chain.http import HttpHandOff
-        from shared.chain.timer import TimerScheduler
+        from shared.chain.loopback import LoopbackChain
 
-        hand_off = HttpHandOff(settings.stage_urls)
-        return ComposedChain(hand_off.hand_off, TimerScheduler(hand_off.hand_off))
+        return LoopbackChain(settings.stage_urls)
 
     return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 
@@ -147,6 +144,8 @@ def _cloud_adapters(settings: Settings) -> dict[str, Factory]:
         return GcsStore(cloud.bucket, project=cloud.project)
 
     def platform(svc: Services) -> LabelingPlatform:
+        import labelbox  # noqa: F401 - the SDK loads at start-up: a function without it fails to boot, not mid-run
+
         from shared.platform.labelbox_adapter import LabelboxPlatform
 
         return LabelboxPlatform(
@@ -166,19 +165,16 @@ def _cloud_adapters(settings: Settings) -> dict[str, Factory]:
         )
 
     def chain(svc: Services) -> Chain:
-        from shared.chain.cloud_tasks import CloudTasksScheduler
-        from shared.chain.composed import ComposedChain
-        from shared.chain.http import GoogleIdTokens, HttpHandOff
+        from shared.chain.cloud_tasks import CloudTasksChain
 
-        hand_off = HttpHandOff(settings.stage_urls, token_source=GoogleIdTokens())
-        scheduler = CloudTasksScheduler(
+        return CloudTasksChain(
             project=cloud.project,
             region=cloud.region,
             queue=cloud.tasks_queue,
             service_account=cloud.service_account,
             stage_urls=settings.stage_urls,
+            api_endpoint=cloud.tasks_api_endpoint,
         )
-        return ComposedChain(hand_off.hand_off, scheduler)
 
     return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 
@@ -187,15 +183,31 @@ def build_services(settings: Settings, **overrides: object) -> Services:
     return Services(settings, **overrides)
 
 
+# The ports each function's stage touches. A function builds them when it starts, so one deployed
+# without a package its stage needs fails to boot (and says which import), not at a run's first call.
+FUNCTION_PORTS: dict[str, tuple[str, ...]] = {
+    "models": (),
+    "model_run": ("store", "runs", "platform", "chain"),
+    "etl": ("store", "runs", "platform", "chain"),
+    "train": ("store", "runs", "platform", "backend", "chain"),
+    "monitor": ("store", "runs", "platform", "backend", "chain"),
+    "inference": ("store", "runs", "platform", "backend", "chain"),
+}
+
 _services: Services | None = None
 _lock = threading.Lock()
 
 
-def services() -> Services:
-    """The process's services, built once from the environment (ConfigError names what is wrong)."""
+def services(function: str | None = None) -> Services:
+    """The process's services, built once from the environment (ConfigError names what is wrong).
+
+    With `function`, every port that function uses is built now, at start-up."""
     global _services
     with _lock:
         if _services is None:
             logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
             _services = build_services(load_settings())
-        return _services
+        svc = _services
+    for port in FUNCTION_PORTS[function] if function else ():
+        getattr(svc, port)
+    return svc

@@ -8,11 +8,12 @@ comes from `NAME` or from a file named by `NAME_FILE` (Secret Manager mounts fil
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.model_types import Backend
+from shared.model_types import Backend, ModelType, Task, offered
 
 
 class ConfigError(ValueError):
@@ -43,28 +44,22 @@ class Secret:
 
 
 STAGES = ("model_run", "etl", "train", "monitor", "inference")
-VERTEX_OD_MODEL_TYPES = (
-    "CLOUD_HIGH_ACCURACY_1",
-    "CLOUD_1",
-    "CLOUD_LOW_LATENCY_1",
-    "MOBILE_TF_LOW_LATENCY_1",
-    "MOBILE_TF_VERSATILE_1",
-    "MOBILE_TF_HIGH_ACCURACY_1",
-)
-VERTEX_CLS_MODEL_TYPES = (
-    "CLOUD",
-    "CLOUD_1",
-    "MOBILE_TF_LOW_LATENCY_1",
-    "MOBILE_TF_VERSATILE_1",
-    "MOBILE_TF_HIGH_ACCURACY_1",
-)
+# The AutoML image model types whose models Vertex AI can batch-predict. Edge types (MOBILE_TF_*) train,
+# but "You cannot use an Edge model in Vertex AI to serve predictions"
+# (https://cloud.google.com/vertex-ai/docs/export/export-edge-model): the chain could never finish.
+VERTEX_OD_MODEL_TYPES = ("CLOUD_HIGH_ACCURACY_1", "CLOUD_1", "CLOUD_LOW_LATENCY_1")
+VERTEX_CLS_MODEL_TYPES = ("CLOUD", "CLOUD_1")
+VERTEX_EDGE_MODEL_TYPES = ("MOBILE_TF_LOW_LATENCY_1", "MOBILE_TF_VERSATILE_1", "MOBILE_TF_HIGH_ACCURACY_1")
+# Vertex AI's accepted training budgets for the cloud image model types, in milli node hours.
+VERTEX_OD_BUDGET_RANGE = (20_000, 900_000)
+VERTEX_CLS_BUDGET_RANGE = (8_000, 800_000)
 
 
 def vertex_budget_range(model_type: str, *, classification: bool) -> tuple[int, int]:
     """Vertex's accepted training budget, in milli node hours, for an AutoML image model type."""
-    if model_type.startswith("MOBILE_"):
+    if model_type in VERTEX_EDGE_MODEL_TYPES:
         return 1_000, 100_000
-    return (8_000, 800_000) if classification else (20_000, 900_000)
+    return VERTEX_CLS_BUDGET_RANGE if classification else VERTEX_OD_BUDGET_RANGE
 
 
 @dataclass(frozen=True)
@@ -88,13 +83,35 @@ class CloudSettings:
     labelbox_api_key: Secret
     labelbox_endpoint: str
     labelbox_rest_endpoint: str
+    tasks_api_endpoint: str | None = None  # None: cloudtasks.googleapis.com
 
 
 @dataclass(frozen=True)
 class VertexSettings:
     od_model_type: str
     classification_model_type: str
-    budget_milli_node_hours: int
+    od_budget_milli_node_hours: int
+    classification_budget_milli_node_hours: int
+    api_endpoint: str | None = None  # None: the region's own `<region>-aiplatform.googleapis.com`
+    # Tasks this deployment cannot train on Vertex AI, with the reason (a budget outside their range).
+    unavailable: Mapping[Task, str] = field(default_factory=dict)
+
+    def model_type(self, task: Task) -> str:
+        return self.classification_model_type if task.is_classification else self.od_model_type
+
+    def budget_milli_node_hours(self, task: Task) -> int:
+        return (
+            self.classification_budget_milli_node_hours if task.is_classification else self.od_budget_milli_node_hours
+        )
+
+    def training_wall_time_s(self, task: Task) -> float:
+        """The longest an in-budget training can run: its whole budget on a single node.
+
+        AutoML spreads the budget over several nodes and stops early when the model converges, so a
+        real training ends sooner; waiting this long never cancels a training that is still within
+        the budget the user pays for.
+        """
+        return self.budget_milli_node_hours(task) / 1000 * 3600
 
 
 @dataclass(frozen=True)
@@ -108,10 +125,13 @@ class Settings:
     monitor_initial_delay_s: float
     monitor_max_delay_s: float
     monitor_max_wait_s: float
+    monitor_training_margin_s: float
+    function_timeout_s: float
     etl_copy_concurrency: int
     etl_max_image_bytes: int
     etl_max_image_pixels: int
     etl_chunk_rows: int
+    etl_export_wait_s: float
     predict_confidence_threshold: float
     predict_max_predictions: int
     predict_on_training: bool
@@ -123,6 +143,11 @@ class Settings:
     @property
     def backend(self) -> Backend:
         return Backend.LOCAL if self.mode == "local" else Backend.VERTEX
+
+    def model_types(self) -> dict[str, ModelType]:
+        """What `GET /models` offers: the model types this deployment can really train."""
+        unavailable = self.vertex.unavailable if self.backend is Backend.VERTEX else {}
+        return offered(self.backend, unavailable)
 
     def stage_url(self, stage: str) -> str:
         return self.stage_urls[stage]
@@ -176,6 +201,16 @@ class _Reader:
             return default
         return value
 
+    def endpoint(self, name: str) -> str | None:
+        """An API endpoint override: `host[:port]` or `http(s)://host[:port]`, nothing after it."""
+        value = self.text(name)
+        if not value:
+            return None
+        if not re.fullmatch(r"(https?://)?[A-Za-z0-9.-]+(:\d{1,5})?", value):
+            self.problems.append(f"{name} must be host[:port] or http(s)://host[:port], got {value!r}")
+            return None
+        return value
+
     def secret(self, name: str, *, required: bool) -> Secret | None:
         value = self.env.get(name, "")
         path = self.env.get(f"{name}_FILE", "").strip()
@@ -189,6 +224,82 @@ class _Reader:
         if required:
             self.problems.append(f"{name} (or {name}_FILE) is required but not set")
         return None
+
+
+def _vertex_model_type(r: _Reader, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = r.text(name, default)
+    if value in VERTEX_EDGE_MODEL_TYPES:
+        r.problems.append(
+            f"{name}={value} is an Edge model type: Vertex AI trains it but cannot batch-predict with it "
+            "(Edge models are exported to run on devices), so the chain could never write predictions back; "
+            f"use one of {', '.join(allowed)}"
+        )
+        return default
+    if value not in allowed:
+        r.problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return default
+    return value
+
+
+def _vertex_budget(
+    r: _Reader, name: str, *, kind: str, budget_range: tuple[int, int], unusable: list[str]
+) -> int | None:
+    """A task's budget, checked against the range of that task's model types only.
+
+    The task's own variable must fit its range (a config error otherwise). The shared
+    VERTEX_BUDGET_MILLI_NODE_HOURS serves both tasks: where it does not fit one task's range, that task
+    is left out (None) rather than stopping every function from loading; it must fit at least one.
+    """
+    low, high = budget_range
+    shared = "VERTEX_BUDGET_MILLI_NODE_HOURS"
+    if r.env.get(name, "").strip():
+        value = int(r.number(name, low, low=1, high=10_000_000, integer=True))
+        if not low <= value <= high:
+            r.problems.append(f"{name}={value} is outside Vertex AI's range {low}..{high} milli node hours for {kind}")
+        return value
+    value = int(r.number(shared, 20_000, low=1, high=10_000_000, integer=True))
+    if low <= value <= high:
+        return value
+    unusable.append(
+        f"{shared}={value} is outside Vertex AI's range {low}..{high} milli node hours for {kind} "
+        f"(set {name} for {kind} alone)"
+    )
+    return None
+
+
+def _vertex_settings(r: _Reader) -> VertexSettings:
+    unusable: list[str] = []
+    od_budget = _vertex_budget(
+        r,
+        "VERTEX_OD_BUDGET_MILLI_NODE_HOURS",
+        kind="object detection",
+        budget_range=VERTEX_OD_BUDGET_RANGE,
+        unusable=unusable,
+    )
+    cls_budget = _vertex_budget(
+        r,
+        "VERTEX_CLASSIFICATION_BUDGET_MILLI_NODE_HOURS",
+        kind="classification",
+        budget_range=VERTEX_CLS_BUDGET_RANGE,
+        unusable=unusable,
+    )
+    if od_budget is None and cls_budget is None:
+        r.problems.extend(unusable)
+    unavailable: dict[Task, str] = {}
+    if od_budget is None:
+        unavailable[Task.OBJECT_DETECTION] = unusable[0]
+    if cls_budget is None:
+        unavailable[Task.SINGLE_LABEL_CLASSIFICATION] = unavailable[Task.MULTI_LABEL_CLASSIFICATION] = unusable[-1]
+    return VertexSettings(
+        od_model_type=_vertex_model_type(r, "VERTEX_OD_MODEL_TYPE", "CLOUD_HIGH_ACCURACY_1", VERTEX_OD_MODEL_TYPES),
+        classification_model_type=_vertex_model_type(
+            r, "VERTEX_CLASSIFICATION_MODEL_TYPE", "CLOUD", VERTEX_CLS_MODEL_TYPES
+        ),
+        od_budget_milli_node_hours=od_budget or VERTEX_OD_BUDGET_RANGE[0],
+        classification_budget_milli_node_hours=cls_budget or VERTEX_CLS_BUDGET_RANGE[0],
+        api_endpoint=r.endpoint("VERTEX_API_ENDPOINT"),
+        unavailable=unavailable,
+    )
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -205,25 +316,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for stage in ("etl", "train", "monitor", "inference"):
         stage_urls[stage] = r.text(f"{stage.upper()}_URL", required=True)
 
-    vertex = VertexSettings(
-        od_model_type=r.choice("VERTEX_OD_MODEL_TYPE", "CLOUD_HIGH_ACCURACY_1", VERTEX_OD_MODEL_TYPES),
-        classification_model_type=r.choice("VERTEX_CLASSIFICATION_MODEL_TYPE", "CLOUD", VERTEX_CLS_MODEL_TYPES),
-        budget_milli_node_hours=int(
-            r.number("VERTEX_BUDGET_MILLI_NODE_HOURS", 20_000, low=1_000, high=900_000, integer=True)
-        ),
-    )
-
-    for kind, model_type in (
-        ("VERTEX_OD_MODEL_TYPE", vertex.od_model_type),
-        ("VERTEX_CLASSIFICATION_MODEL_TYPE", vertex.classification_model_type),
-    ):
-        low, high = vertex_budget_range(model_type, classification=kind != "VERTEX_OD_MODEL_TYPE")
-        if not low <= vertex.budget_milli_node_hours <= high:
-            r.problems.append(
-                f"VERTEX_BUDGET_MILLI_NODE_HOURS={vertex.budget_milli_node_hours} is outside Vertex's range "
-                f"{low}..{high} for {kind}={model_type}"
-            )
-
+    vertex = _vertex_settings(r)
     local = cloud = None
     secrets: list[Secret] = [webhook_secret] if webhook_secret else []
     if local_default:
@@ -248,6 +341,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             labelbox_api_key=api_key or Secret(""),
             labelbox_endpoint=r.text("LABELBOX_ENDPOINT", "https://api.labelbox.com/graphql"),
             labelbox_rest_endpoint=r.text("LABELBOX_REST_ENDPOINT", "https://api.labelbox.com/api/v1"),
+            tasks_api_endpoint=r.endpoint("CLOUD_TASKS_API_ENDPOINT"),
         )
         if api_key:
             secrets.append(api_key)
@@ -264,10 +358,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         monitor_max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
         monitor_max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
+        monitor_training_margin_s=r.number("MONITOR_TRAINING_MARGIN_S", 12 * 3600, low=0, high=30 * 86_400),
+        function_timeout_s=r.number("FUNCTION_TIMEOUT_S", 540.0, low=10, high=3600),
         etl_copy_concurrency=int(r.number("ETL_COPY_CONCURRENCY", 16, low=1, high=256, integer=True)),
         etl_max_image_bytes=int(r.number("ETL_MAX_IMAGE_BYTES", 30 * 2**20, low=1, high=2**31, integer=True)),
         etl_max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
         etl_chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
+        etl_export_wait_s=r.number("ETL_EXPORT_WAIT_S", 30.0, low=0, high=3_600),
         predict_confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
         predict_max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
         predict_on_training=r.flag("PREDICT_ON_TRAINING", False),

@@ -7,6 +7,7 @@ join key is the staged image's URI, which is the only thing a Vertex prediction 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,10 +53,25 @@ class HeldOutRow:
 
 @dataclass
 class Joined:
-    """Predictions joined to rows, plus what could not be joined, counted by reason."""
+    """Predictions joined to rows, plus what could not be joined, counted by reason.
+
+    `failed` holds the rows whose instance the backend could not predict (an error line, as Vertex
+    writes to its `errors_*` files): they are counted by reason and left out of the metrics, since
+    scoring them as misses would blame the model for an image it never saw."""
 
     predictions: dict[str, VertexPrediction] = field(default_factory=dict)  # by data row id
     problems: Counter[str] = field(default_factory=Counter)
+    failed: dict[str, str] = field(default_factory=dict)  # data row id -> reason
+    failed_reasons: Counter[str] = field(default_factory=Counter)
+
+
+_URI = re.compile(r"gs://\S+|https?://\S+")
+
+
+def failure_reason(line: PredictionLineError) -> str:
+    """One reason per kind of failure: the backend's message without the image's own URI."""
+    detail = " ".join(_URI.sub("<image>", line.detail).split())[:120]
+    return f"{line.reason}: {detail}" if detail else line.reason
 
 
 def join_predictions(rows: Mapping[str, HeldOutRow], lines: Iterable[VertexPrediction | PredictionLineError]) -> Joined:
@@ -63,6 +79,13 @@ def join_predictions(rows: Mapping[str, HeldOutRow], lines: Iterable[VertexPredi
     joined = Joined()
     for line in lines:
         if isinstance(line, PredictionLineError):
+            row = rows.get(line.content_uri) if line.content_uri else None
+            if row is not None and line.reason.startswith("vertex error"):
+                reason = failure_reason(line)
+                if row.data_row_id not in joined.failed:
+                    joined.failed[row.data_row_id] = reason
+                    joined.failed_reasons[reason] += 1
+                continue
             joined.problems[f"prediction line skipped: {line.reason}"] += 1
             continue
         row = rows.get(line.content_uri)
@@ -72,7 +95,10 @@ def join_predictions(rows: Mapping[str, HeldOutRow], lines: Iterable[VertexPredi
             joined.problems["duplicate prediction for an image"] += 1
         else:
             joined.predictions[row.data_row_id] = line
-    missing = len(rows) - len(joined.predictions)
+    for data_row_id in set(joined.failed) & set(joined.predictions):  # a retried instance that succeeded
+        joined.failed_reasons[joined.failed.pop(data_row_id)] -= 1
+    joined.failed_reasons += Counter()  # drop reasons counted down to zero
+    missing = len(rows) - len(joined.predictions) - len(joined.failed)
     if missing:
         joined.problems["held-out image without a prediction"] += missing
     return joined
@@ -112,6 +138,8 @@ def evaluate_rows(
     predictions: dict[str, list[dict[str, Any]]] = {}
     count = predicted = 0
     for row in rows:
+        if row.data_row_id in joined.failed:
+            continue  # never predicted: neither uploaded nor scored
         raw = joined.predictions.get(row.data_row_id, EMPTY)
         shown = apply_limits(raw, confidence_threshold=confidence_threshold, max_predictions=max_predictions)
         context = RowContext(row.data_row_id, row.width, row.height)

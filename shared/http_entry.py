@@ -11,7 +11,7 @@ import flask
 
 from shared.bootstrap import Services, services
 from shared.run_record import RunRecord
-from shared.stages.runner import StageAnswer, StageContext, run_stage
+from shared.stages.runner import StageAnswer, StageCall, StageContext, run_stage
 from shared.webhook import Rejected, valid_run_id
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ def require_method(request: flask.Request, method: str) -> None:
         raise Rejected(405, f"use {method}")
 
 
-def parse_stage_call(request: flask.Request) -> tuple[str, bool]:
-    """`{"run_id": "...", "force": false}`: the only thing that travels between stages."""
+def parse_stage_call(request: flask.Request) -> StageCall:
+    """`{"run_id": "...", "force": false}`: the only thing that travels between stages (a scheduled
+    monitor look adds its number, `"look"`, so a stale look can tell it is stale)."""
     require_method(request, "POST")
     body = read_body(request, MAX_STAGE_BODY)
     try:
@@ -55,7 +56,10 @@ def parse_stage_call(request: flask.Request) -> tuple[str, bool]:
     force = payload.get("force", False)
     if not isinstance(force, bool):
         raise Rejected(400, "force must be true or false")
-    return valid_run_id(payload["run_id"]), force
+    look = payload.get("look")
+    if look is not None and (isinstance(look, bool) or not isinstance(look, int) or look < 0):
+        raise Rejected(400, "look must be a whole number when given")
+    return StageCall(valid_run_id(payload["run_id"]), force=force, look=look)
 
 
 def stage_endpoint(
@@ -65,14 +69,14 @@ def stage_endpoint(
     on_done: Callable[[Services, RunRecord], dict[str, Any]] | None = None,
 ) -> Callable[[flask.Request], Any]:
     """An HTTP handler that runs `work` as `stage` for the run named in the body."""
-    svc = services()  # validates the configuration when the function starts, not on the first call
+    svc = services(stage)  # validates the configuration and builds the ports when the function starts
 
     def handle(request: flask.Request) -> flask.Response:
         try:
-            run_id, force = parse_stage_call(request)
+            call = parse_stage_call(request)
         except Rejected as exc:
             return answer(exc.status, {"error": exc.message})
-        result = run_stage(svc, run_id, stage, work, force=force, on_done=on_done)
+        result = run_stage(svc, call, stage, work, on_done=on_done)
         return answer(result.status, result.body)
 
     handle.__name__ = stage

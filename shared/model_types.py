@@ -8,6 +8,7 @@ offers the engine under its own name too.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -76,6 +77,7 @@ MODEL_TYPES: dict[str, ModelType] = {
 }
 
 
-def offered(backend: Backend) -> dict[str, ModelType]:
-    """The model types a deployment whose training backend is `backend` can train."""
-    return {name: m for name, m in MODEL_TYPES.items() if backend in m.backends}
+def offered(backend: Backend, unavailable: Collection[Task] = ()) -> dict[str, ModelType]:
+    """The model types a deployment whose training backend is `backend` can train (`unavailable`: the
+    tasks its configuration rules out, e.g. a budget outside Vertex's range for that task)."""
+    return {name: m for name, m in MODEL_TYPES.items() if backend in m.backends and m.task not in unavailable}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -62,13 +63,19 @@ class StageRecord:
 class Watch:
     """A long job that `monitor` polls: what it is, its resource name, and where to go when it ends."""
 
-    kind: str  # "dataset_import" | "training" | "batch_prediction"
+    kind: str  # "export" | "dataset_import" | "training" | "batch_prediction"
     ref: str
     next_stage: str
     since: float
     attempt: int = 0  # looks at this job so far: drives the backoff
     next_look_at: float | None = None
     look: int = 0  # the run-wide number of the scheduled look: names it for the scheduler
+    started_by: str = ""  # the stage that started the job: a failed job fails it, and re-running it restarts the job
+
+
+# Which stage starts each kind of long job. A job that fails is that stage's failure, so "re-run the
+# failed stage" (by curl, or by clicking "Train model" again) starts the job anew.
+JOB_STAGE = {"export": "etl", "dataset_import": "train", "training": "train", "batch_prediction": "inference"}
 
 
 @dataclass
@@ -82,10 +89,16 @@ class RunRecord:
     model_id: str | None = None
     status: RunStatus = RunStatus.RUNNING
     restarts: int = 0
+    resumes: int = 0  # times a failed run was resumed from its failed stage (names the hand-off)
     looks: int = 0  # every monitor look ever scheduled for this run, across watches and restarts
     stages: dict[str, StageRecord] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, str] = field(default_factory=dict)
+    # kind -> the key of the launch being made: recorded before the job is started, so a retry after a
+    # lost write finds the job by its key instead of starting a second one
+    job_keys: dict[str, str] = field(default_factory=dict)
+    launches: dict[str, int] = field(default_factory=dict)  # kind -> launches so far (failed ones too)
+    failed_jobs: list[dict[str, Any]] = field(default_factory=list)  # jobs that failed and were replaced
     links: dict[str, str] = field(default_factory=dict)
     data_quality: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +169,7 @@ def restart(record: RunRecord, now: float) -> None:
     record.watch = None
     record.handoffs = []
     record.jobs = {}
+    record.job_keys = {}
     record.uploads = {}
     record.metrics = {}
     record.stages = {name: StageRecord() for name in CHAIN_STAGES}
@@ -247,8 +261,56 @@ def fail_run(record: RunRecord, stage: str, now: float, error: str, *, owner: st
     s.error = error
     record.status = RunStatus.FAILED
     record.error = error
-    record.watch = None
     record.log(now, stage, "failed", error=error)
+
+
+def fail_job(record: RunRecord, watcher: str, owner: str, now: float, error: str) -> str:
+    """The watched job failed: its starting stage fails (a re-run of it starts a new job), the watcher
+    is released, and the watch ends. Returns the stage marked failed."""
+    check_owner(record, watcher, owner)
+    watch = record.watch
+    stage = (watch.started_by or JOB_STAGE.get(watch.kind, watcher)) if watch else watcher
+    w = record.stage(watcher)
+    w.state, w.owner = StageState.PENDING, None
+    record.watch = None
+    fail_run(record, stage, now, error)
+    return stage
+
+
+def intend_launch(record: RunRecord, kind: str, now: float) -> str:
+    """The key of the launch of `kind` about to be made: a new one, or the one a lost launch recorded.
+
+    Deterministic from the run, its restarts and the launch count, so the same intent always names the
+    same job, and a relaunch after a failed job names a new one."""
+    key = record.job_keys.get(kind)
+    if key is None:
+        count = record.launches.get(kind, 0) + 1
+        record.launches[kind] = count
+        digest = hashlib.sha256(f"{record.run_id}|{record.restarts}|{kind}|{count}".encode()).hexdigest()[:20]
+        key = record.job_keys[kind] = f"{kind.replace('_', '-')[:16]}-{count}-{digest}"
+        record.log(now, JOB_STAGE.get(kind, kind), "launching", kind=kind, job_key=key)
+    return key
+
+
+def launched(record: RunRecord, kind: str, ref: str) -> None:
+    record.jobs[kind] = ref
+
+
+def forget_failed_job(record: RunRecord, kind: str, now: float, error: str | None) -> None:
+    """A recorded job that failed is set aside, so the next launch of its kind starts a new one."""
+    ref = record.jobs.pop(kind, None)
+    record.job_keys.pop(kind, None)
+    if ref is not None:
+        record.failed_jobs.append({"kind": kind, "ref": ref, "error": error, "at": iso(now)})
+        record.log(now, JOB_STAGE.get(kind, kind), "job_replaced", kind=kind, ref=ref)
+
+
+def failed_stage(record: RunRecord) -> str | None:
+    """The stage a resume starts from: the earliest chain stage that failed."""
+    for name in CHAIN_STAGES:
+        if record.stages.get(name, StageRecord()).state is StageState.FAILED:
+            return name
+    return None
 
 
 def next_look(record: RunRecord, now: float, delay_s: float) -> Watch:

@@ -5,11 +5,10 @@ import functions_framework
 
 from shared.bootstrap import services
 from shared.http_entry import answer, read_body, require_method
-from shared.model_types import offered
 from shared.stages.model_run import start_training_run
 from shared.webhook import Rejected, parse_training_request, verify_signature
 
-SERVICES = services()  # validates the configuration when the function starts
+SERVICES = services("model_run")  # validates the configuration and builds the ports when the function starts
 
 
 @functions_framework.http
@@ -18,7 +17,7 @@ def model_run(request: flask.Request) -> flask.Response:
         require_method(request, "POST")
         body = read_body(request, SERVICES.settings.max_webhook_bytes)
         verify_signature(body, request.headers, SERVICES.settings.webhook_secret)
-        training = parse_training_request(body, offered(SERVICES.settings.backend))
+        training = parse_training_request(body, SERVICES.settings.model_types())
     except Rejected as exc:
         return answer(exc.status, {"error": exc.message})
     result = start_training_run(SERVICES, training)

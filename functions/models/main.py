@@ -5,10 +5,9 @@ import functions_framework
 
 from shared.bootstrap import services
 from shared.http_entry import answer, read_body, require_method
-from shared.model_types import offered
 from shared.webhook import Rejected, verify_signature
 
-SERVICES = services()  # validates the configuration when the function starts
+SERVICES = services("models")  # validates the configuration and builds the ports when the function starts
 
 
 @functions_framework.http
@@ -19,4 +18,4 @@ def models(request: flask.Request) -> flask.Response:
         verify_signature(body, request.headers, SERVICES.settings.webhook_secret)
     except Rejected as exc:
         return answer(exc.status, {"error": exc.message})
-    return answer(200, {name: {} for name in offered(SERVICES.settings.backend)})
+    return answer(200, {name: {} for name in SERVICES.settings.model_types()})

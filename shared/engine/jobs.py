@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -70,11 +69,11 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def new_job_id(kind: str, run_id: str) -> str:
-    """Sortable by time, unique, and naming the run it belongs to."""
+def job_id_for(kind: str, run_id: str, job_key: str) -> str:
+    """The same launch always gets the same folder, so a repeated start finds the job it made."""
     run = re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:48] or "run"
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{kind}-{run}-{stamp}-{secrets.token_hex(4)}"
+    key = re.sub(r"[^A-Za-z0-9_-]", "-", job_key)[:64]
+    return f"{kind}-{run}-{key}"
 
 
 def job_folder(engine_dir: Path, job_id: str) -> Path:

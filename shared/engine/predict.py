@@ -25,6 +25,7 @@ from shared.engine.vertex_io import (
     classification_line,
     detection_line,
     error_line,
+    errors_file_name,
     parse_instance_line,
     predictions_file_name,
 )
@@ -163,10 +164,12 @@ def run_batch_prediction(
     job: PredictionJob,
     report: Callable[[dict[str, object]], None] = lambda _p: None,
 ) -> dict[str, object]:
-    """Writes `predictions_00001.jsonl`... under the output directory; returns counts and timing."""
+    """Writes `predictions_00001.jsonl`... (and `errors_00001.jsonl`... for instances that could not be
+    predicted) under the output directory, as AutoML does; returns counts and timing."""
     output_prefix = store.key_from_uri(job.output_dir_uri).rstrip("/")
     buffer: list[str] = []
-    files = instances = errors = 0
+    failed: list[str] = []
+    files = error_files = instances = errors = 0
     started = time.monotonic()
 
     def flush() -> None:
@@ -176,10 +179,23 @@ def run_batch_prediction(
         store.write(key, "".join(buffer).encode(), content_type="application/jsonl")
         buffer = []
 
+    def flush_errors() -> None:
+        nonlocal error_files, failed
+        error_files += 1
+        key = f"{output_prefix}/{errors_file_name(error_files)}"
+        store.write(key, "".join(failed).encode(), content_type="application/jsonl")
+        failed = []
+
     for batch in _batches(_instances(store, job.instances_uri), job.batch_size):
         for line in predict_lines(predictor, store, batch, job):
-            errors += "error" in line
-            buffer.append(json.dumps(line, separators=(",", ":")) + "\n")
+            text = json.dumps(line, separators=(",", ":")) + "\n"
+            if "error" in line:
+                errors += 1
+                failed.append(text)
+                if len(failed) >= job.lines_per_file:
+                    flush_errors()
+                continue
+            buffer.append(text)
             if len(buffer) >= job.lines_per_file:
                 flush()
         instances += len(batch)
@@ -193,6 +209,8 @@ def run_batch_prediction(
         )
     if buffer or files == 0:
         flush()
+    if failed:
+        flush_errors()
     elapsed = time.monotonic() - started
     log.info("predicted %d instances (%d errors) into %d files in %.1fs", instances, errors, files, elapsed)
     return {

@@ -172,3 +172,8 @@ def output_directory_name(display_name: str, now: dt.datetime) -> str:
 def predictions_file_name(index: int) -> str:
     """1-based, five digits: `predictions_00001.jsonl`, as AutoML writes them."""
     return f"predictions_{index:05d}.jsonl"
+
+
+def errors_file_name(index: int) -> str:
+    """Instances that could not be predicted go to `errors_00001.jsonl`..., apart, as AutoML writes them."""
+    return f"errors_{index:05d}.jsonl"

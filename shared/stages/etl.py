@@ -1,5 +1,11 @@
 """ETL: the model run's export -> Vertex import JSONL, staged images and a row manifest in the bucket.
 
+The export is started once and its task recorded, so a re-run reads the same export. ETL waits for it
+at most ETL_EXPORT_WAIT_S (and never past its own function timeout), heartbeating as it polls; an
+export still running then is handed to `monitor` like any long job, and `monitor` calls ETL again
+once it is ready. So a slow export never outlives the function and never leaves the stage running
+under a dead owner.
+
 Rows are streamed from the export and handled in blocks of `etl_chunk_rows`: each block's images are
 staged concurrently, and its import lines and manifest lines are written as one chunk file each, so
 memory stays flat however many rows the run holds. The manifest (one line per kept row, including the
@@ -9,6 +15,7 @@ unassigned rows that do not train) is what `inference` joins predictions and gro
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -21,12 +28,16 @@ from shared.formats.labelbox_export import Converted, classification_question, e
 from shared.formats.vertex_import import LabelNames
 from shared.image_staging import ImageStager, NotStaged
 from shared.model_types import Task
-from shared.platform.port import ModelRunStatus
+from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training_set import training_row
 
 IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
 MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
+EXPORT_POLL_S = 2.0
+TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
+EXPORT_ERROR_REASON = "row Labelbox could not export"
 
 
 def etl_prefix(run_id: str) -> str:
@@ -62,8 +73,49 @@ class _SplitLookup:
         return self._splits.get(data_row_id, default)
 
 
+def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
+    """The model run's export, started once: its task id and final status, or the answer that hands
+    the wait to `monitor` when it is still running after a bounded wait."""
+    services, settings = ctx.services, ctx.services.settings
+    record = ctx.record()
+    task_id = None if ctx.force else record.artifacts.get("export_task")
+    if task_id is None:
+        task_id = services.platform.start_export(record.model_run_id)
+        ctx.update(lambda r: r.artifacts.__setitem__("export_task", task_id))
+    wait_s = max(0.0, min(settings.etl_export_wait_s, settings.function_timeout_s - TIMEOUT_MARGIN_S))
+    deadline = time.monotonic() + wait_s
+    status = services.platform.export_status(task_id)
+    while status.state is ExportState.RUNNING and time.monotonic() < deadline:
+        ctx.heartbeat(export="running")
+        time.sleep(min(EXPORT_POLL_S, max(0.0, deadline - time.monotonic())))
+        status = services.platform.export_status(task_id)
+    if status.state is ExportState.FAILED:
+        ctx.update(lambda r: r.artifacts.pop("export_task", None))  # a re-run starts a new export
+        raise StageFailed(
+            f"the Labelbox export failed: {status.error or 'no reason given'}; re-run etl to export again"
+        )
+    if status.state is ExportState.RUNNING:
+        delay = backoff_delay(services, 0)
+
+        def hand_to_monitor(r: rr.RunRecord) -> rr.Watch:
+            watch = watch_job(
+                r, kind="export", ref=task_id, next_stage="etl", now=ctx.now, delay_s=delay, started_by="etl"
+            )
+            rr.release(r, "etl", ctx.owner, ctx.now, waiting_for="export")
+            return watch
+
+        _record, watch = ctx.update(hand_to_monitor)
+        schedule_look(services, ctx.run_id, watch)
+        return StageAnswer(202, {"run_id": ctx.run_id, "stage": "etl", "outcome": "waiting", "for": "export"})
+    return task_id, status
+
+
 def run_etl(ctx: StageContext) -> StageAnswer:
     services, settings = ctx.services, ctx.services.settings
+    ready = _export_ready(ctx)
+    if isinstance(ready, StageAnswer):
+        return ready
+    export_task, export = ready
     record = ctx.record()
     task = Task(record.task)
     store = services.store
@@ -85,7 +137,8 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         max_pixels=settings.etl_max_image_pixels,
         concurrency=settings.etl_copy_concurrency,
     ) as stager:
-        for block in _blocks(services.platform.export_rows(record.model_run_id), settings.etl_chunk_rows):
+        rows = services.platform.read_export(record.model_run_id, export_task)
+        for block in _blocks(rows, settings.etl_chunk_rows):
             if not status_set:  # the export is ready: from here on we prepare data
                 ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
                 status_set = True
@@ -134,7 +187,11 @@ def run_etl(ctx: StageContext) -> StageAnswer:
             ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
 
     _remove_stale_chunks(store, prefix, chunk)
+    if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
+        quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
     report = {**quality.to_dict(), **copies}
+    if export.row_error_samples:
+        report["export_error_samples"] = list(export.row_error_samples)
     artifacts = {
         "import_jsonl": import_uri_pattern(store.uri(prefix)),
         "manifest": store.uri(prefix) + MANIFEST_CHUNK.split("{")[0] + "*.jsonl",

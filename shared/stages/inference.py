@@ -28,7 +28,7 @@ from shared.stages.etl import read_manifest
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.train import resource_labels
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
-from shared.training.port import PredictionRequest
+from shared.training.port import JobState, PredictionRequest
 
 UPLOAD_ROWS_PER_CHUNK = 2_000  # data rows per import; each row carries its predictions and metrics
 SCAN_CONFIDENCE = 0.01  # batch prediction keeps low-confidence boxes so the PR curves and mAP are whole
@@ -60,6 +60,10 @@ def run_inference(ctx: StageContext) -> StageAnswer:
 def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer:
     services = ctx.services
     base = {"run_id": ctx.run_id, "stage": "inference"}
+    if "batch_prediction" in record.jobs:  # a re-run after the job failed starts a new one
+        status = services.backend.batch_prediction_status(record.jobs["batch_prediction"])
+        if status.state in (JobState.FAILED, JobState.CANCELLED):
+            record, _ = ctx.update(lambda r: rr.forget_failed_job(r, "batch_prediction", ctx.now, status.error))
     if "batch_prediction" not in record.jobs:
         key = f"runs/{ctx.run_id}/inference/instances.jsonl"
         count = 0
@@ -72,6 +76,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 raise StageFailed("no validation or test rows to predict on: assign rows to those splits")
             services.store.upload_file(key, tmp.name, content_type="application/jsonl")
         settings = services.settings
+        record, job_key = ctx.update(lambda r: rr.intend_launch(r, "batch_prediction", ctx.now))
         job = services.backend.start_batch_prediction(
             PredictionRequest(
                 run_id=ctx.run_id,
@@ -83,11 +88,12 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 max_predictions=settings.predict_max_predictions,
                 labels=resource_labels(services, record),
                 display_name=f"lb-predict-{record.model_run_id}"[:120],
+                job_key=job_key,
             )
         )
 
         def started(r: RunRecord) -> None:
-            r.jobs["batch_prediction"] = job.ref
+            rr.launched(r, "batch_prediction", job.ref)
             r.artifacts["instances"] = services.store.uri(key)
             r.data_quality["held_out_rows"] = count
             if job.link:
@@ -102,7 +108,15 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
         watch = (
             r.watch
             if r.watch and r.watch.ref == ref
-            else watch_job(r, kind="batch_prediction", ref=ref, next_stage="inference", now=ctx.now, delay_s=delay)
+            else watch_job(
+                r,
+                kind="batch_prediction",
+                ref=ref,
+                next_stage="inference",
+                now=ctx.now,
+                delay_s=delay,
+                started_by="inference",
+            )
         )
         rr.release(r, "inference", ctx.owner, ctx.now, waiting_for="batch_prediction")
         return watch
@@ -112,11 +126,17 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
     return StageAnswer(202, {**base, "outcome": "waiting", "for": "batch_prediction", "job": ref})
 
 
+# The files of a batch prediction's output directory: AutoML writes `predictions_00001.jsonl` and, for
+# instances it could not predict, `errors_00001.jsonl`; custom models write `prediction.results-*` and
+# `prediction.errors_stats-*`. Every one is read: an error line names the instance that failed.
+OUTPUT_FILE_PREFIXES = ("predictions", "prediction.results", "errors", "prediction.errors")
+
+
 def _read_outputs(services: Services, output_uri: str) -> Iterator[VertexPrediction | PredictionLineError]:
-    """Every line of every file in the job's output directory (Vertex names them in several ways)."""
+    """Every line of every output file in the job's output directory."""
     prefix = services.store.key_from_uri(output_uri.rstrip("/") + "/")
     for key in services.store.list(prefix):
-        if not key.rsplit("/", 1)[-1].startswith(("prediction", "predictions")):
+        if not key.rsplit("/", 1)[-1].startswith(OUTPUT_FILE_PREFIXES):
             continue
         with services.store.open_read(key) as stream:
             for line in stream:
@@ -129,6 +149,8 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
     task = Task(record.task)
     rows = {row.image_uri: row for row in held_out_rows(services, ctx.run_id)}
     joined = join_predictions(rows, _read_outputs(services, record.artifacts["prediction_output"]))
+    if joined.failed_reasons:  # shown with the data-quality counts in the report, the config and the record
+        record.data_quality["failed_predictions"] = dict(joined.failed_reasons)
     feature_for = json.loads(record.artifacts.get("label_map") or "{}")
     evaluated = evaluate_rows(
         list(rows.values()),
@@ -169,6 +191,8 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
 
     def finish(r: RunRecord) -> None:
         r.metrics.update({"summary": metrics, "prediction_problems": dict(joined.problems)})
+        if joined.failed_reasons:
+            r.data_quality["failed_predictions"] = dict(joined.failed_reasons)
         r.artifacts["report"] = report_uri
         r.uploads.update(uploads)
         monitor = r.stage("monitor")
@@ -188,6 +212,8 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
             "rows_with_predictions": str(evaluated.predicted_rows),
             "upload_errors": str(uploads["rejected"]),
             "prediction_problems": str(sum(joined.problems.values())),
+            "failed_predictions": str(len(joined.failed)),
+            **{f"failed: {reason}"[:100]: str(n) for reason, n in joined.failed_reasons.most_common(5)},
         },
     )
     return StageAnswer(

@@ -1,8 +1,14 @@
 """The webhook's stage: open the run record, tell Labelbox we are exporting, hand off to `etl`.
 
-It answers at once whatever the run's size: all it does is one conditional create, one status update
-and one hand-off. Labelbox (and any proxy in between) may deliver a webhook more than once; the
+It answers at once whatever the run's size: one platform lookup, one conditional create, one status
+update and one hand-off. Labelbox (and any proxy in between) may deliver a webhook more than once; the
 conditional create makes exactly one delivery the run's creator, and only the creator hands off.
+
+"Train model" clicked again on a run that exists (Labelbox sends no `force`):
+- FAILED: the run resumes from the stage that failed, keeping everything done before it;
+- RUNNING: nothing starts; the answer says which stage is working;
+- COMPLETE: nothing starts; the answer says how to train again (a new model run, or `"force": true`).
+`"force": true` restarts a finished run from the beginning.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 from shared import run_record as rr
 from shared.bootstrap import Services
 from shared.chain.port import HandOffFailed
-from shared.platform.port import ModelRunStatus
+from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
 from shared.run_record import RunRecord, RunStatus
 from shared.stages.runner import StageAnswer, fail
 from shared.webhook import TrainingRequest
+
+FIRST_STAGE = "etl"
 
 
 def _summary(record: RunRecord, services: Services) -> dict[str, object]:
@@ -30,53 +38,97 @@ def _summary(record: RunRecord, services: Services) -> dict[str, object]:
 def start_training_run(services: Services, request: TrainingRequest) -> StageAnswer:
     now = services.clock()
     run_id = request.model_run_id
-    record = rr.new_run(
-        run_id=run_id,
-        model_run_id=request.model_run_id,
-        model_type=request.model_type.name,
-        task=request.model_type.task.value,
-        backend=services.settings.backend.value,
-        model_id=request.model_id,
-        now=now,
-    )
-    if not services.runs.create(record):
+    existing = services.runs.get(run_id)
+    if existing is None:
+        try:
+            services.platform.get_model_run(request.model_run_id)
+        except ModelRunNotFound as exc:  # nothing is written for a model run that does not exist
+            return StageAnswer(404, {"run_id": run_id, "error": services.scrub(str(exc))})
+        except PlatformError as exc:
+            return StageAnswer(
+                502, {"run_id": run_id, "error": services.scrub(f"could not look up the model run: {exc}")}
+            )
+        record = rr.new_run(
+            run_id=run_id,
+            model_run_id=request.model_run_id,
+            model_type=request.model_type.name,
+            task=request.model_type.task.value,
+            backend=services.settings.backend.value,
+            model_id=request.model_id,
+            now=now,
+        )
+        if services.runs.create(record):
+            return _hand_off(services, record, FIRST_STAGE, key=f"etl:from:model_run:{record.restarts}")
         existing = services.runs.get(run_id)
         assert existing is not None
-        if not request.force or existing.status is RunStatus.RUNNING:
-            note = (
-                "run already in progress; nothing started"
-                if existing.status is RunStatus.RUNNING
-                else (f'run already {existing.status.value}; send "force": true to restart it')
-            )
-            return StageAnswer(200, {**_summary(existing, services), "duplicate": True, "message": note})
+    return _again(services, request, existing)
+
+
+def _again(services: Services, request: TrainingRequest, existing: RunRecord) -> StageAnswer:
+    """A webhook for a run that already has a record."""
+    now = services.clock()
+    summary = {**_summary(existing, services), "duplicate": True}
+    if existing.status is RunStatus.RUNNING:
+        working = [name for name, s in existing.stages.items() if s.state.value == "running"]
+        waiting = f"; waiting on {existing.watch.kind.replace('_', ' ')}" if existing.watch else ""
+        note = f"run already in progress ({', '.join(working) or 'between stages'}{waiting}); nothing started"
+        return StageAnswer(200, {**summary, "message": note})
+    if request.force:
 
         def restart(r: RunRecord) -> bool:
             if r.status is RunStatus.RUNNING:  # somebody restarted it between our read and write
                 return False
             rr.restart(r, now)
-            r.model_type, r.task, r.model_id = record.model_type, record.task, request.model_id or r.model_id
+            r.model_type, r.task = request.model_type.name, request.model_type.task.value
+            r.model_id = request.model_id or r.model_id
             return True
 
-        record, restarted = services.runs.update(run_id, restart)
+        record, restarted = services.runs.update(existing.run_id, restart)
         if not restarted:
             return StageAnswer(200, {**_summary(record, services), "duplicate": True, "message": "already restarted"})
+        return _hand_off(services, record, FIRST_STAGE, key=f"etl:from:model_run:{record.restarts}")
+    if existing.status is RunStatus.COMPLETE:
+        report = existing.artifacts.get("report")
+        note = (
+            "run already complete" + (f" (report: {report})" if report else "") + "; nothing started. To train "
+            'again, create a new model run and click Train model there, or POST this webhook with "force": true'
+        )
+        return StageAnswer(200, {**summary, "message": note})
 
+    def resume(r: RunRecord) -> str | None:
+        if r.status is not RunStatus.FAILED:  # another click resumed it between our read and write
+            return None
+        stage = rr.failed_stage(r) or FIRST_STAGE
+        r.resumes += 1
+        r.status, r.error = RunStatus.RUNNING, None
+        r.log(now, "model_run", "run_resumed", from_stage=stage, resumes=r.resumes)
+        return stage
+
+    record, stage = services.runs.update(existing.run_id, resume)
+    if stage is None:
+        return StageAnswer(200, {**_summary(record, services), "duplicate": True, "message": "already resumed"})
+    return _hand_off(services, record, stage, key=f"{stage}:resume:{record.restarts}:{record.resumes}", resumed=True)
+
+
+def _hand_off(services: Services, record: RunRecord, stage: str, *, key: str, resumed: bool = False) -> StageAnswer:
+    run_id = record.run_id
+    status = ModelRunStatus.EXPORTING_DATA if stage == FIRST_STAGE else ModelRunStatus.TRAINING_MODEL
     try:
         services.platform.update_status(
-            request.model_run_id,
-            ModelRunStatus.EXPORTING_DATA,
-            metadata={"run_record": services.runs.uri(run_id), "model_type": request.model_type.name},
+            record.model_run_id,
+            status,
+            metadata={"run_record": services.runs.uri(run_id), "model_type": record.model_type},
         )
-        key = f"etl:from:model_run:{record.restarts}"
         _r, first = services.runs.update(run_id, lambda r: rr.mark_handoff(r, key, services.clock()))
         if first:
-            services.chain.hand_off("etl", run_id)
+            services.chain.hand_off(stage, run_id, key=key)
     except HandOffFailed as exc:
         message = services.scrub(f"{exc}; once it is reachable, re-run {exc.stage} with curl")
         fail(services, run_id, exc.stage, message)
         return StageAnswer(502, {"run_id": run_id, "error": message})
     except Exception as exc:
         message = services.scrub(f"could not start the run: {type(exc).__name__}: {exc}")
-        fail(services, run_id, "model_run", message)
+        fail(services, run_id, stage, message)
         return StageAnswer(502, {"run_id": run_id, "error": message})
-    return StageAnswer(202, {**_summary(record, services), "duplicate": False, "message": "run started"})
+    message = f"run resumed from {stage}" if resumed else "run started"
+    return StageAnswer(202, {**_summary(record, services), "duplicate": False, "message": message})

@@ -3,7 +3,9 @@
 It never sleeps: a look that finds the job still running asks the scheduler (Cloud Tasks, or a timer
 locally) to call it again after a backoff delay, and returns. A finished job hands the run to the
 stage the watch names, once: the hand-off is recorded under the job's name, so a duplicate delivery of
-the same look finds it done.
+the same look finds it done. A scheduled look carries its number; one that is not the watch's current
+look (a duplicate, or a chain of looks a re-armed watch replaced) does nothing, so looks never fork.
+A failed job fails the stage that started it, so re-running that stage starts the job anew.
 """
 
 from __future__ import annotations
@@ -11,20 +13,28 @@ from __future__ import annotations
 from typing import Any
 
 from shared import run_record as rr
-from shared.run_record import RunRecord
-from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.model_types import Task
+from shared.platform.port import ExportState
+from shared.run_record import RunRecord, Watch
+from shared.stages.runner import JobFailed, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look
 from shared.training.port import JobState, JobStatus
 
 RESULT_FIELD = {
+    "export": ("artifacts", "export_ready"),
     "dataset_import": ("jobs", "dataset"),
     "training": ("jobs", "model"),
     "batch_prediction": ("artifacts", "prediction_output"),
 }
+_EXPORT_STATES = {ExportState.RUNNING: JobState.RUNNING, ExportState.COMPLETE: JobState.SUCCEEDED}
 
 
 def _status(ctx: StageContext, kind: str, ref: str) -> JobStatus:
     backend = ctx.services.backend
+    if kind == "export":
+        export = ctx.services.platform.export_status(ref)
+        state = _EXPORT_STATES.get(export.state, JobState.FAILED)
+        return JobStatus(state, error=export.error, result=ref if state is JobState.SUCCEEDED else None)
     if kind == "dataset_import":
         return backend.dataset_status(ref)
     if kind == "training":
@@ -34,26 +44,45 @@ def _status(ctx: StageContext, kind: str, ref: str) -> JobStatus:
     raise StageFailed(f"the run record watches an unknown kind of job {kind!r}")
 
 
+def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[float, str]:
+    """How long the job may take before the run fails, and the setting that says so.
+
+    A training may take its whole budget (plus a margin for queueing and model upload), however small
+    MONITOR_MAX_WAIT_S is: cancelling a training that is still within its budget bills the user for
+    nothing."""
+    settings = ctx.services.settings
+    if watch.kind == "training":
+        deadline = ctx.services.backend.training_deadline_s(Task(record.task))
+        if deadline is not None:
+            return deadline + settings.monitor_training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
+    return settings.monitor_max_wait_s, "MONITOR_MAX_WAIT_S"
+
+
 def run_monitor(ctx: StageContext) -> StageAnswer:
-    services, settings = ctx.services, ctx.services.settings
+    services = ctx.services
     record = ctx.record()
     base: dict[str, Any] = {"run_id": ctx.run_id, "stage": "monitor"}
     watch = record.watch
     if watch is None:
         ctx.update(lambda r: rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for="nothing"))
         return StageAnswer(200, {**base, "outcome": "nothing_to_watch"})
+    if ctx.look is not None and ctx.look != watch.look:
+        ctx.update(lambda r: rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for=f"look {watch.look}"))
+        return StageAnswer(200, {**base, "outcome": "stale_look", "look": ctx.look, "current_look": watch.look})
 
     status = _status(ctx, watch.kind, watch.ref)
     progress = {k: v for k, v in status.progress.items() if isinstance(v, (int, float, str))}
+    what = watch.kind.replace("_", " ")
 
     if not status.state.finished:
         waited = ctx.now - watch.since
-        if waited > settings.monitor_max_wait_s:
+        limit, setting = max_wait_s(ctx, record, watch)
+        if waited > limit:
             if watch.kind == "training":
                 services.backend.cancel_training(watch.ref)
-            raise StageFailed(
-                f"{watch.kind.replace('_', ' ')} still {status.state.value} after {waited / 3600:.1f} h "
-                f"(MONITOR_MAX_WAIT_S={settings.monitor_max_wait_s:.0f}); it was cancelled where possible",
+            raise JobFailed(
+                f"{what} still {status.state.value} after {waited / 3600:.1f} h, longer than {setting} "
+                f"({limit / 3600:.1f} h); it was cancelled where possible",
                 link=status.link,
             )
         delay = backoff_delay(services, watch.attempt + 1)
@@ -73,8 +102,10 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
         )
 
     if status.state is not JobState.SUCCEEDED:
-        raise StageFailed(
-            f"{watch.kind.replace('_', ' ')} {status.state.value}: {status.error or 'the backend gave no reason'}",
+        raise JobFailed(
+            f"{what} {status.state.value}: {status.error or 'the backend gave no reason'}; "
+            f"re-run {watch.started_by or rr.JOB_STAGE.get(watch.kind, 'the stage')} (or click Train model) "
+            "to start it again",
             link=status.link,
         )
 
@@ -92,7 +123,7 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
 
     _record, first = ctx.update(finished)
     if first:
-        services.chain.hand_off(watch.next_stage, ctx.run_id)
+        services.chain.hand_off(watch.next_stage, ctx.run_id, key=handoff_key)
     return StageAnswer(
         200,
         {

@@ -34,6 +34,20 @@ class StageFailed(Exception):
         self.link = link
 
 
+class JobFailed(StageFailed):
+    """The long job `monitor` watches failed: the stage that started it is the one that failed, so a
+    re-run of that stage (or "Train model" clicked again) starts the job anew."""
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """One call of a stage: the run, and the optional flags a caller may add."""
+
+    run_id: str
+    force: bool = False
+    look: int | None = None  # the number of a scheduled monitor look
+
+
 @dataclass
 class StageAnswer:
     """What the stage's HTTP entry point answers."""
@@ -49,6 +63,7 @@ class StageContext:
     stage: str
     owner: str
     force: bool = False
+    look: int | None = None
     _last_beat: float = 0.0
 
     @property
@@ -95,21 +110,24 @@ class StageContext:
             rr.succeed(record, self.stage, self.owner, self.now, **detail)
             return bool(next_stage) and rr.mark_handoff(record, key, self.now)
 
-        _record, first = self.services.runs.update(self.run_id, mutate)
+        record, first = self.services.runs.update(self.run_id, mutate)
         if next_stage and (first or self.force):
-            self.services.chain.hand_off(next_stage, self.run_id)
+            # the attempt names the delivery: a duplicate of this invocation's hand-off is one task,
+            # a forced re-run (a new attempt) hands off anew
+            attempt = record.stage(self.stage).attempts
+            self.services.chain.hand_off(next_stage, self.run_id, key=f"{key}:r{record.restarts}:a{attempt}")
 
 
 def run_stage(
     services: Services,
-    run_id: str,
+    call: StageCall,
     stage: str,
     work: Callable[[StageContext], StageAnswer],
     *,
-    force: bool = False,
     on_done: Callable[[Services, RunRecord], dict[str, Any]] | None = None,
 ) -> StageAnswer:
     """Claims `stage` and runs `work`; `on_done` adds to the answer when the stage had already succeeded."""
+    run_id, force = call.run_id, call.force
     owner = services.new_owner()
     now = services.clock()
 
@@ -135,17 +153,21 @@ def run_stage(
         return StageAnswer(200, {**base, "outcome": "already_done", **extra})
     if outcome is ClaimOutcome.BUSY:
         return StageAnswer(409, {**base, "outcome": "busy", "message": f"{stage} is already running for this run"})
-    if outcome is ClaimOutcome.RUN_FINISHED:
+    if outcome is ClaimOutcome.RUN_FINISHED:  # final: a queue must not deliver it again
         return StageAnswer(
-            409, {**base, "outcome": "run_finished", "status": record.status.value, "error": record.error}
+            200, {**base, "outcome": "run_finished", "status": record.status.value, "error": record.error}
         )
 
-    ctx = StageContext(services, run_id, stage, owner, force)
+    ctx = StageContext(services, run_id, stage, owner, force, call.look)
     try:
         return work(ctx)
     except LostOwnership as exc:
         log.warning("%s", exc)
         return StageAnswer(409, {**base, "outcome": "lost_ownership"})
+    except JobFailed as exc:
+        message = services.scrub(str(exc))
+        failed = fail_job(services, run_id, stage, message, owner=owner, link=exc.link)
+        return StageAnswer(200, {**base, "outcome": "failed", "failed_stage": failed, "error": message})
     except StageFailed as exc:
         message = services.scrub(str(exc))
         fail(services, run_id, stage, message, owner=owner, link=exc.link)
@@ -185,11 +207,32 @@ def fail(
         record, _ = services.runs.update(run_id, lambda r: rr.fail_run(r, stage, now, text, owner=owner))
     except LostOwnership:
         return
+    _mirror_failure(services, record, stage, text)
+
+
+def fail_job(services: Services, run_id: str, watcher: str, message: str, *, owner: str, link: str | None) -> str:
+    """Marks the stage that started the failed job failed (and the run); returns that stage."""
+    now = services.clock()
+
+    def mutate(r: RunRecord) -> str:
+        stage = (r.watch.started_by if r.watch else "") or watcher
+        text = f"{stage} failed: {message}" + (f" ({link})" if link else "")
+        return rr.fail_job(r, watcher, owner, now, text)
+
+    try:
+        record, stage = services.runs.update(run_id, mutate)
+    except LostOwnership:
+        return watcher
+    _mirror_failure(services, record, stage, record.error or message)
+    return stage
+
+
+def _mirror_failure(services: Services, record: RunRecord, stage: str, text: str) -> None:
     try:
         services.platform.update_status(
             record.model_run_id,
             ModelRunStatus.FAILED,
-            metadata={"failed_stage": stage, "run_record": services.runs.uri(run_id)},
+            metadata={"failed_stage": stage, "run_record": services.runs.uri(record.run_id)},
             error_message=cut_message(text),
         )
     except Exception as exc:  # the record already says FAILED; the platform is a best-effort mirror

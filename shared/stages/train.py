@@ -1,8 +1,13 @@
 """Train: create the dataset and start the training job, then leave the waiting to `monitor`.
 
 Dataset import can outlast a function, so it is started and watched like training: `monitor` calls
-`train` again when the import is done, and this stage resumes where the record says it stopped. A job
-that exists is never started twice; a repeated call only makes sure a monitor look is scheduled.
+`train` again when the import is done, and this stage resumes where the record says it stopped.
+
+Every launch is recorded before it is made: the stage writes the launch's key into the run record,
+starts the job with that key, then records the job. A crash between the two writes leaves the key,
+and the retry starts with the same key, which finds the job the first try made (Vertex by its
+`lb_job` label, the local engine by its folder), so a run never trains twice. A re-run after the job
+failed sets the failed job aside and launches a new one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from shared.platform.port import ModelRunStatus
 from shared.run_record import RunRecord
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, look_is_overdue, schedule_look, watch_job
-from shared.training.port import JobState, TrainingRequest
+from shared.training.port import DatasetRequest, JobState, TrainingRequest
 
 CHAIN_LABEL = "lb_chain"
 
@@ -34,7 +39,9 @@ def _start_watch(ctx: StageContext, *, kind: str, ref: str, next_stage: str, don
     delay = backoff_delay(ctx.services, 0)
 
     def mutate(r: RunRecord) -> rr.Watch:
-        watch = watch_job(r, kind=kind, ref=ref, next_stage=next_stage, now=ctx.now, delay_s=delay)
+        watch = watch_job(
+            r, kind=kind, ref=ref, next_stage=next_stage, now=ctx.now, delay_s=delay, started_by=ctx.stage
+        )
         if done:
             rr.succeed(r, ctx.stage, ctx.owner, ctx.now, job=ref)
         else:
@@ -45,28 +52,49 @@ def _start_watch(ctx: StageContext, *, kind: str, ref: str, next_stage: str, don
     schedule_look(ctx.services, ctx.run_id, watch)
 
 
+def _set_aside_if_failed(
+    ctx: StageContext, record: RunRecord, kind: str, state: JobState, error: str | None
+) -> RunRecord:
+    if state in (JobState.FAILED, JobState.CANCELLED):
+        record, _ = ctx.update(lambda r: rr.forget_failed_job(r, kind, ctx.now, error))
+    return record
+
+
 def run_train(ctx: StageContext) -> StageAnswer:
     services = ctx.services
     record = ctx.record()
     backend = services.backend
     base: dict[str, Any] = {"run_id": ctx.run_id, "stage": "train"}
+    task = Task(record.task)
 
-    if "training" in record.jobs:  # started by an earlier call: never a second job
-        ensure_monitor(services, record)
+    if "training" in record.jobs:  # started by an earlier call: never a second job while it lives
+        status = backend.training_status(record.jobs["training"])
+        record = _set_aside_if_failed(ctx, record, "training", status.state, status.error)
+    if "training" in record.jobs:
+        rescheduled = ensure_monitor(services, record, lost_only=False)
         ctx.update(lambda r: rr.succeed(r, "train", ctx.owner, ctx.now, job=r.jobs["training"]))
-        return StageAnswer(200, {**base, "outcome": "already_started", "job": record.jobs["training"]})
+        return StageAnswer(
+            200,
+            {**base, "outcome": "already_started", "job": record.jobs["training"], "monitor_rescheduled": rescheduled},
+        )
 
     if "dataset" not in record.jobs:
+        if "dataset_import" in record.jobs:
+            status = backend.dataset_status(record.jobs["dataset_import"])
+            record = _set_aside_if_failed(ctx, record, "dataset_import", status.state, status.error)
         if "dataset_import" not in record.jobs:
             ctx.set_status(
                 ModelRunStatus.TRAINING_MODEL, backend=backend.name, run_record=services.runs.uri(ctx.run_id)
             )
+            record, key = ctx.update(lambda r: rr.intend_launch(r, "dataset_import", ctx.now))
             ref = backend.start_dataset_import(
-                ctx.run_id, Task(record.task), record.artifacts["import_jsonl"], resource_labels(services, record)
+                DatasetRequest(
+                    ctx.run_id, task, record.artifacts["import_jsonl"], resource_labels(services, record), key
+                )
             )
 
             def started_import(r: RunRecord) -> None:
-                r.jobs["dataset_import"] = ref.ref
+                rr.launched(r, "dataset_import", ref.ref)
                 if ref.link:
                     r.links["dataset"] = ref.link
 
@@ -75,25 +103,30 @@ def run_train(ctx: StageContext) -> StageAnswer:
         if status.state is JobState.SUCCEEDED and status.result:
             record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", status.result))
         elif status.state.finished:
+            ctx.update(lambda r: rr.forget_failed_job(r, "dataset_import", ctx.now, status.error))
             raise StageFailed(
-                f"dataset import {status.state.value}: {status.error or 'no reason given'}", link=status.link
+                f"dataset import {status.state.value}: {status.error or 'no reason given'}; "
+                "re-run train to import again",
+                link=status.link,
             )
         else:
             _start_watch(ctx, kind="dataset_import", ref=record.jobs["dataset_import"], next_stage="train", done=False)
             return StageAnswer(202, {**base, "outcome": "waiting", "for": "dataset_import"})
 
+    record, key = ctx.update(lambda r: rr.intend_launch(r, "training", ctx.now))
     job = backend.start_training(
         TrainingRequest(
             run_id=ctx.run_id,
-            task=Task(record.task),
+            task=task,
             dataset=record.jobs["dataset"],
             labels=resource_labels(services, record),
             display_name=f"lb-{record.model_run_id}"[:120],
+            job_key=key,
         )
     )
 
     def started_training(r: RunRecord) -> None:
-        r.jobs["training"] = job.ref
+        rr.launched(r, "training", job.ref)
         if job.link:
             r.links["training"] = job.link
 
@@ -105,21 +138,28 @@ def run_train(ctx: StageContext) -> StageAnswer:
 
 
 def train_already_done(services: Services, record: RunRecord) -> dict[str, Any]:
-    """A repeated `train` call: the job exists, so only make sure a monitor look is pending."""
-    return {"job": record.jobs.get("training"), "monitor_rescheduled": ensure_monitor(services, record)}
+    """A repeated `train` call: the job exists, so make sure a monitor look is pending, now."""
+    return {
+        "job": record.jobs.get("training"),
+        "monitor_rescheduled": ensure_monitor(services, record, lost_only=False),
+    }
 
 
-def ensure_monitor(services: Services, record: RunRecord) -> bool:
-    """Re-schedules the monitor's look when the scheduled one was lost; True if it scheduled one."""
+def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = True) -> bool:
+    """Schedules a monitor look now when the run waits on a job; True if it scheduled one.
+
+    With `lost_only`, only when the scheduled look is long overdue (it was lost); otherwise at once: a
+    re-run means someone wants the job looked at, and the look that was scheduled (if it still comes)
+    finds itself stale and does nothing, so looks never fork."""
     watch = record.watch
-    if watch is None or not look_is_overdue(services, watch):
+    if watch is None or (lost_only and not look_is_overdue(services, watch)):
         return False
     now = services.clock()
 
     def advance(r: RunRecord) -> rr.Watch | None:
         if r.watch is None or r.watch.look != watch.look:
             return None  # somebody else moved it on
-        r.log(now, "monitor", "rescheduled", reason="the scheduled look was lost", look=r.looks + 1)
+        r.log(now, "monitor", "rescheduled", reason="a re-run asked for a look", look=r.looks + 1)
         return rr.next_look(r, now, 0.0)
 
     _record, advanced = services.runs.update(record.run_id, advance)

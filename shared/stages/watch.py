@@ -17,9 +17,11 @@ def backoff_delay(services: Services, attempt: int) -> float:
     return min(s.monitor_max_delay_s, s.monitor_initial_delay_s * 2 ** min(attempt, 30))
 
 
-def watch_job(record: RunRecord, *, kind: str, ref: str, next_stage: str, now: float, delay_s: float) -> Watch:
+def watch_job(
+    record: RunRecord, *, kind: str, ref: str, next_stage: str, now: float, delay_s: float, started_by: str
+) -> Watch:
     """Sets the run's watch (mutates the record; call inside a conditional update)."""
-    record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now)
+    record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now, started_by=started_by)
     record.log(now, "monitor", "watching", kind=kind, ref=ref)
     return rr.next_look(record, now, delay_s)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from functools import cached_property
 from typing import BinaryIO, cast
 
 from google.api_core import exceptions as gexc
@@ -38,8 +39,17 @@ def _checked(key: str) -> str:
 class GcsStore:
     def __init__(self, bucket: str, *, client: storage.Client | None = None, project: str | None = None) -> None:
         self.bucket = bucket
-        self._client = client if client is not None else storage.Client(project=project)
-        self._bucket = self._client.bucket(bucket)
+        self._given_client = client
+        self._project = project
+
+    @cached_property
+    def _client(self) -> storage.Client:
+        """Made on first use: building the store looks up no credentials (a function boots without them)."""
+        return self._given_client if self._given_client is not None else storage.Client(project=self._project)
+
+    @cached_property
+    def _bucket(self) -> storage.Bucket:
+        return self._client.bucket(self.bucket)
 
     def _blob(self, key: str, generation: int | None = None) -> storage.Blob:
         return self._bucket.blob(_checked(key), generation=generation)

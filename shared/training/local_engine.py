@@ -14,6 +14,7 @@ This module imports no torch; the job processes do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -26,13 +27,14 @@ from shared.engine.job import BATCH_PREDICTION, TRAINING
 from shared.engine.vertex_io import output_directory_name
 from shared.model_types import Task
 from shared.store.port import ObjectStore
-from shared.training.port import JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
+from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
 SCHEME = "local-engine://"
 JOBS = SCHEME + "jobs/"
 # the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
 TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
 PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file"})
+JOB_START_MARGIN_S = 600.0  # starting the process, loading data, validating and saving around the budget
 PROGRESS_KEYS = (
     "step",
     "total_steps",
@@ -99,9 +101,12 @@ class LocalEngineBackend:
             raise ValueError(f"the {what} {uri} does not exist")
         return key
 
-    def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
+    def start_dataset_import(self, request: DatasetRequest) -> JobRef:
         """A wildcard import URI (ETL writes its JSONL in chunks, as Vertex accepts) is gathered into one
-        dataset file, streamed, like the dataset Vertex would hold; a plain URI is the dataset itself."""
+        dataset file, streamed, like the dataset Vertex would hold; a plain URI is the dataset itself.
+
+        Gathering again under the same key writes the same file: repeating a start is harmless."""
+        import_uri, run_id = request.import_uri, request.run_id
         if "*" not in import_uri:
             self._existing_key(import_uri, "import file")
             return JobRef(import_uri)
@@ -163,6 +168,14 @@ class LocalEngineBackend:
             link=folder.as_uri(),
         )
 
+    def _launch(self, job_id: str, spec: Mapping[str, Any]) -> JobRef:
+        """Starts the job, or finds the one an earlier start with the same key made (the folder exists)."""
+        folder = jobs.job_folder(self.engine_dir, job_id)
+        # an existing folder was launched by an earlier call whose record write was lost: it is this job
+        with contextlib.suppress(FileExistsError):
+            jobs.launch(folder, spec)
+        return JobRef(JOBS + job_id, link=folder.as_uri())
+
     # -- training -----------------------------------------------------------------------------------
 
     def start_training(self, request: TrainingRequest) -> JobRef:
@@ -176,13 +189,14 @@ class LocalEngineBackend:
             "max_steps": self.max_steps,
             "settings": self.train_settings,
         }
-        job_id = jobs.new_job_id("train", request.run_id)
-        folder = jobs.job_folder(self.engine_dir, job_id)
-        jobs.launch(folder, spec)
-        return JobRef(JOBS + job_id, link=folder.as_uri())
+        return self._launch(jobs.job_id_for("train", request.run_id, request.job_key), spec)
 
     def training_status(self, ref: str) -> JobStatus:
         return self._status(ref, lambda folder, _state: f"{JOBS}{folder.name}/{jobs.CHECKPOINT}")
+
+    def training_deadline_s(self, task: Task) -> float | None:
+        """Wall-time training stops at its budget; step-bounded training has no time bound."""
+        return None if self.max_steps is not None else self.train_seconds + JOB_START_MARGIN_S
 
     def cancel_training(self, ref: str) -> None:
         jobs.cancel(self._folder(ref))
@@ -217,10 +231,7 @@ class LocalEngineBackend:
             "labels": dict(request.labels),
             "settings": self.prediction_settings,
         }
-        job_id = jobs.new_job_id("predict", request.run_id)
-        folder = jobs.job_folder(self.engine_dir, job_id)
-        jobs.launch(folder, spec)
-        return JobRef(JOBS + job_id, link=folder.as_uri())
+        return self._launch(jobs.job_id_for("predict", request.run_id, request.job_key), spec)
 
     def batch_prediction_status(self, ref: str) -> JobStatus:
         return self._status(ref, lambda _folder, state: state.get("result"))

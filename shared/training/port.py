@@ -4,6 +4,11 @@ Both backends expose the same life cycle, and every call returns at once: long w
 training, batch prediction) is started and then polled by the `monitor` stage through `*_status`.
 Job references are resource names (Vertex) or job folders (local engine), stored in the run record;
 a job is always found again by its reference, never by a display name.
+
+Every start is idempotent by its request's `job_key`: the stage records the key before it starts the
+job, so when the write that would record the job's reference is lost (a crash, a timeout), the retry
+asks again with the same key and gets the job that already exists instead of a second one (billed
+twice, in Vertex's case).
 """
 
 from __future__ import annotations
@@ -49,12 +54,22 @@ class JobRef:
 
 
 @dataclass(frozen=True)
+class DatasetRequest:
+    run_id: str
+    task: Task
+    import_uri: str  # the import JSONL ETL wrote (a `*` wildcard names its chunks)
+    labels: Mapping[str, str]
+    job_key: str  # names this launch: a second start with the same key finds the first one's dataset
+
+
+@dataclass(frozen=True)
 class TrainingRequest:
     run_id: str
     task: Task
     dataset: str  # from start_dataset_import
     labels: Mapping[str, str]  # resource labels: every backend resource is findable by run
     display_name: str
+    job_key: str  # names this launch: a second start with the same key returns the first one's job
 
 
 @dataclass(frozen=True)
@@ -68,12 +83,13 @@ class PredictionRequest:
     max_predictions: int
     labels: Mapping[str, str]
     display_name: str
+    job_key: str  # names this launch: a second start with the same key returns the first one's job
 
 
 class TrainingBackend(Protocol):
     name: str
 
-    def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
+    def start_dataset_import(self, request: DatasetRequest) -> JobRef:
         """Creates the dataset and starts importing the JSONL; the ref is polled with `dataset_status`."""
         ...
 
@@ -86,6 +102,10 @@ class TrainingBackend(Protocol):
         ...
 
     def cancel_training(self, ref: str) -> None: ...
+
+    def training_deadline_s(self, task: Task) -> float | None:
+        """The longest a training of `task` can run within its budget, or None when it has no time bound."""
+        ...
 
     def start_batch_prediction(self, request: PredictionRequest) -> JobRef: ...
 

@@ -5,7 +5,12 @@ request and returns, so no stage ever waits on a dataset import, a training pipe
 (the SDK's `sync=False` leaves a thread polling until the job ends). The requests are the ones the SDK
 builds (`ImageDataset.create`, `AutoMLImageTrainingJob.run`, `BatchPredictionJob.submit`); the tests
 hold them equal. The gapic modules also import in a fraction of the SDK's time, which shortens cold
-starts.
+starts. The clients use the REST transport, the same one the end-to-end test drives against its
+stand-in, and `VERTEX_API_ENDPOINT` can point them elsewhere (a private endpoint).
+
+Vertex AI lets no caller choose a resource id, so a create cannot be made idempotent by name. Every
+resource carries the launch's `lb_job` label instead, and a start first lists by that label: a retry
+after a lost run-record write returns the resource the first try made rather than a second one.
 
 References stored in the run record:
 - dataset import: the import operation's name, `projects/P/locations/L/datasets/D/operations/O`;
@@ -46,8 +51,9 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from shared.config import VERTEX_CLS_MODEL_TYPES, VERTEX_OD_MODEL_TYPES, VertexSettings, vertex_budget_range
+from shared.gcp.errors import is_failed_precondition
 from shared.model_types import Task
-from shared.training.port import JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
+from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
 _SCHEMA = "gs://google-cloud-aiplatform/schema"
 IMAGE_DATASET_METADATA_SCHEMA = f"{_SCHEMA}/dataset/metadata/image_1.0.0.yaml"
@@ -65,6 +71,8 @@ TRAINING_DEFINITIONS: Mapping[str, str] = {
     "classification": f"{_SCHEMA}/trainingjob/definition/automl_image_classification_1.0.0.yaml",
 }
 ML_USE_FILTER = "labels.aiplatform.googleapis.com/ml_use={}"
+# The label that names one launch (the stage's job key): a retried start finds the resource it made.
+JOB_LABEL = "lb_job"
 
 # Creating the (empty) dataset takes seconds; only the import that follows is long.
 CREATE_DATASET_TIMEOUT_S = 120.0
@@ -146,7 +154,7 @@ def vertex_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def model_type_for(task: Task, vertex: VertexSettings) -> str:
-    model_type = vertex.classification_model_type if task.is_classification else vertex.od_model_type
+    model_type = vertex.model_type(task)
     allowed = VERTEX_CLS_MODEL_TYPES if task.is_classification else VERTEX_OD_MODEL_TYPES
     if model_type not in allowed:
         raise VertexRequestError(
@@ -161,23 +169,25 @@ def check_budget(task: Task, model_type: str, budget_milli_node_hours: int) -> N
         raise VertexRequestError(
             f"training budget {budget_milli_node_hours} milli node hours is outside the range {low}..{high} "
             f"that Vertex AI accepts for {task.value} model type {model_type} "
-            "(set VERTEX_BUDGET_MILLI_NODE_HOURS; 1000 = one node hour)"
+            "(set VERTEX_OD_BUDGET_MILLI_NODE_HOURS or VERTEX_CLASSIFICATION_BUDGET_MILLI_NODE_HOURS; "
+            "1000 = one node hour)"
         )
 
 
 def training_pipeline(request: TrainingRequest, vertex: VertexSettings) -> TrainingPipeline:
     """The TrainingPipeline `AutoMLImageTrainingJob.run` sends, with Labelbox's split as filter splits."""
     model_type = model_type_for(request.task, vertex)
-    check_budget(request.task, model_type, vertex.budget_milli_node_hours)
+    budget = vertex.budget_milli_node_hours(request.task)
+    check_budget(request.task, model_type, budget)
     prediction_type = "classification" if request.task.is_classification else "object_detection"
     inputs: dict[str, object] = {
         "modelType": model_type,
-        "budgetMilliNodeHours": vertex.budget_milli_node_hours,
+        "budgetMilliNodeHours": budget,
         "disableEarlyStopping": False,
     }
     if request.task.is_classification:
         inputs["multiLabel"] = request.task is Task.MULTI_LABEL_CLASSIFICATION
-    labels = vertex_labels(request.labels)
+    labels = vertex_labels({**request.labels, JOB_LABEL: request.job_key})
     return TrainingPipeline(
         display_name=request.display_name,
         training_task_definition=TRAINING_DEFINITIONS[prediction_type],
@@ -211,8 +221,13 @@ def batch_prediction_job(request: PredictionRequest) -> BatchPredictionJob:
             predictions_format="jsonl",
             gcs_destination=GcsDestination(output_uri_prefix=request.output_uri_prefix),
         ),
-        labels=vertex_labels(request.labels),
+        labels=vertex_labels({**request.labels, JOB_LABEL: request.job_key}),
     )
+
+
+def job_filter(job_key: str) -> str:
+    """The list filter that finds the resources of one launch."""
+    return f'labels.{JOB_LABEL}="{vertex_labels({JOB_LABEL: job_key})[JOB_LABEL]}"'
 
 
 def dataset_id(dataset: str) -> str:
@@ -261,7 +276,10 @@ class VertexBackend:
     def _client_kwargs(self) -> dict[str, object]:
         return {
             "credentials": self._credentials,
-            "client_options": ClientOptions(api_endpoint=f"{self.region}-aiplatform.googleapis.com"),
+            "transport": "rest",
+            "client_options": ClientOptions(
+                api_endpoint=self.vertex.api_endpoint or f"{self.region}-aiplatform.googleapis.com"
+            ),
         }
 
     @cached_property
@@ -276,19 +294,27 @@ class VertexBackend:
     def _jobs(self) -> JobServiceClient:
         return JobServiceClient(**self._client_kwargs())
 
-    def start_dataset_import(self, run_id: str, task: Task, import_uri: str, labels: Mapping[str, str]) -> JobRef:
-        dataset = Dataset(
-            display_name=f"lb-{task.value}-{run_id}"[:128],
-            metadata_schema_uri=IMAGE_DATASET_METADATA_SCHEMA,
-            metadata=None,
-            labels=vertex_labels(labels),
-        )
-        created = self._datasets.create_dataset(parent=self._parent, dataset=dataset)
-        dataset_name = created.result(timeout=CREATE_DATASET_TIMEOUT_S).name
+    def start_dataset_import(self, request: DatasetRequest) -> JobRef:
+        dataset_name = self._launched_dataset(request.job_key)
+        if dataset_name is None:
+            dataset = Dataset(
+                display_name=f"lb-{request.task.value}-{request.run_id}"[:128],
+                metadata_schema_uri=IMAGE_DATASET_METADATA_SCHEMA,
+                metadata=None,
+                labels=vertex_labels({**request.labels, JOB_LABEL: request.job_key}),
+            )
+            created = self._datasets.create_dataset(parent=self._parent, dataset=dataset)
+            dataset_name = created.result(timeout=CREATE_DATASET_TIMEOUT_S).name
+        else:
+            running = self._import_operation(dataset_name)
+            if running is not None:
+                return JobRef(ref=running)
         started = self._datasets.import_data(
             name=dataset_name,
             import_configs=[
-                ImportDataConfig(gcs_source=GcsSource(uris=[import_uri]), import_schema_uri=IMPORT_SCHEMAS[task])
+                ImportDataConfig(
+                    gcs_source=GcsSource(uris=[request.import_uri]), import_schema_uri=IMPORT_SCHEMAS[request.task]
+                )
             ],
         )
         ref = started.operation.name
@@ -296,6 +322,19 @@ class VertexBackend:
             # dataset_status could not find the dataset again from this ref: fail now, not at the end.
             raise RuntimeError(f"Vertex AI named the import of {dataset_name!r} {ref!r}, outside the dataset")
         return JobRef(ref=ref)
+
+    def _launched_dataset(self, job_key: str) -> str | None:
+        found = self._datasets.list_datasets(request={"parent": self._parent, "filter": job_filter(job_key)})
+        return next((dataset.name for dataset in found), None)
+
+    def _import_operation(self, dataset_name: str) -> str | None:
+        """The import a first try started on its dataset, if it got that far."""
+        listed = self._datasets.list_operations(request=operations_pb2.ListOperationsRequest(name=dataset_name))
+        for op in listed.operations:
+            metadata = ImportDataOperationMetadata.pb(ImportDataOperationMetadata())
+            if op.name.startswith(f"{dataset_name}/operations/") and op.metadata.Unpack(metadata):
+                return op.name
+        return None
 
     def dataset_status(self, ref: str) -> JobStatus:
         dataset_name = import_dataset_name(ref)
@@ -312,8 +351,12 @@ class VertexBackend:
         return JobStatus(state=JobState.SUCCEEDED, result=dataset_name, progress=_import_progress(operation))
 
     def start_training(self, request: TrainingRequest) -> JobRef:
-        pipeline = self._pipelines.create_training_pipeline(
-            parent=self._parent, training_pipeline=training_pipeline(request, self.vertex)
+        body = training_pipeline(request, self.vertex)  # refused here, before any request, if Vertex would
+        listed = self._pipelines.list_training_pipelines(
+            request={"parent": self._parent, "filter": job_filter(request.job_key)}
+        )
+        pipeline = next(iter(listed), None) or self._pipelines.create_training_pipeline(
+            parent=self._parent, training_pipeline=body
         )
         return JobRef(ref=pipeline.name, link=console_link(pipeline.name))
 
@@ -338,17 +381,24 @@ class VertexBackend:
             return JobStatus(state=state, error=pipeline.error.message or fallback, progress=progress, link=link)
         return JobStatus(state=state, progress=progress, link=link)
 
+    def training_deadline_s(self, task: Task) -> float | None:
+        return self.vertex.training_wall_time_s(task)
+
     def cancel_training(self, ref: str) -> None:
         """Cancelling a pipeline that has already ended is a no-op, as a repeated cancel must be."""
         try:
             self._pipelines.cancel_training_pipeline(name=ref)
-        except api_exceptions.FailedPrecondition:
-            if not self.training_status(ref).state.finished:
+        except (api_exceptions.FailedPrecondition, api_exceptions.BadRequest) as exc:  # REST: a plain 400
+            if not is_failed_precondition(exc) or not self.training_status(ref).state.finished:
                 raise
 
     def start_batch_prediction(self, request: PredictionRequest) -> JobRef:
-        job = self._jobs.create_batch_prediction_job(
-            parent=self._parent, batch_prediction_job=batch_prediction_job(request)
+        body = batch_prediction_job(request)
+        listed = self._jobs.list_batch_prediction_jobs(
+            request={"parent": self._parent, "filter": job_filter(request.job_key)}
+        )
+        job = next(iter(listed), None) or self._jobs.create_batch_prediction_job(
+            parent=self._parent, batch_prediction_job=body
         )
         return JobRef(ref=job.name, link=console_link(job.name))
 

@@ -137,6 +137,37 @@ def test_twenty_concurrent_duplicate_deliveries_make_one_run_and_one_etl(
     assert webhook_chain.statuses(model_run_id)[-1]["status"] == "FAILED"
 
 
+def test_train_model_clicked_again_on_a_failed_run_resumes_from_the_failed_stage_without_force(
+    webhook_chain: LocalChain, demo_data: tuple[Path, str]
+) -> None:
+    _data, model_run_id = demo_data
+    failed = webhook_chain.wait(model_run_id, timeout_s=120)  # the run the previous test left failed at train
+    assert failed["status"] == "failed" and failed["stages"]["train"]["state"] == "failed"
+    again = webhook_chain.webhook(model_run_id, "local_detector")  # Labelbox sends no force
+    # the resume hands the run to train, which this chain still cannot reach: the answer says so
+    assert again.status_code == 502, again.text
+    assert "could not reach train" in again.json()["error"]
+    record = webhook_chain.run_record(model_run_id)
+    resumed = [e for e in record["events"] if e["event"] == "run_resumed" and e["stage"] == "model_run"]
+    assert resumed and resumed[-1]["detail"]["from_stage"] == "train"
+    # ETL's work is kept: it ran once, and still only once
+    assert len([e for e in record["events"] if e["stage"] == "etl" and e["event"] == "started"]) == 1
+    assert record["status"] == "failed" and "train" in record["error"] and record["resumes"] == 1
+
+
+def test_a_signed_webhook_for_a_model_run_that_does_not_exist_is_a_404_and_writes_nothing(
+    webhook_chain: LocalChain, demo_data: tuple[Path, str]
+) -> None:
+    data, _ = demo_data
+    before = _runs(data)
+    missing = "00000000-0000-4000-8000-000000000000"
+    response = webhook_chain.webhook(missing, "local_detector")
+    assert response.status_code == 404
+    assert missing in response.json()["error"]
+    assert _runs(data) == before
+    assert not (data / "model_runs" / missing).exists()
+
+
 def test_no_secret_in_logs_run_records_or_answers(webhook_chain: LocalChain, demo_data: tuple[Path, str]) -> None:
     data, model_run_id = demo_data
     webhook_chain.webhook(model_run_id, "local_detector")  # at least one delivery happened

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import google.auth.transport.requests
-import google.oauth2.id_token
 import pytest
 
-from shared.chain.http import GoogleIdTokens, HttpHandOff
+from shared.chain.http import HttpHandOff
 from shared.chain.port import HandOffFailed
 
 HANG = -1  # a scripted "status" that never answers
@@ -144,56 +142,7 @@ def test_callee_that_keeps_working_counts_as_delivered(server: ScriptedServer) -
     assert json.loads(server.received[0].body) == {"run_id": "run-1"}
 
 
-def test_token_source_adds_a_bearer_token_for_the_target_url(server: ScriptedServer) -> None:
-    audiences: list[str] = []
-
-    def tokens(audience: str) -> str:
-        audiences.append(audience)
-        return "id-token-abc"
-
-    server.script = [503, 200]
-    hand_off(server.url, token_source=tokens).hand_off("etl", "run-1")
-    assert audiences == [server.url, server.url]
-    assert [r.headers["Authorization"] for r in server.received] == ["Bearer id-token-abc"] * 2
-
-
 def test_unknown_stage_is_a_programming_error(server: ScriptedServer) -> None:
     with pytest.raises(KeyError):
         hand_off(server.url).hand_off("train", "run-1")
     assert server.received == []
-
-
-# -- Google ID tokens ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fetched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
-    calls: list[tuple[Any, str]] = []
-
-    def fake_fetch_id_token(request: Any, audience: str) -> str:
-        calls.append((request, audience))
-        return f"token-{len(calls)}-for-{audience}"
-
-    monkeypatch.setattr(google.oauth2.id_token, "fetch_id_token", fake_fetch_id_token)
-    return calls
-
-
-def test_id_token_is_minted_for_the_audience_and_cached(fetched: list[tuple[Any, str]]) -> None:
-    tokens = GoogleIdTokens()
-    assert tokens("https://etl.example") == "token-1-for-https://etl.example"
-    assert tokens("https://etl.example") == "token-1-for-https://etl.example"
-    assert tokens("https://train.example") == "token-2-for-https://train.example"
-    assert [audience for _, audience in fetched] == ["https://etl.example", "https://train.example"]
-    assert all(isinstance(request, google.auth.transport.requests.Request) for request, _ in fetched)
-
-
-def test_expired_id_token_is_minted_again(fetched: list[tuple[Any, str]]) -> None:
-    tokens = GoogleIdTokens(lifetime_s=0)
-    tokens("https://etl.example")
-    tokens("https://etl.example")
-    assert len(fetched) == 2
-
-
-def test_id_tokens_reach_the_callee(server: ScriptedServer, fetched: list[tuple[Any, str]]) -> None:
-    hand_off(server.url, token_source=GoogleIdTokens()).hand_off("etl", "run-1")
-    assert server.received[0].headers["Authorization"] == f"Bearer token-1-for-{server.url}"

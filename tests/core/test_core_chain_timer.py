@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -17,13 +17,15 @@ WAIT = 10.0  # generous: only bounds a hang, never asserts speed
 class Deliveries:
     def __init__(self, count: int = 1) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.bodies: list[dict[str, object]] = []
         self.remaining = count
         self.done = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, stage: str, run_id: str) -> None:
+    def __call__(self, stage: str, body: Mapping[str, object]) -> None:
         with self.lock:
-            self.calls.append((stage, run_id))
+            self.calls.append((stage, str(body["run_id"])))
+            self.bodies.append(dict(body))
             self.remaining -= 1
             if self.remaining <= 0:
                 self.done.set()
@@ -54,13 +56,14 @@ def test_timer_delivers_after_the_delay(schedulers: list[TimerScheduler]) -> Non
     assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=1) is True
     assert deliver.done.wait(WAIT)
     assert deliver.calls == [("monitor", "run-1")]
+    assert deliver.bodies == [{"run_id": "run-1", "look": 1}]  # the look carries its number
 
 
 def test_scheduling_does_not_block_the_caller(schedulers: list[TimerScheduler]) -> None:
     release = threading.Event()
     delivered = threading.Event()
 
-    def slow(stage: str, run_id: str) -> None:
+    def slow(stage: str, body: Mapping[str, object]) -> None:
         release.wait(WAIT)
         delivered.set()
 
@@ -110,11 +113,13 @@ def test_a_failed_delivery_is_retried_with_backoff_then_given_up_and_logged_not_
     uncaught: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
 
-    def unreachable(stage: str, run_id: str) -> None:
+    def unreachable(stage: str, body: Mapping[str, object]) -> None:
         tries.append(stage)
         if len(tries) == 3:
             gave_up.set()
-        raise HandOffFailed(f"could not reach {stage} for run {run_id} after 6 attempts (ConnectionError)", stage=stage)
+        raise HandOffFailed(
+            f"could not reach {stage} for run {body['run_id']} after 6 attempts (ConnectionError)", stage=stage
+        )
 
     scheduler = TimerScheduler(unreachable, redeliveries=2, redelivery_delay_s=0.01)
     schedulers.append(scheduler)
@@ -132,7 +137,7 @@ def test_a_redelivery_that_succeeds_stops_retrying(schedulers: list[TimerSchedul
     calls: list[str] = []
     delivered = threading.Event()
 
-    def flaky(stage: str, run_id: str) -> None:
+    def flaky(stage: str, body: Mapping[str, object]) -> None:
         calls.append(stage)
         if len(calls) == 1:
             raise HandOffFailed("monitor answered HTTP 500", stage=stage)

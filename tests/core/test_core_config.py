@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, Secret, Settings, load_settings
-from shared.model_types import Backend
+from shared.model_types import Backend, Task
 
 WEBHOOK_SECRET = "whsec-4f1b9d2e-webhook"
 API_KEY = "lb-api-key-9b8c7d6e5f"
@@ -68,7 +68,7 @@ def test_local_mode_works_with_only_the_stage_urls_and_the_webhook_secret(tmp_pa
     )
     assert (local.bucket_name, local.engine_device) == ("local-bucket", "auto")
     assert settings.vertex.od_model_type == "CLOUD_HIGH_ACCURACY_1"
-    assert settings.vertex.budget_milli_node_hours == 20_000
+    assert settings.vertex.budget_milli_node_hours(Task.OBJECT_DETECTION) == 20_000
     assert settings.monitor_initial_delay_s == 5.0  # local defaults look sooner than the cloud's
     assert settings.predict_on_training is False
     assert settings.secrets == (Secret(WEBHOOK_SECRET),)
@@ -215,34 +215,66 @@ def test_allow_unsigned_webhooks_allows_no_secret(tmp_path: Path) -> None:
 # -- Vertex budgets -----------------------------------------------------------------------------------------
 
 
-def test_budget_is_checked_against_each_model_types_range(tmp_path: Path) -> None:
+def test_a_budget_that_fits_neither_task_is_named_for_both(tmp_path: Path) -> None:
     message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="5000"))
     assert (
-        "VERTEX_BUDGET_MILLI_NODE_HOURS=5000 is outside Vertex's range 20000..900000 "
-        "for VERTEX_OD_MODEL_TYPE=CLOUD_HIGH_ACCURACY_1"
+        "VERTEX_BUDGET_MILLI_NODE_HOURS=5000 is outside Vertex AI's range 20000..900000 milli node hours for "
+        "object detection (set VERTEX_OD_BUDGET_MILLI_NODE_HOURS for object detection alone)"
     ) in message
-    assert "8000..800000 for VERTEX_CLASSIFICATION_MODEL_TYPE=CLOUD" in message
+    assert "range 8000..800000 milli node hours for classification" in message
 
 
-def test_small_budget_is_accepted_for_mobile_models(tmp_path: Path) -> None:
-    env = local_env(
-        tmp_path,
-        VERTEX_BUDGET_MILLI_NODE_HOURS="5000",
-        VERTEX_OD_MODEL_TYPE="MOBILE_TF_LOW_LATENCY_1",
-        VERTEX_CLASSIFICATION_MODEL_TYPE="MOBILE_TF_VERSATILE_1",
+def test_a_budget_valid_for_one_task_only_leaves_the_other_out_instead_of_stopping_every_function() -> None:
+    settings = load_settings({**CLOUD, "VERTEX_BUDGET_MILLI_NODE_HOURS": "10000"})  # loads: classification fits
+    assert settings.vertex.classification_budget_milli_node_hours == 10_000
+    offered = settings.model_types()
+    assert "vertex_automl_single_label_classification" in offered
+    assert "vertex_automl_object_detection" not in offered
+    assert "20000..900000" in settings.vertex.unavailable[Task.OBJECT_DETECTION]
+
+    big = load_settings({**CLOUD, "VERTEX_BUDGET_MILLI_NODE_HOURS": "850000"})  # over classification's maximum
+    assert set(big.model_types()) == {"vertex_automl_object_detection"}
+
+
+def test_each_task_has_its_own_budget_checked_against_its_own_range(tmp_path: Path) -> None:
+    settings = load_settings(
+        local_env(
+            tmp_path, VERTEX_OD_BUDGET_MILLI_NODE_HOURS="24000", VERTEX_CLASSIFICATION_BUDGET_MILLI_NODE_HOURS="8000"
+        )
     )
-    assert load_settings(env).vertex.budget_milli_node_hours == 5000
+    assert settings.vertex.budget_milli_node_hours(Task.OBJECT_DETECTION) == 24_000
+    assert settings.vertex.budget_milli_node_hours(Task.MULTI_LABEL_CLASSIFICATION) == 8_000
+    message = config_error(local_env(tmp_path, VERTEX_OD_BUDGET_MILLI_NODE_HOURS="8000"))
+    assert "VERTEX_OD_BUDGET_MILLI_NODE_HOURS=8000 is outside Vertex AI's range 20000..900000" in message
+    assert "classification" not in message
 
 
-def test_budget_over_the_classification_maximum_names_only_classification(tmp_path: Path) -> None:
-    message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="850000"))
-    assert "for VERTEX_CLASSIFICATION_MODEL_TYPE=CLOUD" in message
-    assert "VERTEX_OD_MODEL_TYPE" not in message
+def test_edge_model_types_are_refused_because_vertex_cannot_predict_with_them(tmp_path: Path) -> None:
+    message = config_error(
+        local_env(
+            tmp_path,
+            VERTEX_OD_MODEL_TYPE="MOBILE_TF_LOW_LATENCY_1",
+            VERTEX_CLASSIFICATION_MODEL_TYPE="MOBILE_TF_VERSATILE_1",
+        )
+    )
+    assert "VERTEX_OD_MODEL_TYPE=MOBILE_TF_LOW_LATENCY_1 is an Edge model type" in message
+    assert "VERTEX_CLASSIFICATION_MODEL_TYPE=MOBILE_TF_VERSATILE_1 is an Edge model type" in message
+    assert "cannot batch-predict" in message
 
 
-def test_budget_outside_every_range_is_named(tmp_path: Path) -> None:
-    message = config_error(local_env(tmp_path, VERTEX_BUDGET_MILLI_NODE_HOURS="999"))
-    assert "VERTEX_BUDGET_MILLI_NODE_HOURS must be between 1000 and 900000, got 999" in message
+def test_the_training_wall_time_follows_the_budget(tmp_path: Path) -> None:
+    vertex = load_settings(local_env(tmp_path, VERTEX_OD_BUDGET_MILLI_NODE_HOURS="24000")).vertex
+    assert vertex.training_wall_time_s(Task.OBJECT_DETECTION) == 24 * 3600  # the whole budget on one node
+
+
+def test_api_endpoints_can_be_overridden_and_bad_ones_are_named() -> None:
+    settings = load_settings(
+        {**CLOUD, "VERTEX_API_ENDPOINT": "http://127.0.0.1:8123", "CLOUD_TASKS_API_ENDPOINT": "tasks.example:443"}
+    )
+    assert settings.vertex.api_endpoint == "http://127.0.0.1:8123"
+    assert settings.cloud is not None and settings.cloud.tasks_api_endpoint == "tasks.example:443"
+    message = config_error({**CLOUD, "VERTEX_API_ENDPOINT": "http://x/path?q=1"})
+    assert "VERTEX_API_ENDPOINT must be host[:port] or http(s)://host[:port]" in message
 
 
 # -- secrets never show ----------------------------------------------------------------------------------

@@ -220,6 +220,9 @@ class Project:
         queue = self.get("queues", key, "queue")
         if verb == "describe":
             return render(queue, fmt)
+        if verb == "update":
+            queue["flags"] = {**queue["flags"], **flags}
+            return ""
         if verb == "delete":
             del self.s["queues"][key]
             return ""

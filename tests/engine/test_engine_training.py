@@ -60,7 +60,7 @@ def _untrained_predictor(task: str, classes: list[str]) -> Predictor:
     return Predictor(LoadedModel(build_model(config).eval(), config, classes, {}), CPU)
 
 
-def test_batch_prediction_writes_error_lines_in_place_and_splits_files(data: TinyData) -> None:
+def test_batch_prediction_writes_failed_instances_to_errors_files_and_splits_files(data: TinyData) -> None:
     data.store.write("runs/tiny/images/not-an-image.jpg", b"hello")
     uris = list(data.images)
     lines = [
@@ -81,19 +81,25 @@ def test_batch_prediction_writes_error_lines_in_place_and_splits_files(data: Tin
         lines_per_file=3,
     )
     summary = run_batch_prediction(_untrained_predictor("object_detection", ["disc", "square"]), data.store, job)
-    assert summary["instances"] == 7 and summary["errors"] == 5 and summary["files"] == 3
+    assert summary["instances"] == 7 and summary["errors"] == 5 and summary["files"] == 1
     keys = list(data.store.list("out/"))
-    assert [k.rsplit("/", 1)[1] for k in keys] == [f"predictions_0000{i}.jsonl" for i in (1, 2, 3)]
-    out = [json.loads(line) for k in keys for line in data.store.read(k).decode().splitlines()]
-    assert ["error" in line for line in out] == [False, True, True, True, True, False, True]
-    assert all(line["error"]["code"] == 3 for line in out if "error" in line)
-    assert "not a readable image" in out[2]["error"]["message"]
-    assert "another-bucket" in out[3]["error"]["message"]
-    assert "does not exist" in out[4]["error"]["message"]
-    assert out[0]["instance"] == {"content": uris[0], "mimeType": "image/jpeg"}
-    assert out[1]["instance"] == "not json at all"
-    assert out[6]["instance"] == {"mimeType": "image/jpeg"}
-    assert len(out[0]["prediction"]["bboxes"]) == 2  # threshold 0: capped by max_predictions
+    names = [k.rsplit("/", 1)[1] for k in keys]
+    assert names == ["errors_00001.jsonl", "errors_00002.jsonl", "predictions_00001.jsonl"]
+
+    def lines(name: str) -> list[dict]:
+        return [json.loads(line) for line in data.store.read(f"{keys[0].rsplit('/', 1)[0]}/{name}").splitlines()]
+
+    errors = lines("errors_00001.jsonl") + lines("errors_00002.jsonl")
+    predicted = lines("predictions_00001.jsonl")
+    assert ["error" in line for line in errors] == [True] * 5 and ["error" in line for line in predicted] == [False] * 2
+    assert all(line["error"]["code"] == 3 for line in errors)
+    assert errors[0]["instance"] == "not json at all"
+    assert "not a readable image" in errors[1]["error"]["message"]
+    assert "another-bucket" in errors[2]["error"]["message"]
+    assert "does not exist" in errors[3]["error"]["message"]
+    assert errors[4]["instance"] == {"mimeType": "image/jpeg"}
+    assert predicted[0]["instance"] == {"content": uris[0], "mimeType": "image/jpeg"}
+    assert len(predicted[0]["prediction"]["bboxes"]) == 2  # threshold 0: capped by max_predictions
 
 
 def test_empty_instances_still_give_one_output_file(data: TinyData) -> None:

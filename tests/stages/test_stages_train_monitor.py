@@ -16,14 +16,16 @@ from shared.bootstrap import Services
 from shared.config import load_settings
 from shared.platform.local_model_run import LocalModelRuns
 from shared.stages.monitor import run_monitor
-from shared.stages.runner import run_stage
+from shared.stages.runner import StageCall, run_stage
 from shared.stages.train import run_train, train_already_done
 from shared.store.local_folder import LocalFolderStore
-from shared.training.port import JobRef, JobState, JobStatus
+from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, TrainingRequest
 from tests.core.conftest import DemoRun
 
 
 class ScriptedBackend:
+    """Starts are idempotent by job key, as the real backends are: the same key gives the same job."""
+
     name = "scripted"
 
     def __init__(self) -> None:
@@ -31,8 +33,10 @@ class ScriptedBackend:
         self.training_state = JobState.RUNNING
         self.import_state = JobState.SUCCEEDED
         self.error: str | None = None
+        self.deadline_s: float | None = None
+        self.trainings: dict[str, str] = {}  # job key -> pipeline
 
-    def start_dataset_import(self, run_id, task, import_uri, labels) -> JobRef:
+    def start_dataset_import(self, request: DatasetRequest) -> JobRef:
         self.calls.append("start_dataset_import")
         return JobRef("datasets/1/operations/7")
 
@@ -40,9 +44,10 @@ class ScriptedBackend:
         self.calls.append(f"dataset_status {ref}")
         return JobStatus(self.import_state, result="datasets/1" if self.import_state is JobState.SUCCEEDED else None)
 
-    def start_training(self, request) -> JobRef:
+    def start_training(self, request: TrainingRequest) -> JobRef:
         self.calls.append(f"start_training {request.dataset}")
-        return JobRef("pipelines/42", link="https://console.example/pipelines/42")
+        ref = self.trainings.setdefault(request.job_key, f"pipelines/{41 + len(self.trainings) + 1}")
+        return JobRef(ref, link=f"https://console.example/{ref}")
 
     def training_status(self, ref: str) -> JobStatus:
         self.calls.append(f"training_status {ref}")
@@ -58,17 +63,22 @@ class ScriptedBackend:
     def cancel_training(self, ref: str) -> None:
         self.calls.append(f"cancel_training {ref}")
 
+    def training_deadline_s(self, task) -> float | None:
+        return self.deadline_s
+
 
 class RecordingChain:
     def __init__(self) -> None:
         self.handoffs: list[tuple[str, str]] = []
+        self.keys: list[str] = []
         self.schedules: list[tuple[str, str, int]] = []
         self._named: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
 
-    def hand_off(self, stage: str, run_id: str) -> None:
+    def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
         with self._lock:
             self.handoffs.append((stage, run_id))
+            self.keys.append(key)
 
     def schedule(self, stage: str, run_id: str, *, delay_s: float, attempt: int) -> bool:
         with self._lock:
@@ -112,8 +122,12 @@ def world(tmp_path: Path, demo: DemoRun) -> tuple[Services, ScriptedBackend, Rec
     return services, backend, chain, demo.model_run_id
 
 
-def _train(services: Services, run_id: str):
-    return run_stage(services, run_id, "train", run_train, on_done=train_already_done)
+def _train(services: Services, run_id: str, **flags):
+    return run_stage(services, StageCall(run_id, **flags), "train", run_train, on_done=train_already_done)
+
+
+def _monitor(services: Services, run_id: str, look: int | None = None):
+    return run_stage(services, StageCall(run_id, look=look), "monitor", run_monitor)
 
 
 def test_a_duplicate_train_call_starts_no_second_job(world) -> None:
@@ -125,7 +139,8 @@ def test_a_duplicate_train_call_starts_no_second_job(world) -> None:
 
     again = _train(services, run_id)
     assert again.status == 200 and again.body["outcome"] == "already_done"
-    assert again.body["monitor_rescheduled"] is False  # the look scheduled first is still pending
+    # a re-run asks for a look now: whether or not the first look still comes, one chain of looks goes on
+    assert again.body["monitor_rescheduled"] is True and chain.schedules[-1] == ("monitor", run_id, 2)
     assert backend.calls.count("start_training datasets/1") == 1 and "start_dataset_import" in backend.calls
     assert backend.calls.count("start_dataset_import") == 1
 
@@ -143,6 +158,10 @@ def test_a_lost_monitor_look_is_rescheduled_by_a_repeated_train_call(world) -> N
     assert again.body["monitor_rescheduled"] is True
     assert chain.schedules[-1] == ("monitor", run_id, 2)
     assert backend.calls.count("start_training datasets/1") == 1
+    stale = _monitor(services, run_id, look=1)  # the lost look turns up after all
+    assert stale.body["outcome"] == "stale_look" and backend.calls.count("training_status pipelines/42") == 0
+    current = _monitor(services, run_id, look=2)
+    assert current.body["outcome"] == "waiting" and chain.schedules[-1] == ("monitor", run_id, 3)
 
 
 def test_monitor_backs_off_without_sleeping_then_hands_off_exactly_once(world) -> None:
@@ -150,7 +169,7 @@ def test_monitor_backs_off_without_sleeping_then_hands_off_exactly_once(world) -
     _train(services, run_id)
     delays = []
     for _ in range(3):
-        answer = run_stage(services, run_id, "monitor", run_monitor)
+        answer = _monitor(services, run_id)
         assert answer.body["outcome"] == "waiting"
         delays.append(answer.body["next_look_in_s"])
     assert delays == sorted(delays) and delays[-1] <= services.settings.monitor_max_delay_s
@@ -158,15 +177,12 @@ def test_monitor_backs_off_without_sleeping_then_hands_off_exactly_once(world) -
 
     backend.training_state = JobState.SUCCEEDED
     results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(run_stage(services, run_id, "monitor", run_monitor)))
-        for _ in range(5)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(_monitor(services, run_id))) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    results.append(run_stage(services, run_id, "monitor", run_monitor))  # a late duplicate delivery
+    results.append(_monitor(services, run_id))  # a late duplicate delivery
     assert chain.handoffs == [("inference", run_id)]
     record = services.runs.get(run_id)
     assert record.jobs["model"] == "models/9" and record.watch is None
@@ -177,10 +193,13 @@ def test_a_failed_training_fails_the_model_run_with_the_backend_error_and_link(w
     services, backend, chain, run_id = world
     _train(services, run_id)
     backend.training_state, backend.error = JobState.FAILED, "Quota exceeded for aiplatform.googleapis.com " * 20
-    answer = run_stage(services, run_id, "monitor", run_monitor)
-    assert answer.body["outcome"] == "failed"
+    answer = _monitor(services, run_id)
+    assert answer.body["outcome"] == "failed" and answer.body["failed_stage"] == "train"
     record = services.runs.get(run_id)
     assert record.status is rr.RunStatus.FAILED and "Quota exceeded" in record.error
+    assert record.error.startswith("train failed: training failed")
+    assert record.stages["train"].state is rr.StageState.FAILED  # the stage to re-run is the one that started it
+    assert record.stages["monitor"].state is rr.StageState.PENDING and record.stages["monitor"].owner is None
     last = LocalModelRuns(services.platform.root).statuses(run_id)[-1]
     assert last["status"] == "FAILED" and len(last["error_message"]) == 255
     assert chain.handoffs == []
@@ -190,7 +209,7 @@ def test_monitor_gives_up_after_the_maximum_wait_and_cancels_training(world) -> 
     services, backend, _chain, run_id = world
     _train(services, run_id)
     services.runs.update(run_id, lambda r: setattr(r.watch, "since", r.watch.since - 10 * 86_400))
-    answer = run_stage(services, run_id, "monitor", run_monitor)
+    answer = _monitor(services, run_id)
     assert answer.body["outcome"] == "failed" and "MONITOR_MAX_WAIT_S" in answer.body["error"]
     assert "cancel_training pipelines/42" in backend.calls
 
@@ -202,8 +221,76 @@ def test_dataset_import_still_running_is_watched_then_train_resumes(world) -> No
     assert first.status == 202 and first.body["for"] == "dataset_import"
     assert not any(c.startswith("start_training") for c in backend.calls)
     backend.import_state = JobState.SUCCEEDED
-    handed = run_stage(services, run_id, "monitor", run_monitor)
+    handed = _monitor(services, run_id)
     assert handed.body["outcome"] == "handed_off" and chain.handoffs == [("train", run_id)]
     resumed = _train(services, run_id)
     assert resumed.status == 202 and resumed.body["outcome"] == "training_started"
     assert backend.calls.count("start_dataset_import") == 1
+
+
+def test_a_re_run_of_train_after_its_job_failed_starts_a_new_job(world) -> None:
+    services, backend, _chain, run_id = world
+    _train(services, run_id)
+    backend.training_state, backend.error = JobState.FAILED, "The replica workerpool0-0 exited with a non-zero status"
+    _monitor(services, run_id)
+
+    rerun = _train(services, run_id)  # a plain re-run: no force needed
+    assert rerun.status == 202 and rerun.body["outcome"] == "training_started"
+    assert rerun.body["job"] == "pipelines/43"  # a new launch, a new job
+    record = services.runs.get(run_id)
+    assert record.status is rr.RunStatus.RUNNING and record.jobs["training"] == "pipelines/43"
+    assert [j["ref"] for j in record.failed_jobs] == ["pipelines/42"]
+    assert record.watch is not None and record.watch.ref == "pipelines/43"
+
+
+def test_a_forced_train_on_a_failed_job_starts_a_new_job_and_the_run_moves_on(world) -> None:
+    services, backend, chain, run_id = world
+    _train(services, run_id)
+    backend.training_state = JobState.FAILED
+    _monitor(services, run_id)
+    forced = _train(services, run_id, force=True)  # the recorded job still reads FAILED
+    assert forced.body["outcome"] == "training_started"
+    backend.training_state = JobState.SUCCEEDED
+    assert _monitor(services, run_id).body["outcome"] == "handed_off"
+    assert chain.handoffs == [("inference", run_id)]
+
+
+def test_a_training_start_whose_record_write_was_lost_finds_the_job_instead_of_starting_another(world) -> None:
+    services, backend, _chain, run_id = world
+    real_update = services.runs.update
+    lost = {"once": True}
+
+    def losing_update(run, mutate):
+        def lossy(r):
+            had = "training" in r.jobs
+            result = mutate(r)
+            if lost["once"] and not had and "training" in r.jobs:  # the write that records the job is lost
+                lost["once"] = False
+                raise ConnectionError("the record write timed out")
+            return result
+
+        return real_update(run, lossy)
+
+    services.runs.update = losing_update  # type: ignore[method-assign]
+    crashed = _train(services, run_id)
+    assert crashed.status == 500
+    services.runs.update = real_update  # type: ignore[method-assign]
+    # the crash was recorded as a failure of train; a re-run resumes it
+    assert "training" not in services.runs.get(run_id).jobs and services.runs.get(run_id).job_keys["training"]
+    again = _train(services, run_id)
+    assert again.body["outcome"] == "training_started" and again.body["job"] == "pipelines/42"
+    assert backend.calls.count("start_training datasets/1") == 2  # asked twice, with the same launch key...
+    assert len(backend.trainings) == 1  # ...so one job: never a second training
+
+
+def test_monitor_never_cancels_a_training_within_its_budget(world) -> None:
+    services, backend, _chain, run_id = world
+    backend.deadline_s = 30 * 86_400  # a big budget: longer than MONITOR_MAX_WAIT_S (3 days)
+    _train(services, run_id)
+    services.runs.update(run_id, lambda r: setattr(r.watch, "since", r.watch.since - 10 * 86_400))
+    answer = _monitor(services, run_id)
+    assert answer.body["outcome"] == "waiting"
+    assert not [c for c in backend.calls if c.startswith("cancel_training")]
+    services.runs.update(run_id, lambda r: setattr(r.watch, "since", r.watch.since - 30 * 86_400))
+    over = _monitor(services, run_id)
+    assert over.body["outcome"] == "failed" and "training budget plus MONITOR_TRAINING_MARGIN_S" in over.body["error"]

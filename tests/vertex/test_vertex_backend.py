@@ -38,7 +38,7 @@ from google.rpc import status_pb2
 from shared.config import VertexSettings
 from shared.model_types import Task
 from shared.training import port
-from shared.training.port import JobRef, PredictionRequest, TrainingRequest
+from shared.training.port import DatasetRequest, JobRef, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend, VertexRequestError
 from tests.vertex.offline import offline  # noqa: F401
 
@@ -55,9 +55,28 @@ BATCH_LINK = (
 )
 LABELS = {"lb_chain": "prod-eu", "lb_model_run": "9a0d8b1c-2f3e-4a5b-8c7d-6e5f4a3b2c1d"}
 SCHEMA = "gs://google-cloud-aiplatform/schema"
-DEFAULTS = VertexSettings(
-    od_model_type="CLOUD_HIGH_ACCURACY_1", classification_model_type="CLOUD", budget_milli_node_hours=20_000
-)
+KEY = "training-1-0123456789abcdef0123"
+SENT_LABELS = {**LABELS, "lb_job": KEY}  # the launch's key rides along, so a retry finds what it made
+
+
+def settings(od: str = "CLOUD_HIGH_ACCURACY_1", cls: str = "CLOUD", budget: int = 20_000) -> VertexSettings:
+    return VertexSettings(od, cls, od_budget_milli_node_hours=budget, classification_budget_milli_node_hours=budget)
+
+
+DEFAULTS = settings()
+
+
+@pytest.fixture(autouse=True)
+def nothing_launched_yet() -> Iterator[dict[str, mock.MagicMock]]:
+    """Before creating anything the adapter lists by the launch's label; by default nothing is found."""
+    with (
+        mock.patch.object(DatasetServiceClient, "list_datasets", return_value=[]) as datasets,
+        mock.patch.object(PipelineServiceClient, "list_training_pipelines", return_value=[]) as pipelines,
+        mock.patch.object(JobServiceClient, "list_batch_prediction_jobs", return_value=[]) as batch_jobs,
+    ):
+        yield {"datasets": datasets, "pipelines": pipelines, "batch_jobs": batch_jobs}
+
+
 ML_USE = "labels.aiplatform.googleapis.com/ml_use="
 
 
@@ -83,7 +102,12 @@ def training_request(task: Task, dataset: str = DATASET) -> TrainingRequest:
         dataset=dataset,
         labels=LABELS,
         display_name="lb-9a0d8b1c",
+        job_key=KEY,
     )
+
+
+def dataset_request(task: Task = Task.OBJECT_DETECTION, labels: dict[str, str] = LABELS) -> DatasetRequest:
+    return DatasetRequest("9a0d8b1c", task, "gs://lb-chain-bucket/runs/9a0d8b1c/vertex_import.jsonl", labels, KEY)
 
 
 def lro(name: str, *, done: bool, response=None, error: status_pb2.Status | None = None) -> operation.Operation:
@@ -117,9 +141,7 @@ def test_dataset_import_creates_a_labelled_dataset_and_starts_the_import_with_th
     ):
         create.return_value = lro(f"{DATASET}/operations/1", done=True, response=Dataset(name=DATASET))
         import_data.return_value = lro(IMPORT_OP, done=False)
-        ref = backend().start_dataset_import(
-            "9a0d8b1c", task, "gs://lb-chain-bucket/runs/9a0d8b1c/vertex_import.jsonl", LABELS
-        )
+        ref = backend().start_dataset_import(dataset_request(task))
 
     assert ref == JobRef(ref=IMPORT_OP)
     create.assert_called_once_with(
@@ -128,7 +150,7 @@ def test_dataset_import_creates_a_labelled_dataset_and_starts_the_import_with_th
             display_name=f"lb-{task.value}-9a0d8b1c",
             metadata_schema_uri=f"{SCHEMA}/dataset/metadata/image_1.0.0.yaml",
             metadata=None,
-            labels=LABELS,
+            labels=SENT_LABELS,
         ),
     )
     import_data.assert_called_once_with(
@@ -150,7 +172,7 @@ def test_a_failed_dataset_creation_raises_and_imports_nothing() -> None:
     ):
         create.return_value = lro(f"{DATASET}/operations/1", done=True, error=denied)
         with pytest.raises(exceptions.PermissionDenied, match=r"aiplatform\.datasets\.create"):
-            backend().start_dataset_import("run", Task.OBJECT_DETECTION, "gs://b/i.jsonl", LABELS)
+            backend().start_dataset_import(dataset_request())
     import_data.assert_not_called()
 
 
@@ -161,14 +183,12 @@ def test_label_values_are_made_acceptable_to_vertex_and_bad_keys_are_refused_bef
     ):
         create.return_value = lro(f"{DATASET}/operations/1", done=True, response=Dataset(name=DATASET))
         import_data.return_value = lro(IMPORT_OP, done=False)
-        backend().start_dataset_import(
-            "run", Task.OBJECT_DETECTION, "gs://b/i.jsonl", {"lb_model_run": "Run.ID/" + "x" * 80}
-        )
-        assert create.call_args.kwargs["dataset"].labels == {"lb_model_run": "run_id_" + "x" * 56}
+        backend().start_dataset_import(dataset_request(labels={"lb_model_run": "Run.ID/" + "x" * 80}))
+        assert create.call_args.kwargs["dataset"].labels == {"lb_model_run": "run_id_" + "x" * 56, "lb_job": KEY}
 
         create.reset_mock()
         with pytest.raises(VertexRequestError, match="label key 'LB Run'"):
-            backend().start_dataset_import("run", Task.OBJECT_DETECTION, "gs://b/i.jsonl", {"LB Run": "x"})
+            backend().start_dataset_import(dataset_request(labels={"LB Run": "x"}))
         create.assert_not_called()
 
 
@@ -229,7 +249,7 @@ def expected_pipeline(definition: str, inputs: dict[str, object]) -> TrainingPip
         display_name="lb-9a0d8b1c",
         training_task_definition=f"{SCHEMA}/trainingjob/definition/{definition}",
         training_task_inputs=inputs,
-        model_to_upload=Model(display_name="lb-9a0d8b1c", labels=LABELS, version_aliases=["default"]),
+        model_to_upload=Model(display_name="lb-9a0d8b1c", labels=SENT_LABELS, version_aliases=["default"]),
         input_data_config=InputDataConfig(
             dataset_id="4455667788",
             filter_split=FilterSplit(
@@ -238,7 +258,7 @@ def expected_pipeline(definition: str, inputs: dict[str, object]) -> TrainingPip
                 test_filter=ML_USE + "test",
             ),
         ),
-        labels=LABELS,
+        labels=SENT_LABELS,
     )
 
 
@@ -277,29 +297,8 @@ def expected_pipeline(definition: str, inputs: dict[str, object]) -> TrainingPip
                 "multiLabel": True,
             },
         ),
-        (
-            Task.OBJECT_DETECTION,
-            VertexSettings("MOBILE_TF_LOW_LATENCY_1", "CLOUD", 4_000),
-            "automl_image_object_detection_1.0.0.yaml",
-            {
-                "modelType": "MOBILE_TF_LOW_LATENCY_1",
-                "budgetMilliNodeHours": 4000,
-                "disableEarlyStopping": False,
-            },
-        ),
-        (
-            Task.SINGLE_LABEL_CLASSIFICATION,
-            VertexSettings("CLOUD_HIGH_ACCURACY_1", "MOBILE_TF_VERSATILE_1", 1_000),
-            "automl_image_classification_1.0.0.yaml",
-            {
-                "modelType": "MOBILE_TF_VERSATILE_1",
-                "budgetMilliNodeHours": 1000,
-                "disableEarlyStopping": False,
-                "multiLabel": False,
-            },
-        ),
     ],
-    ids=["od", "single-label", "multi-label", "od-mobile", "single-label-mobile"],
+    ids=["od", "single-label", "multi-label"],
 )
 def test_training_sends_the_automl_image_pipeline_and_returns_its_resource_name(
     task: Task, vertex: VertexSettings, definition: str, inputs: dict[str, object]
@@ -319,31 +318,29 @@ def test_training_sends_the_automl_image_pipeline_and_returns_its_resource_name(
             "testFilter": "labels.aiplatform.googleapis.com/ml_use=test",
         },
     }
-    assert sent["labels"] == sent["modelToUpload"]["labels"] == LABELS
+    assert sent["labels"] == sent["modelToUpload"]["labels"] == SENT_LABELS
 
 
 @pytest.mark.parametrize(
     ("vertex", "task", "message"),
     [
         (
-            VertexSettings("CLOUD_1", "CLOUD", 8_000),
+            settings(od="CLOUD_1", budget=8_000),
             Task.OBJECT_DETECTION,
             r"budget 8000 .* range 20000\.\.900000 .* object_detection model type CLOUD_1",
         ),
+        (settings(budget=5_000), Task.MULTI_LABEL_CLASSIFICATION, r"budget 5000 .* range 8000\.\.800000"),
         (
-            VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD", 5_000),
-            Task.MULTI_LABEL_CLASSIFICATION,
-            r"budget 5000 .* range 8000\.\.800000",
-        ),
-        (
-            VertexSettings("MOBILE_TF_VERSATILE_1", "CLOUD", 200_000),
+            settings(od="MOBILE_TF_VERSATILE_1"),
             Task.OBJECT_DETECTION,
-            r"budget 200000 .* range 1000\.\.100000 .* MOBILE_TF_VERSATILE_1",
+            r"'MOBILE_TF_VERSATILE_1' is not a Vertex AI AutoML model type for object_detection",
         ),
     ],
-    ids=["od-below-cloud-minimum", "classification-below-minimum", "mobile-above-maximum"],
+    ids=["od-below-cloud-minimum", "classification-below-minimum", "edge-model-type"],
 )
-def test_an_out_of_range_budget_is_refused_before_any_request(vertex: VertexSettings, task: Task, message: str) -> None:
+def test_an_out_of_range_budget_or_an_edge_model_type_is_refused_before_any_request(
+    vertex: VertexSettings, task: Task, message: str
+) -> None:
     with (
         mock.patch.object(PipelineServiceClient, "create_training_pipeline") as create,
         pytest.raises(VertexRequestError, match=message),
@@ -357,7 +354,7 @@ def test_a_model_type_of_the_other_task_is_refused_before_any_request() -> None:
         mock.patch.object(PipelineServiceClient, "create_training_pipeline") as create,
         pytest.raises(VertexRequestError, match=r"'CLOUD_HIGH_ACCURACY_1' is not .* single_label"),
     ):
-        backend(VertexSettings("CLOUD_1", "CLOUD_HIGH_ACCURACY_1", 20_000)).start_training(
+        backend(settings("CLOUD_1", "CLOUD_HIGH_ACCURACY_1")).start_training(
             training_request(Task.SINGLE_LABEL_CLASSIFICATION)
         )
     create.assert_not_called()
@@ -479,6 +476,28 @@ def test_cancel_targets_the_stored_pipeline_and_is_a_no_op_once_it_has_ended() -
             backend().cancel_training(PIPELINE)
 
 
+class _Response:
+    def __init__(self, status: str) -> None:
+        self._status = status
+
+    def json(self) -> dict:
+        return {"error": {"code": 400, "status": self._status, "message": "..."}}
+
+
+def test_over_rest_a_400_failed_precondition_on_an_ended_pipeline_is_still_a_no_op() -> None:
+    with (
+        mock.patch.object(PipelineServiceClient, "cancel_training_pipeline") as cancel,
+        mock.patch.object(PipelineServiceClient, "get_training_pipeline") as get,
+    ):
+        # the REST transport raises the class of the HTTP code, BadRequest, not FailedPrecondition
+        cancel.side_effect = exceptions.BadRequest("terminal", response=_Response("FAILED_PRECONDITION"))
+        get.return_value = TrainingPipeline(name=PIPELINE, state=PipelineState.PIPELINE_STATE_FAILED)
+        backend().cancel_training(PIPELINE)
+        cancel.side_effect = exceptions.BadRequest("bad name", response=_Response("INVALID_ARGUMENT"))
+        with pytest.raises(exceptions.BadRequest):
+            backend().cancel_training(PIPELINE)
+
+
 # ---------------------------------------------------------------------------------- batch prediction
 
 MODEL = f"projects/123456/locations/{REGION}/models/77@2"
@@ -495,6 +514,7 @@ def prediction_request() -> PredictionRequest:
         max_predictions=100,
         labels=LABELS,
         display_name="lb-infer-9a0d8b1c",
+        job_key=KEY,
     )
 
 
@@ -518,7 +538,7 @@ def test_batch_prediction_sends_the_automl_image_job_without_machine_resources()
             "gcsDestination": {"outputUriPrefix": "gs://lb-chain-bucket/runs/9a0d8b1c/predictions"},
         },
         "modelParameters": {"confidenceThreshold": 0.3, "maxPredictions": 100.0},
-        "labels": LABELS,
+        "labels": SENT_LABELS,
     }
 
 
@@ -622,3 +642,88 @@ def test_building_the_backend_touches_no_client_and_it_satisfies_the_port() -> N
     built = VertexBackend(project=PROJECT, region=REGION, staging_bucket="gs://b", vertex=DEFAULTS)
     training_backend: port.TrainingBackend = built
     assert training_backend.name == "vertex"
+
+
+# --------------------------------------------------------------------------- a start whose record write was lost
+
+
+def test_each_start_first_lists_by_the_launch_label(nothing_launched_yet: dict[str, mock.MagicMock]) -> None:
+    with mock.patch.object(PipelineServiceClient, "create_training_pipeline") as create:
+        create.return_value = TrainingPipeline(name=PIPELINE, state=PipelineState.PIPELINE_STATE_PENDING)
+        backend().start_training(training_request(Task.OBJECT_DETECTION))
+    nothing_launched_yet["pipelines"].assert_called_once_with(
+        request={"parent": PARENT, "filter": f'labels.lb_job="{KEY}"'}
+    )
+
+
+def test_a_retried_training_start_returns_the_pipeline_the_first_try_made(
+    nothing_launched_yet: dict[str, mock.MagicMock],
+) -> None:
+    nothing_launched_yet["pipelines"].return_value = [TrainingPipeline(name=PIPELINE, labels=SENT_LABELS)]
+    with mock.patch.object(PipelineServiceClient, "create_training_pipeline") as create:
+        ref = backend().start_training(training_request(Task.OBJECT_DETECTION))
+    assert ref == JobRef(ref=PIPELINE, link=PIPELINE_LINK)
+    create.assert_not_called()  # a second pipeline would be billed twice
+
+
+def test_a_retried_batch_prediction_start_returns_the_job_the_first_try_made(
+    nothing_launched_yet: dict[str, mock.MagicMock],
+) -> None:
+    nothing_launched_yet["batch_jobs"].return_value = [BatchPredictionJob(name=BATCH)]
+    with mock.patch.object(JobServiceClient, "create_batch_prediction_job") as create:
+        ref = backend().start_batch_prediction(prediction_request())
+    assert ref == JobRef(ref=BATCH, link=BATCH_LINK)
+    create.assert_not_called()
+
+
+def test_a_retried_import_reuses_the_dataset_and_the_import_it_started(
+    nothing_launched_yet: dict[str, mock.MagicMock],
+) -> None:
+    nothing_launched_yet["datasets"].return_value = [Dataset(name=DATASET, labels=SENT_LABELS)]
+    running = operations_pb2.Operation(name=IMPORT_OP, done=False)
+    running.metadata.Pack(ImportDataOperationMetadata.pb(ImportDataOperationMetadata()))
+    with (
+        mock.patch.object(DatasetServiceClient, "create_dataset") as create,
+        mock.patch.object(DatasetServiceClient, "import_data") as import_data,
+        mock.patch.object(
+            DatasetServiceClient,
+            "list_operations",
+            return_value=operations_pb2.ListOperationsResponse(operations=[running]),
+        ) as listed,
+    ):
+        ref = backend().start_dataset_import(dataset_request())
+    assert ref == JobRef(ref=IMPORT_OP)
+    create.assert_not_called()
+    import_data.assert_not_called()
+    listed.assert_called_once_with(request=operations_pb2.ListOperationsRequest(name=DATASET))
+
+
+def test_a_dataset_made_before_a_crash_but_never_imported_is_imported_not_made_again(
+    nothing_launched_yet: dict[str, mock.MagicMock],
+) -> None:
+    nothing_launched_yet["datasets"].return_value = [Dataset(name=DATASET, labels=SENT_LABELS)]
+    with (
+        mock.patch.object(DatasetServiceClient, "create_dataset") as create,
+        mock.patch.object(DatasetServiceClient, "import_data") as import_data,
+        mock.patch.object(
+            DatasetServiceClient, "list_operations", return_value=operations_pb2.ListOperationsResponse()
+        ),
+    ):
+        import_data.return_value = lro(IMPORT_OP, done=False)
+        ref = backend().start_dataset_import(dataset_request())
+    assert ref == JobRef(ref=IMPORT_OP)
+    create.assert_not_called()
+    assert import_data.call_args.kwargs["name"] == DATASET
+
+
+def test_the_clients_use_the_rest_transport_and_the_configured_endpoint() -> None:
+    built = VertexBackend(
+        project=PROJECT,
+        region=REGION,
+        staging_bucket="gs://b",
+        vertex=VertexSettings("CLOUD_1", "CLOUD", 20_000, 20_000, api_endpoint="http://127.0.0.1:9"),
+        credentials=AnonymousCredentials(),
+    )
+    assert built._pipelines._transport.kind == "rest"
+    assert built._pipelines._transport._host == "http://127.0.0.1:9"
+    assert backend()._jobs._transport._host == f"https://{REGION}-aiplatform.googleapis.com"

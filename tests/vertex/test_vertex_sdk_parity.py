@@ -31,7 +31,7 @@ from google.longrunning import operations_pb2
 from shared.config import VertexSettings
 from shared.model_types import Task
 from shared.training import vertex as vertex_module
-from shared.training.port import PredictionRequest, TrainingRequest
+from shared.training.port import DatasetRequest, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend
 from tests.vertex.offline import offline  # noqa: F401
 
@@ -41,6 +41,9 @@ DATASET = f"projects/{PROJECT}/locations/{REGION}/datasets/111"
 PIPELINE = f"projects/{PROJECT}/locations/{REGION}/trainingPipelines/222"
 MODEL = f"projects/{PROJECT}/locations/{REGION}/models/333"
 LABELS = {"lb_chain": "prod", "lb_model_run": "run-42"}
+JOB_KEY = "training-1-0123456789abcdef"
+# the adapter adds the launch's key as a label (a retried start finds the job by it); the SDK gets it as given
+SENT_LABELS = {**LABELS, "lb_job": JOB_KEY}
 SPLITS = {
     "training_filter_split": "labels.aiplatform.googleapis.com/ml_use=training",
     "validation_filter_split": "labels.aiplatform.googleapis.com/ml_use=validation",
@@ -52,6 +55,21 @@ SDK_SCOPE = {"project": PROJECT, "location": REGION, "credentials": AnonymousCre
 @pytest.fixture(autouse=True)
 def _offline(offline: None) -> Iterator[None]:  # noqa: F811
     yield
+
+
+def settings(od: str = "CLOUD_HIGH_ACCURACY_1", cls: str = "CLOUD", budget: int = 20_000) -> VertexSettings:
+    return VertexSettings(od, cls, od_budget_milli_node_hours=budget, classification_budget_milli_node_hours=budget)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_launched_yet() -> Iterator[None]:
+    """Before creating, the adapter lists by the launch's label; here there is nothing to find."""
+    with (
+        mock.patch.object(DatasetServiceClient, "list_datasets", return_value=[]),
+        mock.patch.object(PipelineServiceClient, "list_training_pipelines", return_value=[]),
+        mock.patch.object(JobServiceClient, "list_batch_prediction_jobs", return_value=[]),
+    ):
+        yield
 
 
 def backend(vertex: VertexSettings) -> VertexBackend:
@@ -90,15 +108,13 @@ def test_dataset_create_and_import_match_image_dataset_create(task: Task) -> Non
     ):
         create.return_value = done(f"{DATASET}/operations/1", dataset)
         import_data.return_value = done(f"{DATASET}/operations/2", ImportDataResponse())
-        backend(VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD", 20_000)).start_dataset_import(
-            "run-42", task, "gs://b/import.jsonl", LABELS
-        )
+        backend(settings()).start_dataset_import(DatasetRequest("run-42", task, "gs://b/import.jsonl", LABELS, JOB_KEY))
         ours_create, ours_import = create.call_args.kwargs, import_data.call_args.kwargs
         aiplatform.ImageDataset.create(
             display_name=f"lb-{task.value}-run-42",
             gcs_source="gs://b/import.jsonl",
             import_schema_uri=vertex_module.IMPORT_SCHEMAS[task],
-            labels=LABELS,
+            labels=SENT_LABELS,
             sync=True,
             **SDK_SCOPE,
         )
@@ -113,36 +129,24 @@ def test_dataset_create_and_import_match_image_dataset_create(task: Task) -> Non
 @pytest.mark.parametrize(
     ("task", "vertex", "prediction_type", "model_type", "budget"),
     [
+        (Task.OBJECT_DETECTION, settings(), "object_detection", "CLOUD_HIGH_ACCURACY_1", 20_000),
         (
             Task.OBJECT_DETECTION,
-            VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD", 20_000),
+            settings(od="CLOUD_LOW_LATENCY_1", budget=24_000),
             "object_detection",
-            "CLOUD_HIGH_ACCURACY_1",
-            20_000,
-        ),
-        (
-            Task.OBJECT_DETECTION,
-            VertexSettings("MOBILE_TF_HIGH_ACCURACY_1", "CLOUD", 24_000),
-            "object_detection",
-            "MOBILE_TF_HIGH_ACCURACY_1",
+            "CLOUD_LOW_LATENCY_1",
             24_000,
         ),
-        (
-            Task.SINGLE_LABEL_CLASSIFICATION,
-            VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD", 8_000),
-            "classification",
-            "CLOUD",
-            8_000,
-        ),
+        (Task.SINGLE_LABEL_CLASSIFICATION, settings(budget=8_000), "classification", "CLOUD", 8_000),
         (
             Task.MULTI_LABEL_CLASSIFICATION,
-            VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD_1", 192_000),
+            settings(cls="CLOUD_1", budget=192_000),
             "classification",
             "CLOUD_1",
             192_000,
         ),
     ],
-    ids=["od", "od-mobile", "single-label", "multi-label"],
+    ids=["od", "od-low-latency", "single-label", "multi-label"],
 )
 def test_training_request_matches_automl_image_training_job_run(
     task: Task, vertex: VertexSettings, prediction_type: str, model_type: str, budget: int
@@ -157,7 +161,9 @@ def test_training_request_matches_automl_image_training_job_run(
         mock.patch.object(DatasetServiceClient, "get_dataset", return_value=dataset),
     ):
         backend(vertex).start_training(
-            TrainingRequest(run_id="run-42", task=task, dataset=DATASET, labels=LABELS, display_name="lb-run-42")
+            TrainingRequest(
+                run_id="run-42", task=task, dataset=DATASET, labels=LABELS, display_name="lb-run-42", job_key=JOB_KEY
+            )
         )
         ours = create.call_args.kwargs
         job = aiplatform.AutoMLImageTrainingJob(
@@ -165,7 +171,7 @@ def test_training_request_matches_automl_image_training_job_run(
             prediction_type=prediction_type,
             multi_label=task is Task.MULTI_LABEL_CLASSIFICATION,
             model_type=model_type,
-            labels=LABELS,
+            labels=SENT_LABELS,
             **SDK_SCOPE,
         )
         job.run(
@@ -186,7 +192,7 @@ def test_batch_prediction_request_matches_batch_prediction_job_submit() -> None:
         name=f"projects/{PROJECT}/locations/{REGION}/batchPredictionJobs/444", state=JobState.JOB_STATE_PENDING
     )
     with mock.patch.object(JobServiceClient, "create_batch_prediction_job", return_value=pending) as create:
-        backend(VertexSettings("CLOUD_HIGH_ACCURACY_1", "CLOUD", 20_000)).start_batch_prediction(
+        backend(settings()).start_batch_prediction(
             PredictionRequest(
                 run_id="run-42",
                 task=Task.OBJECT_DETECTION,
@@ -197,6 +203,7 @@ def test_batch_prediction_request_matches_batch_prediction_job_submit() -> None:
                 max_predictions=100,
                 labels=LABELS,
                 display_name="lb-infer-run-42",
+                job_key=JOB_KEY,
             )
         )
         ours = create.call_args.kwargs
@@ -208,7 +215,7 @@ def test_batch_prediction_request_matches_batch_prediction_job_submit() -> None:
             predictions_format="jsonl",
             gcs_destination_prefix="gs://b/predictions",
             model_parameters={"confidenceThreshold": 0.25, "maxPredictions": 100},
-            labels=LABELS,
+            labels=SENT_LABELS,
             **SDK_SCOPE,
         )
         sdk = create.call_args.kwargs

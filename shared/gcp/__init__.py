@@ -1,0 +1,1 @@
+"""What the Google client adapters share."""
