@@ -3,11 +3,13 @@ with fake `gcloud` and `gsutil` executables first on PATH (see deploy_fake_gclou
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ SCRIPTS = (
     "teardown.sh",
     "scripts/deploy_lib.sh",
     "scripts/stage_function.py",
+    "scripts/lock_functions.py",
     "scripts/vertex_cleanup.py",
 )
 
@@ -72,6 +75,23 @@ class Result:
         return [c for c in self.commands("functions", "deploy") if c[3] == name]
 
 
+@functools.cache
+def _locks() -> dict[str, str]:
+    """The locked closures of the sandbox's requirements, made once with the real lock script."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copy2(REPO / "constraints.txt", root / "constraints.txt")
+        for name, requirements in REQUIREMENTS.items():
+            (root / "functions" / name).mkdir(parents=True)
+            (root / "functions" / name / "requirements.txt").write_text(requirements)
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "lock_functions.py"), "--root", str(root)],
+            check=True,
+            capture_output=True,
+        )
+        return {name: (root / "functions" / name / "requirements.lock").read_text() for name in REQUIREMENTS}
+
+
 class Sandbox:
     def __init__(self, tmp_path: Path) -> None:
         self.base = tmp_path
@@ -92,6 +112,7 @@ class Sandbox:
             folder.mkdir(parents=True)
             (folder / "main.py").write_text(f"def {name}(request):\n    return 'ok'\n")
             (folder / "requirements.txt").write_text(requirements)
+            (folder / "requirements.lock").write_text(_locks()[name])
         shared = self.root / "shared"
         for path, text in {
             "__init__.py": "",

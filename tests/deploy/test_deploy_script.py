@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+
+from shared.image_staging import FORMATS
 
 from .deploy_harness import (
     BUCKET,
@@ -26,7 +29,7 @@ from .deploy_harness import (
 
 CONSTRAINTS = (Path(__file__).resolve().parents[2] / "constraints.txt").read_text()
 PIN = {
-    line.split("==")[0].lower(): line.split("==")[1]
+    re.sub(r"[-_.]+", "-", line.split("==")[0]).lower(): line.split("==")[1]
     for line in CONSTRAINTS.splitlines()
     if "==" in line and not line.startswith("#")
 }
@@ -88,13 +91,17 @@ def test_staged_source_holds_the_function_shared_without_engine_and_pinned_requi
         assert not [f for f in files if f.startswith("shared/engine") or "__pycache__" in f or f.endswith(".pyc")]
         source_names = (sandbox.root / "functions" / entry / "requirements.txt").read_text()
         listed = [line for line in source_names.splitlines() if line and not line.startswith("#")]
-        pinned = function["requirements"].splitlines()
-        assert len(pinned) == len(listed)
-        for name, line in zip(listed, pinned, strict=True):
-            base = name.split("[")[0]
-            assert line == f"{name}=={PIN[base.lower()]}"
-    etl = sandbox.state["functions"][f"{REGION}/lbc-etl"]["requirements"]
-    assert f"labelbox[data]=={PIN['labelbox']}" in etl.splitlines()
+        # Cloud Build installs the function's whole locked closure, every package at the version CI tested
+        shipped = function["requirements"]
+        assert shipped == (sandbox.root / "functions" / entry / "requirements.lock").read_text()
+        pinned = [line for line in shipped.splitlines() if line and not line.startswith("#")]
+        assert len(pinned) > len(listed)
+        for name in listed:
+            base = name.split("[")[0].lower().replace("_", "-")
+            assert f"{base}=={PIN[base]}" in pinned
+        assert all(line.split("==")[1] == PIN[line.split("==")[0]] for line in pinned)
+    etl = sandbox.state["functions"][f"{REGION}/lbc-etl"]["requirements"].splitlines()
+    assert f"labelbox=={PIN['labelbox']}" in etl and f"shapely=={PIN['shapely']}" in etl  # labelbox[data]'s extra
 
 
 def test_every_function_is_configured_with_the_real_stage_urls_and_no_secret(deployed) -> None:
@@ -118,10 +125,24 @@ def test_every_function_is_configured_with_the_real_stage_urls_and_no_secret(dep
             "SERVICE_ACCOUNT_EMAIL": SA_EMAIL,
             "LABELBOX_API_KEY_FILE": "/etc/secrets/labelbox/api_key",
             "WEBHOOK_SECRET_FILE": "/etc/secrets/webhook/secret",
+            "FUNCTION_TIMEOUT_S": spec["timeout"].removesuffix("s"),  # each its own, so a wait stops in time
             **urls,
         }
     # First deploy: the four stage functions are created, then all six deployed with the real URLs.
     assert [len(result.deploys(spec["name"])) for spec in FUNCTIONS.values()] == [1, 1, 2, 2, 2, 2]
+
+
+def test_the_queue_retries_every_hand_off_with_backoff_and_bounded_rates(deployed) -> None:
+    sandbox, _ = deployed
+    (queue,) = sandbox.state["queues"].values()
+    assert {k: v for k, v in queue["flags"].items() if k.startswith("max") or k.endswith("backoff")} == {
+        "max-attempts": "30",
+        "min-backoff": "10s",
+        "max-backoff": "300s",
+        "max-doublings": "5",
+        "max-dispatches-per-second": "20",
+        "max-concurrent-dispatches": "50",
+    }
 
 
 def test_tuning_settings_reach_the_functions_unchanged(sandbox: Sandbox) -> None:
@@ -177,34 +198,14 @@ def test_the_bucket_is_regional_private_and_expires_staged_images(deployed) -> N
     assert bucket["location"] == REGION.upper()
     assert bucket["ubla"] and bucket["public_access_prevention"]
     assert bucket["labels"] == {"lb_chain": PREFIX}
-    delete = [r for r in bucket["lifecycle"]["rule"] if r["action"]["type"] == "Delete"]
-    assert delete == [
-        {
-            "action": {"type": "Delete"},
-            "condition": {
-                "age": 30,
-                "matchesPrefix": ["runs/"],
-                "matchesSuffix": [
-                    ".jpg",
-                    ".jpeg",
-                    ".png",
-                    ".gif",
-                    ".bmp",
-                    ".webp",
-                    ".tif",
-                    ".tiff",
-                    ".JPG",
-                    ".JPEG",
-                    ".PNG",
-                    ".GIF",
-                    ".BMP",
-                    ".WEBP",
-                    ".TIF",
-                    ".TIFF",
-                ],
-            },
-        }
-    ]
+    (delete,) = [r for r in bucket["lifecycle"]["rule"] if r["action"]["type"] == "Delete"]
+    assert delete["condition"]["age"] == 30
+    assert delete["condition"]["matchesPrefix"] == ["runs/"]
+    # every extension ETL stages an image under expires, whatever its case (.ico was once missing)
+    staged = {f".{ext}" for ext, _mime in FORMATS.values()}
+    suffixes = set(delete["condition"]["matchesSuffix"])
+    assert {s.lower() for s in staged} | {s.upper() for s in staged} <= suffixes
+    assert not [s for s in suffixes if not s.startswith(".")]
 
 
 def test_secret_values_reach_secret_manager_on_stdin_and_nowhere_else(deployed) -> None:
