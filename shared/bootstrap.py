@@ -129,7 +129,7 @@ def _local_adapters(settings: Settings) -> dict[str, Factory]:
     def chain(svc: Services) -> Chain:
         from shared.chain.loopback import LoopbackChain
 
-        return LoopbackChain(settings.stage_urls)
+        return LoopbackChain(settings.stage_urls, local.schedule_dir)
 
     return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 

@@ -68,6 +68,7 @@ class LocalSettings:
     bucket_name: str
     model_runs_dir: Path
     engine_dir: Path
+    schedule_dir: Path
     engine_train_seconds: float
     engine_seed: int
     engine_device: str
@@ -326,6 +327,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             bucket_name=r.text("LOCAL_BUCKET_NAME", "local-bucket"),
             model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
             engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
+            schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
             engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
             engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
             engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),

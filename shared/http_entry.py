@@ -16,6 +16,7 @@ from shared.webhook import Rejected, valid_run_id
 
 log = logging.getLogger(__name__)
 MAX_STAGE_BODY = 4096
+STAGE_CALL_KEYS = frozenset({"run_id", "force", "look"})
 
 
 def answer(status: int, body: dict[str, Any]) -> flask.Response:
@@ -44,7 +45,10 @@ def require_method(request: flask.Request, method: str) -> None:
 
 def parse_stage_call(request: flask.Request) -> StageCall:
     """`{"run_id": "...", "force": false}`: the only thing that travels between stages (a scheduled
-    monitor look adds its number, `"look"`, so a stale look can tell it is stale)."""
+    monitor look adds its number, `"look"`, so a stale look can tell it is stale).
+
+    The body is read as JSON whatever its Content-Type (curl's default is form-encoded; Cloud Tasks
+    sends what it was given); keys other than these are refused, since this API is ours."""
     require_method(request, "POST")
     body = read_body(request, MAX_STAGE_BODY)
     try:
@@ -59,6 +63,9 @@ def parse_stage_call(request: flask.Request) -> StageCall:
     look = payload.get("look")
     if look is not None and (isinstance(look, bool) or not isinstance(look, int) or look < 0):
         raise Rejected(400, "look must be a whole number when given")
+    unknown = sorted(set(payload) - STAGE_CALL_KEYS)
+    if unknown:  # our own API: a misspelt flag ("forced") must not be ignored silently
+        raise Rejected(400, f"unknown keys {', '.join(repr(k[:40]) for k in unknown[:5])}; a stage takes run_id, force")
     return StageCall(valid_run_id(payload["run_id"]), force=force, look=look)
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from shared.config import Secret
 from shared.model_types import ModelType
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Matched whole (fullmatch): with re.match, `$` also matches before a final newline ("id\n" passed).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class Rejected(Exception):
@@ -60,12 +61,15 @@ def verify_signature(body: bytes, headers: Mapping[str, str], secret: Secret | N
 
 def valid_run_id(value: object) -> str:
     """Run ids become object names in the bucket: only a safe, bounded alphabet is accepted."""
-    if not isinstance(value, str) or not RUN_ID.match(value):
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
         raise Rejected(400, "run id must be 1-128 letters, digits, '-' or '_' (a Labelbox model run id)")
     return value
 
 
 def parse_training_request(body: bytes, offered: Mapping[str, ModelType]) -> TrainingRequest:
+    """The webhook body, read as JSON whatever its Content-Type (the signature covers the raw bytes and
+    Labelbox does not document the header). Keys other than modelRunId, modelType, modelId and force
+    are ignored: the payload is Labelbox's, and a field it adds must not break training."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep

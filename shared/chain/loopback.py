@@ -1,17 +1,21 @@
-"""The local chain: hand-offs are HTTP POSTs on loopback, later calls are timers that POST the same way."""
+"""The local chain: hand-offs are HTTP POSTs on loopback; later calls are a schedule kept in a folder,
+delivered by whichever function process is alive when they fall due, with the same POST."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from shared.chain.http import HttpHandOff
 from shared.chain.timer import TimerScheduler
 
 
 class LoopbackChain:
-    def __init__(self, stage_urls: Mapping[str, str], *, hand_off: HttpHandOff | None = None) -> None:
+    def __init__(
+        self, stage_urls: Mapping[str, str], schedule_dir: Path, *, hand_off: HttpHandOff | None = None
+    ) -> None:
         self._http = hand_off or HttpHandOff(stage_urls)
-        self.scheduler = TimerScheduler(self._http.post)
+        self.scheduler = TimerScheduler(self._http.post, schedule_dir)
 
     def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
         self._http.hand_off(stage, run_id, key=key)

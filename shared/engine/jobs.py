@@ -42,7 +42,7 @@ CHECKPOINT = "model.pt"
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 UNFINISHED = (QUEUED, RUNNING)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")  # whole: fullmatch
 _SECRET_ENV = re.compile(r"(SECRET|API_KEY|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 
 
@@ -77,7 +77,7 @@ def job_id_for(kind: str, run_id: str, job_key: str) -> str:
 
 
 def job_folder(engine_dir: Path, job_id: str) -> Path:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"invalid job id {job_id!r}")
     return Path(engine_dir) / "jobs" / job_id
 

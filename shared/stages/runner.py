@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from shared import run_record as rr
@@ -24,6 +24,11 @@ from shared.run_repository import RunNotFound
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# What an `on_done` hook answers when the stage succeeded but the job it started has failed since
+# (before `monitor` noticed): the re-run then goes ahead as if forced, and restarts that job.
+REDO = "redo"
 
 
 class StageFailed(Exception):
@@ -150,6 +155,8 @@ def run_stage(
     base = {"run_id": run_id, "stage": stage}
     if outcome is ClaimOutcome.DONE:
         extra = on_done(services, record) if on_done else {}
+        if extra.pop(REDO, False):  # done, but its job failed since: a re-run starts the job anew
+            return run_stage(services, replace(call, force=True), stage, work)
         return StageAnswer(200, {**base, "outcome": "already_done", **extra})
     if outcome is ClaimOutcome.BUSY:
         return StageAnswer(409, {**base, "outcome": "busy", "message": f"{stage} is already running for this run"})

@@ -19,8 +19,8 @@ from shared.bootstrap import Services
 from shared.formats.vertex_import import label_value
 from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
-from shared.run_record import RunRecord
-from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.run_record import RunRecord, RunStatus
+from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, look_is_overdue, schedule_look, watch_job
 from shared.training.port import DatasetRequest, JobState, TrainingRequest
 
@@ -52,10 +52,13 @@ def _start_watch(ctx: StageContext, *, kind: str, ref: str, next_stage: str, don
     schedule_look(ctx.services, ctx.run_id, watch)
 
 
+FAILED_JOB = (JobState.FAILED, JobState.CANCELLED)
+
+
 def _set_aside_if_failed(
     ctx: StageContext, record: RunRecord, kind: str, state: JobState, error: str | None
 ) -> RunRecord:
-    if state in (JobState.FAILED, JobState.CANCELLED):
+    if state in FAILED_JOB:
         record, _ = ctx.update(lambda r: rr.forget_failed_job(r, kind, ctx.now, error))
     return record
 
@@ -138,11 +141,12 @@ def run_train(ctx: StageContext) -> StageAnswer:
 
 
 def train_already_done(services: Services, record: RunRecord) -> dict[str, Any]:
-    """A repeated `train` call: the job exists, so make sure a monitor look is pending, now."""
-    return {
-        "job": record.jobs.get("training"),
-        "monitor_rescheduled": ensure_monitor(services, record, lost_only=False),
-    }
+    """A repeated `train` call on a started training: if that job has failed (say its process was
+    killed) the re-run restarts it; otherwise make sure a monitor look is pending, now."""
+    job = record.jobs.get("training")
+    if job and record.status is RunStatus.RUNNING and services.backend.training_status(job).state in FAILED_JOB:
+        return {REDO: True}
+    return {"job": job, "monitor_rescheduled": ensure_monitor(services, record, lost_only=False)}
 
 
 def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = True) -> bool:

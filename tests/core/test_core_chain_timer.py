@@ -1,10 +1,16 @@
-"""The local "call this stage later": real timer threads, named by (run, stage, attempt)."""
+"""The local "call this stage later": a schedule in a folder that outlives the process that wrote it."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +18,7 @@ from shared.chain.port import HandOffFailed
 from shared.chain.timer import TimerScheduler
 
 WAIT = 10.0  # generous: only bounds a hang, never asserts speed
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Deliveries:
@@ -32,34 +39,30 @@ class Deliveries:
 
 
 @pytest.fixture
-def schedulers() -> Iterator[list[TimerScheduler]]:
+def make(tmp_path: Path) -> Iterator:
     made: list[TimerScheduler] = []
-    yield made
+
+    def build(deliver, **options) -> TimerScheduler:
+        options.setdefault("sweep_s", 0.05)
+        scheduler = TimerScheduler(deliver, tmp_path / "schedule", **options)
+        made.append(scheduler)
+        return scheduler
+
+    yield build
     for scheduler in made:
-        scheduler.cancel_all()
+        scheduler.stop()
 
 
-def make(schedulers: list[TimerScheduler], deliver: Deliveries) -> TimerScheduler:
-    scheduler = TimerScheduler(deliver)
-    schedulers.append(scheduler)
-    return scheduler
-
-
-def join_all(scheduler: TimerScheduler) -> None:
-    for timer in list(scheduler.timers):
-        timer.join(WAIT)
-
-
-def test_timer_delivers_after_the_delay(schedulers: list[TimerScheduler]) -> None:
+def test_a_call_is_delivered_after_its_delay_with_its_look_number(make) -> None:
     deliver = Deliveries()
-    scheduler = make(schedulers, deliver)
+    scheduler = make(deliver)
     assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=1) is True
     assert deliver.done.wait(WAIT)
     assert deliver.calls == [("monitor", "run-1")]
-    assert deliver.bodies == [{"run_id": "run-1", "look": 1}]  # the look carries its number
+    assert deliver.bodies == [{"run_id": "run-1", "look": 1}]
 
 
-def test_scheduling_does_not_block_the_caller(schedulers: list[TimerScheduler]) -> None:
+def test_scheduling_does_not_block_the_caller(make) -> None:
     release = threading.Event()
     delivered = threading.Event()
 
@@ -67,73 +70,58 @@ def test_scheduling_does_not_block_the_caller(schedulers: list[TimerScheduler]) 
         release.wait(WAIT)
         delivered.set()
 
-    scheduler = TimerScheduler(slow)
-    schedulers.append(scheduler)
+    scheduler = make(slow)
     assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
     assert not delivered.is_set()  # schedule() returned while the delivery is still waiting
     release.set()
     assert delivered.wait(WAIT)
 
 
-def test_same_call_scheduled_twice_is_delivered_once(schedulers: list[TimerScheduler]) -> None:
+def test_the_same_call_scheduled_twice_is_delivered_once_even_after_it_fired(make) -> None:
     deliver = Deliveries(count=2)
-    scheduler = make(schedulers, deliver)
+    scheduler = make(deliver)
     assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=3) is True
     assert scheduler.schedule("monitor", "run-1", delay_s=0.0, attempt=3) is False
     assert scheduler.schedule("monitor", "run-2", delay_s=0.05, attempt=3) is True  # another run
-    join_all(scheduler)
-    assert deliver.done.is_set()
-    assert sorted(deliver.calls) == [("monitor", "run-1"), ("monitor", "run-2")]
-    assert scheduler.schedule("monitor", "run-1", delay_s=0.0, attempt=3) is False  # even after it fired
-
-
-def test_next_attempt_is_delivered_again(schedulers: list[TimerScheduler]) -> None:
-    deliver = Deliveries(count=2)
-    scheduler = make(schedulers, deliver)
-    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=1)
-    assert scheduler.schedule("monitor", "run-1", delay_s=0.05, attempt=2)
     assert deliver.done.wait(WAIT)
-    assert deliver.calls == [("monitor", "run-1"), ("monitor", "run-1")]
+    assert sorted(deliver.calls) == [("monitor", "run-1"), ("monitor", "run-2")]
+    assert scheduler.schedule("monitor", "run-1", delay_s=0.0, attempt=3) is False
 
 
-def test_same_attempt_for_another_stage_is_another_call(schedulers: list[TimerScheduler]) -> None:
-    deliver = Deliveries(count=2)
-    scheduler = make(schedulers, deliver)
+def test_another_attempt_or_stage_is_another_call(make) -> None:
+    deliver = Deliveries(count=3)
+    scheduler = make(deliver)
     assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
+    assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=2)
     assert scheduler.schedule("inference", "run-1", delay_s=0, attempt=1)
     assert deliver.done.wait(WAIT)
-    assert sorted(deliver.calls) == [("inference", "run-1"), ("monitor", "run-1")]
+    assert sorted(deliver.calls) == [("inference", "run-1"), ("monitor", "run-1"), ("monitor", "run-1")]
 
 
 def test_a_failed_delivery_is_retried_with_backoff_then_given_up_and_logged_not_raised(
-    schedulers: list[TimerScheduler], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    make, caplog: pytest.LogCaptureFixture
 ) -> None:
     tries: list[str] = []
     gave_up = threading.Event()
-    uncaught: list[BaseException | None] = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
 
     def unreachable(stage: str, body: Mapping[str, object]) -> None:
         tries.append(stage)
         if len(tries) == 3:
             gave_up.set()
-        raise HandOffFailed(
-            f"could not reach {stage} for run {body['run_id']} after 6 attempts (ConnectionError)", stage=stage
-        )
+        raise HandOffFailed(f"could not reach {stage} for run {body['run_id']} (ConnectionError)", stage=stage)
 
-    scheduler = TimerScheduler(unreachable, redeliveries=2, redelivery_delay_s=0.01)
-    schedulers.append(scheduler)
+    scheduler = make(unreachable, redeliveries=2, redelivery_delay_s=0.01)
     with caplog.at_level(logging.WARNING, logger="shared.chain.timer"):
         assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
         assert gave_up.wait(WAIT)
-        join_all(scheduler)
-    assert uncaught == []
+        scheduler.stop()
     assert tries == ["monitor"] * 3  # the first delivery and two redeliveries
     assert "delivering again" in caplog.text
     assert "failed for good after 2 redeliveries: could not reach monitor for run run-1" in caplog.text
+    assert scheduler.pending() == []
 
 
-def test_a_redelivery_that_succeeds_stops_retrying(schedulers: list[TimerScheduler]) -> None:
+def test_a_redelivery_that_succeeds_stops_retrying(make) -> None:
     calls: list[str] = []
     delivered = threading.Event()
 
@@ -143,18 +131,66 @@ def test_a_redelivery_that_succeeds_stops_retrying(schedulers: list[TimerSchedul
             raise HandOffFailed("monitor answered HTTP 500", stage=stage)
         delivered.set()
 
-    scheduler = TimerScheduler(flaky, redeliveries=5, redelivery_delay_s=0.01)
-    schedulers.append(scheduler)
+    scheduler = make(flaky, redeliveries=5, redelivery_delay_s=0.01)
     scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
     assert delivered.wait(WAIT)
-    join_all(scheduler)
+    scheduler.stop()
     assert calls == ["monitor", "monitor"]
 
 
-def test_cancel_all_stops_pending_calls(schedulers: list[TimerScheduler]) -> None:
+def test_a_call_outlives_the_scheduler_that_made_it_and_another_one_delivers_it(make) -> None:
+    first = Deliveries()
+    gone = make(first)
+    gone.schedule("monitor", "run-1", delay_s=0.3, attempt=7)
+    gone.stop()  # its process is gone before the call falls due
+    assert first.calls == [] and len(gone.pending()) == 1
+    second = Deliveries()
+    make(second)  # the function restarted, or any other function process
+    assert second.done.wait(WAIT)
+    assert second.bodies == [{"run_id": "run-1", "look": 7}]
+
+
+def test_a_call_scheduled_by_a_killed_process_is_delivered_by_a_living_one(make, tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from shared.chain.timer import TimerScheduler; "
+        "s = TimerScheduler(lambda stage, body: time.sleep(60), sys.argv[1]); "
+        "s.schedule('monitor', 'run-k', delay_s=1.0, attempt=2); print('scheduled', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "schedule")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == b"scheduled"
+    os.killpg(child.pid, signal.SIGKILL)  # dies with the look only in its folder
+    child.wait()
     deliver = Deliveries()
-    scheduler = make(schedulers, deliver)
-    scheduler.schedule("monitor", "run-1", delay_s=WAIT * 6, attempt=1)
-    scheduler.cancel_all()
-    join_all(scheduler)
-    assert deliver.calls == []
+    make(deliver)
+    assert deliver.done.wait(WAIT)
+    assert deliver.calls == [("monitor", "run-k")]
+
+
+def test_a_call_claimed_by_a_process_that_died_before_delivering_it_is_taken_back(make, tmp_path: Path) -> None:
+    folder = tmp_path / "schedule"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    entry = {"stage": "monitor", "body": {"run_id": "run-c", "look": 4}, "due_at": 0.0, "failures": 0}
+    (folder / f"abc-monitor-4.{pid}.claimed").write_text(json.dumps(entry))
+    deliver = Deliveries()
+    make(deliver)
+    assert deliver.done.wait(WAIT)
+    assert deliver.calls == [("monitor", "run-c")]
+
+
+def test_two_processes_sharing_the_folder_deliver_each_call_once(make) -> None:
+    deliver = Deliveries(count=20)
+    schedulers = [make(deliver) for _ in range(3)]
+    for attempt in range(20):
+        schedulers[attempt % 3].schedule("monitor", "run-1", delay_s=0.05, attempt=attempt)
+    assert deliver.done.wait(WAIT)
+    for scheduler in schedulers:
+        scheduler.stop()
+    assert sorted(int(b["look"]) for b in deliver.bodies) == list(range(20))  # each once, none twice

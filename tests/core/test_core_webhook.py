@@ -159,7 +159,9 @@ def test_malformed_bodies_get_400_with_a_clear_message(body: bytes, message: str
     assert refused(body).message == message
 
 
-@pytest.mark.parametrize("run_id", ["../x", "a/b", "", "-leading-dash", "x" * 129, 12, None, "a b", "ä"])
+@pytest.mark.parametrize(
+    "run_id", ["../x", "a/b", "", "-leading-dash", "x" * 129, 12, None, "a b", "ä", "run-1\n", "run-1\r\n", "\nrun"]
+)
 def test_unsafe_run_ids_are_refused(run_id: object) -> None:
     error = refused(json.dumps({"modelRunId": run_id, "modelType": "local_detector"}).encode())
     assert "run id must be 1-128 letters, digits, '-' or '_'" in error.message

@@ -158,8 +158,10 @@ def test_a_lost_monitor_look_is_rescheduled_by_a_repeated_train_call(world) -> N
     assert again.body["monitor_rescheduled"] is True
     assert chain.schedules[-1] == ("monitor", run_id, 2)
     assert backend.calls.count("start_training datasets/1") == 1
+    polls = backend.calls.count("training_status pipelines/42")
     stale = _monitor(services, run_id, look=1)  # the lost look turns up after all
-    assert stale.body["outcome"] == "stale_look" and backend.calls.count("training_status pipelines/42") == 0
+    assert stale.body["outcome"] == "stale_look"
+    assert backend.calls.count("training_status pipelines/42") == polls  # it did not even look at the job
     current = _monitor(services, run_id, look=2)
     assert current.body["outcome"] == "waiting" and chain.schedules[-1] == ("monitor", run_id, 3)
 
@@ -294,3 +296,18 @@ def test_monitor_never_cancels_a_training_within_its_budget(world) -> None:
     services.runs.update(run_id, lambda r: setattr(r.watch, "since", r.watch.since - 30 * 86_400))
     over = _monitor(services, run_id)
     assert over.body["outcome"] == "failed" and "training budget plus MONITOR_TRAINING_MARGIN_S" in over.body["error"]
+
+
+def test_a_plain_re_run_of_train_whose_job_died_before_monitor_noticed_restarts_it(world) -> None:
+    services, backend, chain, run_id = world
+    _train(services, run_id)  # train succeeded: the job runs, monitor will look later
+    backend.training_state = JobState.FAILED  # the engine process was killed
+    rerun = _train(services, run_id)  # no force: the answer is not "already_done"
+    assert rerun.status == 202 and rerun.body["outcome"] == "training_started"
+    assert rerun.body["job"] == "pipelines/43"
+    record = services.runs.get(run_id)
+    assert record.watch is not None and record.watch.ref == "pipelines/43"
+    assert [j["ref"] for j in record.failed_jobs] == ["pipelines/42"]
+    backend.training_state = JobState.SUCCEEDED
+    assert _monitor(services, run_id, look=record.watch.look).body["outcome"] == "handed_off"
+    assert chain.handoffs == [("inference", run_id)]
