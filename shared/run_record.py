@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -303,6 +304,21 @@ def forget_failed_job(record: RunRecord, kind: str, now: float, error: str | Non
     if ref is not None:
         record.failed_jobs.append({"kind": kind, "ref": ref, "error": error, "at": iso(now)})
         record.log(now, JOB_STAGE.get(kind, kind), "job_replaced", kind=kind, ref=ref)
+
+
+def stalled_stage(
+    record: RunRecord, now: float, *, lease_s: float, owner_alive: Callable[[str | None], bool | None]
+) -> str | None:
+    """A stage the record says is running but whose owner is gone (dead process, or silent past its
+    lease): nothing is working on it, so it must be handed to a new invocation."""
+    for name in CHAIN_STAGES:
+        s = record.stages.get(name)
+        if s is None or s.state is not StageState.RUNNING:
+            continue
+        silent = s.heartbeat_at is None or now - s.heartbeat_at > lease_s
+        if owner_alive(s.owner) is False or silent:
+            return name
+    return None
 
 
 def failed_stage(record: RunRecord) -> str | None:

@@ -6,7 +6,8 @@ conditional create makes exactly one delivery the run's creator, and only the cr
 
 "Train model" clicked again on a run that exists (Labelbox sends no `force`):
 - FAILED: the run resumes from the stage that failed, keeping everything done before it;
-- RUNNING: nothing starts; the answer says which stage is working;
+- RUNNING: nothing starts, unless nothing is working on it: a stage whose invocation died is handed
+  to a new one (which takes it over), and a lost monitor look is scheduled again;
 - COMPLETE: nothing starts; the answer says how to train again (a new model run, or `"force": true`).
 `"force": true` restarts a finished run from the beginning.
 """
@@ -19,6 +20,7 @@ from shared.chain.port import HandOffFailed
 from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
 from shared.run_record import RunRecord, RunStatus
 from shared.stages.runner import StageAnswer, fail
+from shared.stages.watch import ensure_monitor
 from shared.webhook import TrainingRequest
 
 FIRST_STAGE = "etl"
@@ -69,6 +71,14 @@ def _again(services: Services, request: TrainingRequest, existing: RunRecord) ->
     now = services.clock()
     summary = {**_summary(existing, services), "duplicate": True}
     if existing.status is RunStatus.RUNNING:
+        stalled = rr.stalled_stage(
+            existing, now, lease_s=services.settings.stage_lease_seconds, owner_alive=services.owner_alive
+        )
+        if stalled:  # the stage's invocation died: the click hands it to a new one, which takes it over
+            key = f"{stalled}:nudge:{existing.restarts}:{len(existing.events)}"
+            return _hand_off(services, existing, stalled, key=key, resumed=True)
+        if ensure_monitor(services, existing):  # the scheduled look was lost: look now
+            return StageAnswer(200, {**summary, "message": "run in progress; its lost monitor look was rescheduled"})
         working = [name for name, s in existing.stages.items() if s.state.value == "running"]
         waiting = f"; waiting on {existing.watch.kind.replace('_', ' ')}" if existing.watch else ""
         note = f"run already in progress ({', '.join(working) or 'between stages'}{waiting}); nothing started"

@@ -21,7 +21,7 @@ from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
 from shared.run_record import RunRecord, RunStatus
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
-from shared.stages.watch import backoff_delay, look_is_overdue, schedule_look, watch_job
+from shared.stages.watch import backoff_delay, ensure_monitor, schedule_look, watch_job
 from shared.training.port import DatasetRequest, JobState, TrainingRequest
 
 CHAIN_LABEL = "lb_chain"
@@ -147,24 +147,3 @@ def train_already_done(services: Services, record: RunRecord) -> dict[str, Any]:
     if job and record.status is RunStatus.RUNNING and services.backend.training_status(job).state in FAILED_JOB:
         return {REDO: True}
     return {"job": job, "monitor_rescheduled": ensure_monitor(services, record, lost_only=False)}
-
-
-def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = True) -> bool:
-    """Schedules a monitor look now when the run waits on a job; True if it scheduled one.
-
-    With `lost_only`, only when the scheduled look is long overdue (it was lost); otherwise at once: a
-    re-run means someone wants the job looked at, and the look that was scheduled (if it still comes)
-    finds itself stale and does nothing, so looks never fork."""
-    watch = record.watch
-    if watch is None or (lost_only and not look_is_overdue(services, watch)):
-        return False
-    now = services.clock()
-
-    def advance(r: RunRecord) -> rr.Watch | None:
-        if r.watch is None or r.watch.look != watch.look:
-            return None  # somebody else moved it on
-        r.log(now, "monitor", "rescheduled", reason="a re-run asked for a look", look=r.looks + 1)
-        return rr.next_look(r, now, 0.0)
-
-    _record, advanced = services.runs.update(record.run_id, advance)
-    return bool(advanced) and schedule_look(services, record.run_id, advanced)

@@ -38,3 +38,24 @@ def look_is_overdue(services: Services, watch: Watch) -> bool:
         return True
     grace = 2 * services.settings.monitor_max_delay_s + 60
     return services.clock() > watch.next_look_at + grace
+
+
+def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = True) -> bool:
+    """Schedules a monitor look now when the run waits on a job; True if it scheduled one.
+
+    With `lost_only`, only when the scheduled look is long overdue (it was lost); otherwise at once: a
+    re-run means someone wants the job looked at, and the look that was scheduled (if it still comes)
+    finds itself stale and does nothing, so looks never fork."""
+    watch = record.watch
+    if watch is None or (lost_only and not look_is_overdue(services, watch)):
+        return False
+    now = services.clock()
+
+    def advance(r: RunRecord) -> rr.Watch | None:
+        if r.watch is None or r.watch.look != watch.look:
+            return None  # somebody else moved it on
+        r.log(now, "monitor", "rescheduled", reason="a re-run asked for a look", look=r.looks + 1)
+        return rr.next_look(r, now, 0.0)
+
+    _record, advanced = services.runs.update(record.run_id, advance)
+    return bool(advanced) and schedule_look(services, record.run_id, advanced)
