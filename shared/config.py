@@ -133,6 +133,7 @@ class Settings:
     etl_max_image_pixels: int
     etl_chunk_rows: int
     etl_export_wait_s: float
+    etl_rare_labels: str  # "drop": labels under Vertex's minimum images leave the training set; "fail"
     predict_confidence_threshold: float
     predict_max_predictions: int
     predict_on_training: bool
@@ -367,6 +368,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         etl_max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
         etl_chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
         etl_export_wait_s=r.number("ETL_EXPORT_WAIT_S", 30.0, low=0, high=3_600),
+        etl_rare_labels=r.choice("ETL_RARE_LABELS", "drop", ("drop", "fail")),
         predict_confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
         predict_max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
         predict_on_training=r.flag("PREDICT_ON_TRAINING", False),

@@ -13,8 +13,8 @@ class Split(StrEnum):
     UNASSIGNED = "unassigned"
 
     @classmethod
-    def parse(cls, value: object) -> Split:
-        """Lenient: Labelbox has spelt splits in upper and lower case; unknown is UNASSIGNED."""
+    def known(cls, value: object) -> Split | None:
+        """The split a value names, in any case and under Labelbox's short spellings; None if it names none."""
         if isinstance(value, str):
             text = value.strip().lower()
             aliases = {"train": "training", "valid": "validation", "val": "validation"}
@@ -22,7 +22,12 @@ class Split(StrEnum):
             for member in cls:
                 if member.value == text:
                     return member
-        return cls.UNASSIGNED
+        return None
+
+    @classmethod
+    def parse(cls, value: object) -> Split:
+        """Lenient: unknown is UNASSIGNED. ETL uses `known` instead, to tell the user about a typo."""
+        return cls.known(value) or cls.UNASSIGNED
 
 
 @dataclass(frozen=True)

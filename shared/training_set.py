@@ -2,7 +2,8 @@
 
 The manifest line (pixel boxes in the original image, split, size, staged URI) is what `inference` joins
 predictions and ground truth through; the import line is what Vertex trains on. Unassigned rows get a
-manifest line only: they never train.
+manifest line only: they never train. `manifest_without` and `import_line_without` take labels out of
+written lines again, for the labels ETL drops once it knows they have too few images.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from shared.data_quality import DataQuality
 from shared.examples import Example, Split
+from shared.formats.labelbox_export import no_usable_boxes_reason
 from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes
 from shared.model_types import Task
 
@@ -35,18 +37,22 @@ def training_row(
     quality: DataQuality,
     dropped: Counter[str] | None = None,
 ) -> TrainingRow | None:
-    """The row's lines, counted in `quality`; None when Vertex's limits leave nothing to train on."""
-    quality.drop_boxes(dropped or Counter())
+    """The row's lines, counted in `quality`; None when Vertex's limits leave nothing to train on.
+
+    `width` and `height` are the image's real (decoded) size: boxes are clipped and dropped against it."""
+    row_id = example.data_row_id
+    dropped = dropped or Counter()
+    quality.drop_boxes(dropped, row_id)
     boxes = None
     if task is Task.OBJECT_DETECTION:
         try:
             boxes, vertex_dropped = normalize_boxes(example.boxes, width, height)
         except TooManyBoxes:
-            quality.skip("image with more than 500 boxes")
+            quality.skip("image with more than 500 boxes", row_id, f"{len(example.boxes)} boxes")
             return None
-        quality.drop_boxes(vertex_dropped)
+        quality.drop_boxes(vertex_dropped, row_id)
         if not boxes:
-            quality.skip("no box left after Vertex's size limits")
+            quality.skip(no_usable_boxes_reason(dropped + vertex_dropped), row_id)
             return None
     quality.keep(example.split, [b.label for b in boxes] if boxes is not None else example.labels)
     manifest = {
@@ -67,3 +73,29 @@ def training_row(
     if example.split is not Split.UNASSIGNED:
         line = import_line(example, image_uri=image_uri, task=task, names=names, boxes=boxes)
     return TrainingRow(manifest, line)
+
+
+def manifest_without(line: dict[str, Any], labels: set[str]) -> tuple[dict[str, Any] | None, int]:
+    """A manifest line without `labels` (feature names), and how many boxes that took away.
+
+    None when nothing is left: a detection row whose boxes were all of those labels, a classification
+    row whose answers all were. Inference reads its ground truth here, so a class the model never
+    learned is neither predicted nor scored.
+    """
+    boxes = [b for b in line.get("boxes", []) if b[0] not in labels]
+    answers = [a for a in line.get("labels", []) if a not in labels]
+    removed = len(line.get("boxes", [])) - len(boxes)
+    if (line.get("boxes") and not boxes) or (line.get("labels") and not answers):
+        return None, removed
+    return {**line, "boxes": boxes, "labels": answers}, removed
+
+
+def import_line_without(line: dict[str, Any], display_names: set[str]) -> dict[str, Any] | None:
+    """A Vertex import line without the annotations of `display_names`; None when none is left."""
+    if "boundingBoxAnnotations" in line:
+        kept = [a for a in line["boundingBoxAnnotations"] if a["displayName"] not in display_names]
+        return {**line, "boundingBoxAnnotations": kept} if kept else None
+    if "classificationAnnotation" in line:
+        return None if line["classificationAnnotation"]["displayName"] in display_names else line
+    kept = [a for a in line.get("classificationAnnotations", []) if a["displayName"] not in display_names]
+    return {**line, "classificationAnnotations": kept} if kept else None

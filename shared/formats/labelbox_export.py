@@ -3,7 +3,9 @@
 Export rows nest a data row's labels under `experiments[<model id>].runs[<model run id>]`. Rows are
 parsed defensively: where the split lives is not documented (see the README), box numbers can be
 missing or malformed, and one bad row must never stop an export of a million. A row that cannot be
-used becomes a `Skipped` with a short reason that is counted and reported.
+used becomes a `Skipped` with a short reason that is counted and reported. Reasons name a kind of
+problem, never a file or an id (so a thousand missing files make one count, not a thousand); what
+tells one row from another goes into `detail`, which the counts keep a few examples of.
 """
 
 from __future__ import annotations
@@ -18,18 +20,47 @@ from shared.examples import Example, PixelBox, Split
 from shared.model_types import Task
 
 SPLIT_KEYS = ("split", "data_split", "dataSplit", "Data Split")
+# Labelbox data row ids are 25-character cuids. 1024 characters is GCS's limit on a whole object name:
+# anything longer is no id (and a manifest or run record holding it would grow for nothing).
+MAX_DATA_ROW_ID_CHARS = 1024
+UNKNOWN_SPLIT = "unknown split value"
+NO_BOXES = "row without bounding boxes"
 
 
 @dataclass(frozen=True)
 class Skipped:
-    data_row_id: str | None
+    data_row_id: str | None  # None when the row has no usable id
     reason: str
+    detail: str | None = None  # what tells this row's problem from another's of the same kind
+    dropped_boxes: Counter[str] = field(default_factory=Counter)  # a row skipped for its boxes: why each went
 
 
 @dataclass(frozen=True)
 class Converted:
     example: Example
     dropped_boxes: Counter[str] = field(default_factory=Counter)
+    # (reason, detail) of what is odd about a row that is still kept, e.g. an unknown split value
+    warnings: tuple[tuple[str, str], ...] = ()
+
+
+def no_usable_boxes_reason(dropped: Counter[str]) -> str:
+    """Why a row with boxes kept none: the box problem by name when every box had the same one."""
+    if not dropped:
+        return NO_BOXES
+    if len(dropped) == 1:
+        return f"row without usable bounding boxes ({next(iter(dropped))})"
+    return "row without usable bounding boxes (several box problems)"
+
+
+def data_row_id_problem(data_row_id: str) -> str | None:
+    """Why an id cannot name a data row's files and lines, or None. Printable (in Python's sense) means
+    no control, format, lone surrogate or separator character other than the space: an id holding one
+    (a NUL, a newline) comes from a broken export, not from Labelbox."""
+    if len(data_row_id) > MAX_DATA_ROW_ID_CHARS:
+        return f"data row id longer than {MAX_DATA_ROW_ID_CHARS} characters"
+    if not data_row_id.isprintable():
+        return "data row id is not printable"
+    return None
 
 
 def _run_of(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | None:
@@ -43,15 +74,21 @@ def _run_of(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | No
     return None
 
 
-def split_of(run: Mapping[str, Any]) -> Split | None:
-    """The split recorded on the run object, under any of the keys Labelbox has used; None if absent."""
+def split_text(run: Mapping[str, Any]) -> str | None:
+    """The split as written on the run object, under any of the keys Labelbox has used; None if absent."""
     for key in SPLIT_KEYS:
         value = run.get(key)
         if isinstance(value, Mapping):  # {"name": "training"} or {"value": ...}
             value = value.get("name") or value.get("value")
         if isinstance(value, str) and value.strip():
-            return Split.parse(value)
+            return value
     return None
+
+
+def split_of(run: Mapping[str, Any]) -> Split | None:
+    """The split recorded on the run object (an unknown value is UNASSIGNED); None if absent."""
+    text = split_text(run)
+    return None if text is None else Split.parse(text)
 
 
 def _positive_int(value: Any) -> int | None:
@@ -118,9 +155,14 @@ def example_from_row(
     data_row_id = data_row.get("id") if isinstance(data_row, Mapping) else None
     if not isinstance(data_row_id, str) or not data_row_id:
         return Skipped(None, "row without a data row id")
+    id_problem = data_row_id_problem(data_row_id)
+    if id_problem:
+        return Skipped(None, id_problem, detail=data_row_id[:80])
     row_data = data_row.get("row_data")
     if not isinstance(row_data, str) or not row_data:
         return Skipped(data_row_id, "row without an image URL")
+    if not row_data.isprintable():  # a NUL or a newline: no file or URL is named so
+        return Skipped(data_row_id, "image URL is not printable", detail=row_data[:80])
     run = _run_of(row, model_run_id)
     if run is None:
         return Skipped(data_row_id, "row not in this model run")
@@ -131,9 +173,7 @@ def example_from_row(
     if not isinstance(annotations, Mapping):
         return Skipped(data_row_id, "label without annotations")
 
-    split = split_of(run)
-    if split is None:
-        split = (split_fallback or {}).get(data_row_id, Split.UNASSIGNED)
+    split, warnings = _split(run, data_row_id, split_fallback)
 
     media = row.get("media_attributes") if isinstance(row.get("media_attributes"), Mapping) else {}
     mime = media.get("mime_type") or media.get("mimeType")
@@ -154,7 +194,7 @@ def example_from_row(
             else:
                 boxes.append(box)
         if not boxes:
-            return Skipped(data_row_id, "row without usable bounding boxes")
+            return Skipped(data_row_id, no_usable_boxes_reason(dropped), dropped_boxes=dropped)
     else:
         _question, labels_out = _answers(annotations.get("classifications"), task, question)
         if not labels_out:
@@ -172,7 +212,26 @@ def example_from_row(
         labels=tuple(labels_out),
         global_key=global_key if isinstance(global_key, str) else None,
     )
-    return Converted(example, dropped)
+    return Converted(example, dropped, warnings)
+
+
+def _split(
+    run: Mapping[str, Any], data_row_id: str, fallback: Mapping[str, Split] | None
+) -> tuple[Split, tuple[tuple[str, str], ...]]:
+    """The row's split, and a warning when the run object names a split that does not exist.
+
+    A row with an unknown split value ("VALIDATON") is kept, as UNASSIGNED (or with the platform's own
+    split for the row, when it has one), and warned about: the user learns of the typo from the counts,
+    and the row stays in the manifest. Skipping it would lose the row from the run altogether, which is
+    worse than not training on it.
+    """
+    text = split_text(run)
+    if text is None:
+        return (fallback or {}).get(data_row_id, Split.UNASSIGNED), ()
+    split = Split.known(text)
+    if split is not None:
+        return split, ()
+    return (fallback or {}).get(data_row_id, Split.UNASSIGNED), ((UNKNOWN_SPLIT, repr(text.strip()[:40])),)
 
 
 def classification_question(row: Mapping[str, Any], *, model_run_id: str, task: Task) -> str | None:

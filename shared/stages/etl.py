@@ -10,6 +10,13 @@ Rows are streamed from the export and handled in blocks of `etl_chunk_rows`: eac
 staged concurrently, and its import lines and manifest lines are written as one chunk file each, so
 memory stays flat however many rows the run holds. The manifest (one line per kept row, including the
 unassigned rows that do not train) is what `inference` joins predictions and ground truth through.
+
+Bad rows are counted by kind, with a few examples each (`DataQuality`). Two things need the whole
+export: a data row id seen twice (the first row is kept; the ids seen are held in a set, about 100
+bytes a row: 100 MB for a million rows), and labels with too few images for Vertex, known only once
+every row is counted. With ETL_RARE_LABELS=drop (the default) those labels are taken out in a second
+pass over the chunk files, one chunk at a time, and the kept rows counted again; with `fail`, or when
+dropping leaves nothing Vertex can train on, the stage fails and says why.
 """
 
 from __future__ import annotations
@@ -17,27 +24,29 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
 from shared import run_record as rr
-from shared.data_quality import DataQuality
+from shared.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.examples import Split
 from shared.formats.labelbox_export import Converted, classification_question, example_from_row
 from shared.formats.vertex_import import LabelNames
-from shared.image_staging import ImageStager, NotStaged
+from shared.image_staging import ImageStager, NotStaged, StagedImage
 from shared.model_types import Task
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
-from shared.training_set import training_row
+from shared.training_set import import_line_without, manifest_without, training_row
 
 IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
 MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
 EXPORT_ERROR_REASON = "row Labelbox could not export"
+DUPLICATE_ID = "duplicate data row id"
+SIZE_DIFFERS = "declared size differs from the image"
 
 
 def etl_prefix(run_id: str) -> str:
@@ -127,6 +136,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     chunk = 0
     status_set = False
     copies: Counter[str] = Counter()
+    seen_ids: set[str] = set()  # the first row of an id wins; about 100 bytes a row (see the module doc)
 
     with ImageStager(
         store,
@@ -150,16 +160,23 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                 result = example_from_row(
                     row, model_run_id=record.model_run_id, task=task, split_fallback=splits, question=question
                 )
+                row_id = result.example.data_row_id if isinstance(result, Converted) else result.data_row_id
+                if row_id is not None:
+                    if row_id in seen_ids:
+                        quality.skip(DUPLICATE_ID, row_id)
+                        continue
+                    seen_ids.add(row_id)
                 if isinstance(result, Converted):
                     converted.append(result)
                 else:
-                    quality.skip(result.reason)
+                    quality.skip(result.reason, result.data_row_id, result.detail)
+                    quality.drop_boxes(result.dropped_boxes, result.data_row_id)
             import_lines: list[dict[str, Any]] = []
             manifest_lines: list[dict[str, Any]] = []
             for item, staged in zip(converted, stager.stage_many([c.example for c in converted]), strict=True):
                 example = item.example
                 if isinstance(staged, NotStaged):
-                    quality.skip(staged.reason)
+                    quality.skip(staged.reason, example.data_row_id, staged.detail)
                     continue
                 copies["images_copied" if staged.copied else "images_already_staged"] += 1
                 prepared = training_row(
@@ -174,6 +191,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     dropped=item.dropped_boxes,
                 )
                 if prepared is not None:
+                    _warn(quality, item, staged)
                     manifest_lines.append(prepared.manifest)
                     if prepared.import_line is not None:
                         import_lines.append(prepared.import_line)
@@ -189,6 +207,18 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     _remove_stale_chunks(store, prefix, chunk)
     if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
         quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
+    rare = quality.rare_labels() if settings.etl_rare_labels == "drop" else {}
+    if rare:
+        _drop_labels(
+            store,
+            prefix,
+            chunk,
+            rare,
+            task=task,
+            names=names,
+            quality=quality,
+            progress=lambda n: ctx.heartbeat(dropping_rare_labels=f"{n}/{chunk} chunks"),
+        )
     report = {**quality.to_dict(), **copies}
     if export.row_error_samples:
         report["export_error_samples"] = list(export.row_error_samples)
@@ -198,7 +228,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         "images": store.uri(f"runs/{record.run_id}/images/"),
         "etl_chunks": str(chunk),
     }
-    label_map = names.to_feature() if names.to_vertex else {}
+    label_map = {vertex: feature for vertex, feature in names.to_feature().items() if feature not in rare}
 
     def record_results(r: rr.RunRecord) -> None:
         r.data_quality = report
@@ -210,17 +240,92 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     ctx.update(record_results)
     if not status_set:
         raise StageFailed("the model run's export is empty: add labeled data rows to the model run")
+    run_record = services.runs.uri(record.run_id)
     problems = quality.vertex_problems()
-    if problems:
-        raise StageFailed("training data not usable: " + " | ".join(problems))
+    if problems:  # the counts reach the model run before the failure does: they say what to fix
+        services.platform.update_status(
+            record.model_run_id,
+            ModelRunStatus.PREPARING_DATA,
+            metadata={**quality.summary(run_record), "run_record": run_record},
+        )
+        raise StageFailed(_not_usable(problems, rare))
 
     services.platform.update_status(
         record.model_run_id,
         ModelRunStatus.PREPARING_DATA,
-        metadata={**quality.summary(), "import_jsonl": artifacts["import_jsonl"]},
+        metadata={**quality.summary(run_record), "import_jsonl": artifacts["import_jsonl"], "run_record": run_record},
     )
     ctx.succeed("train", rows_kept=quality.rows_kept)
     return StageAnswer(200, {"run_id": record.run_id, "stage": "etl", "outcome": "succeeded", "data_quality": report})
+
+
+def _warn(quality: DataQuality, item: Converted, staged: StagedImage) -> None:
+    """Counts what is odd about a row that is kept all the same."""
+    row_id = item.example.data_row_id
+    for reason, detail in item.warnings:
+        quality.warn(reason, row_id, detail)
+    if staged.declared_size:
+        (w, h), real = staged.declared_size, (staged.width, staged.height)
+        quality.warn(SIZE_DIFFERS, row_id, f"declared {w}x{h}, image {real[0]}x{real[1]}")
+
+
+def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:
+    text = " | ".join(problems)
+    if not dropped:
+        return "training data not usable: " + text
+    listed = ", ".join(f"{label} ({n})" for label, n in sorted(dropped.items())[:5])
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    cause = f"after dropping labels with under {MIN_IMAGES_PER_LABEL} images ({listed}{more})"
+    return f"training data not usable {cause}: {text}"
+
+
+def _read_jsonl(store: Any, key: str) -> Iterator[dict[str, Any]]:
+    with store.open_read(key) as stream:
+        for line in stream:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _drop_labels(
+    store: Any,
+    prefix: str,
+    chunks: int,
+    labels: Mapping[str, int],
+    *,
+    task: Task,
+    names: LabelNames,
+    quality: DataQuality,
+    progress: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Takes `labels` out of every written chunk, one chunk at a time, and counts the kept rows again.
+
+    A detection image whose only boxes were of these labels leaves the training set, and so does a
+    single-label row answering one of them; a multi-label row only loses that answer. The manifest is
+    rewritten alike, so inference neither predicts nor scores a class the model never learned.
+    """
+    features = set(labels)
+    display = {names.to_vertex[f] for f in features if f in names.to_vertex}
+    quality.labels_dropped = dict(labels)
+    quality.clear_kept()
+    for index in range(chunks):
+        manifest_key = prefix + MANIFEST_CHUNK.format(index)
+        kept: list[dict[str, Any]] = []
+        for line in _read_jsonl(store, manifest_key):
+            new, boxes_removed = manifest_without(line, features)
+            if boxes_removed:
+                quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), line["data_row_id"])
+            if new is None:
+                quality.skip(ROW_OF_DROPPED_LABELS, line["data_row_id"])
+                continue
+            quality.keep(
+                Split(new["split"]), [b[0] for b in new["boxes"]] if task is Task.OBJECT_DETECTION else new["labels"]
+            )
+            kept.append(new)
+        store.write(manifest_key, _jsonl(kept), content_type="application/jsonl")
+        import_key = prefix + IMPORT_CHUNK.format(index)
+        lines = [out for line in _read_jsonl(store, import_key) if (out := import_line_without(line, display))]
+        store.write(import_key, _jsonl(lines), content_type="application/jsonl")
+        progress(index + 1)
 
 
 def _remove_stale_chunks(store: Any, prefix: str, chunks: int) -> None:
@@ -240,7 +345,4 @@ def read_manifest(store: Any, run_id: str) -> Iterator[dict[str, Any]]:
     """Streams the manifest lines ETL wrote for a run, chunk by chunk."""
     prefix = etl_prefix(run_id) + MANIFEST_CHUNK.split("{")[0]
     for key in store.list(prefix):
-        with store.open_read(key) as stream:
-            for line in stream:
-                if line.strip():
-                    yield json.loads(line)
+        yield from _read_jsonl(store, key)

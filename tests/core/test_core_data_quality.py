@@ -45,7 +45,7 @@ def test_labels_under_ten_images_are_listed_with_their_counts() -> None:
     problems = quality.vertex_problems()
     assert problems == [
         "Vertex needs at least 10 images per label; too few for: yak (1), zebra (3). "
-        "Label more rows or remove these classes from the ontology"
+        "Label more rows, remove these classes from the ontology, or set ETL_RARE_LABELS=drop"
     ]
 
 
@@ -89,9 +89,12 @@ def test_counts_and_to_dict() -> None:
         "rows_skipped": {"row without a label": 2, "not a readable image": 1},
         "boxes_kept": 4,
         "boxes_dropped": {"box under 8 px": 3, "box outside the image": 1},
+        "warnings": {},
+        "labels_dropped": {},
         "images_per_split": {"training": 1, "validation": 1},
         "per_class_per_split": {"cat": {"training": 1}, "dog": {"training": 1, "validation": 1}},
         "boxes_per_class": {"cat": 2, "dog": 2},
+        "examples": {},
     }
     assert list(quality.to_dict()["rows_skipped"]) == ["row without a label", "not a readable image"]
 
@@ -118,8 +121,8 @@ def test_summary_is_short_strings_for_the_model_run_status() -> None:
         "rows_kept": "3",
         "rows_skipped": "21",
         "splits": "test 1, training 2",
-        "skip_reasons": "a: 6; b: 5; c: 4; d: 3; e: 2",
-        "boxes_dropped": "box under 8 px: 2",
+        **{f"skipped: {reason}": str(n) for reason, n in (("a", 6), ("b", 5), ("c", 4), ("d", 3), ("e", 2), ("f", 1))},
+        "boxes dropped: box under 8 px": "2",
     }
     assert all(isinstance(v, str) for v in summary.values())
 

@@ -226,7 +226,7 @@ def _without(row: dict[str, Any], *path: str) -> dict[str, Any]:
             "row without a label",
             "cdatarow000000000000000001",
         ),
-        (make_row(objects=[]), "row without usable bounding boxes", "cdatarow000000000000000001"),
+        (make_row(objects=[]), "row without bounding boxes", "cdatarow000000000000000001"),
     ],
 )
 def test_unusable_rows_are_skipped_with_a_reason(row: Any, reason: str, data_row_id: str | None) -> None:
@@ -247,7 +247,7 @@ def test_malformed_line_from_the_local_platform_is_reported_as_invalid_json(demo
 
 def test_row_whose_boxes_are_all_malformed_is_skipped() -> None:
     row = make_row(objects=[box("cat", 1, 1, 0, 10), box("cat", 1, 1, math.nan, 10)])
-    assert skipped(row).reason == "row without usable bounding boxes"
+    assert skipped(row).reason == "row without usable bounding boxes (several box problems)"
 
 
 @pytest.mark.parametrize("task", [Task.SINGLE_LABEL_CLASSIFICATION, Task.MULTI_LABEL_CLASSIFICATION])
@@ -305,7 +305,7 @@ def test_polygons_masks_and_points_are_ignored_not_counted() -> None:
 
 def test_row_with_only_polygons_has_no_usable_boxes() -> None:
     objects = [{"name": "cat", "annotation_kind": "ImagePolygon", "polygon": [{"x": 1, "y": 2}]}]
-    assert skipped(make_row(objects=objects)).reason == "row without usable bounding boxes"
+    assert skipped(make_row(objects=objects)).reason == "row without bounding boxes"
 
 
 @pytest.mark.parametrize(
