@@ -1,99 +1,26 @@
-"""The one place where configuration picks the adapters (cloud or local) for every port.
+"""The composition root: the one place where configuration picks the adapters (cloud or local).
 
 Adapters are imported here lazily, so a cloud function never imports torch and the local mode never
-needs the Google client libraries to be configured.
+needs the Google client libraries to be configured. Stages never import this module: they receive a
+`Services` (shared/services.py) whose factories are made here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from shared.chain.port import Chain
 from shared.config import Settings, load_settings
+from shared.invocation import process_owner_alive
 from shared.platform.port import LabelingPlatform
 from shared.run_repository import RunRepository
+from shared.services import Factory, Services
 from shared.store.port import ObjectStore
 from shared.training.port import TrainingBackend
-
-_HOST = socket.gethostname()
-
-
-class Services:
-    """The adapters for every port, each built on first use: a function imports only what it touches
-    (the `models` function never loads the Vertex SDK; no cloud function ever loads torch)."""
-
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time, **overrides: object) -> None:
-        self.settings = settings
-        self.clock = clock
-        self._secrets = [s.reveal() for s in settings.secrets if s.reveal()]
-        self._build = _local_adapters(settings) if settings.mode == "local" else _cloud_adapters(settings)
-        self._overrides = overrides
-        self._lock = threading.RLock()  # a factory may ask for another adapter
-        self._built: dict[str, object] = {}
-
-    def _get(self, name: str) -> Any:
-        if name in self._overrides:
-            return self._overrides[name]
-        with self._lock:
-            if name not in self._built:
-                self._built[name] = self._build[name](self)
-            return self._built[name]
-
-    @property
-    def store(self) -> ObjectStore:
-        return self._get("store")
-
-    @property
-    def runs(self) -> RunRepository:
-        return self._get("runs")
-
-    @property
-    def platform(self) -> LabelingPlatform:
-        return self._get("platform")
-
-    @property
-    def backend(self) -> TrainingBackend:
-        return self._get("backend")
-
-    @property
-    def chain(self) -> Chain:
-        return self._get("chain")
-
-    def scrub(self, text: str) -> str:
-        """Removes every secret value from a text that may reach a user, a log or the run record."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def new_owner(self) -> str:
-        """Names one invocation of a stage: host, process and thread, so a dead owner can be recognised."""
-        return f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{time.monotonic_ns()}"
-
-    def owner_alive(self, owner: str | None) -> bool | None:
-        """Whether an owner's process still runs, when that can be known (same host); None otherwise."""
-        if not owner or self.settings.mode != "local":
-            return None
-        host, _, rest = owner.partition(":")
-        if host != _HOST:
-            return None
-        import psutil  # local mode only (dev dependency); a zombie counts as dead
-
-        try:
-            process = psutil.Process(int(rest.split(":", 1)[0]))
-            return process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-        except (psutil.AccessDenied, ValueError):
-            return None
-
-
-Factory = Callable[[Services], Any]
 
 
 def _runs(svc: Services) -> RunRepository:
@@ -179,8 +106,13 @@ def _cloud_adapters(settings: Settings) -> dict[str, Factory]:
     return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 
 
-def build_services(settings: Settings, **overrides: object) -> Services:
-    return Services(settings, **overrides)
+def build_services(settings: Settings, *, clock: Callable[[], float] = time.time, **overrides: object) -> Services:
+    """The services for `settings`: the local or the cloud adapters (`overrides` replace some, in tests)."""
+    if settings.mode == "local":
+        return Services(
+            settings, _local_adapters(settings), clock=clock, owner_alive=process_owner_alive, overrides=overrides
+        )
+    return Services(settings, _cloud_adapters(settings), clock=clock, overrides=overrides)
 
 
 # The ports each function's stage touches. A function builds them when it starts, so one deployed

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared import run_record as rr
-from shared.bootstrap import Services
 from shared.evaluation import Evaluated, HeldOutRow, chunk_by_rows, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 from shared.metrics.classification import evaluate_classification
@@ -24,6 +23,7 @@ from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
 from shared.report import ReportData, ReportSample, render_report
 from shared.run_record import RunRecord, StageState
+from shared.services import Services
 from shared.stages.etl import read_manifest
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.train import resource_labels

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from shared import run_record as rr
-from shared.bootstrap import Services
 from shared.chain.port import HandOffFailed
 from shared.platform.port import ModelRunStatus, cut_message
 from shared.run_record import ClaimOutcome, LostOwnership, RunRecord
 from shared.run_repository import RunNotFound
+from shared.services import Services
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,8 +8,8 @@ by task name, locally the timer), and the attempt only advances through a condit
 from __future__ import annotations
 
 from shared import run_record as rr
-from shared.bootstrap import Services
 from shared.run_record import RunRecord, Watch
+from shared.services import Services
 
 
 def backoff_delay(services: Services, attempt: int) -> float:

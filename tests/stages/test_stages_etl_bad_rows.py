@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from shared import run_record as rr
-from shared.bootstrap import Services
+from shared.bootstrap import build_services
 from shared.config import load_settings
 from shared.demo import create_demo_model_run
 from shared.platform.local_model_run import LocalModelRuns
+from shared.services import Services
 from shared.stages.etl import run_etl
 from shared.stages.runner import StageAnswer, StageCall, run_stage
 from shared.store.local_folder import LocalFolderStore
@@ -77,7 +78,7 @@ class World:
                 **env,
             }
         )
-        services = Services(
+        services = build_services(
             settings,
             store=LocalFolderStore(self.tmp / "bucket"),
             platform=LocalModelRuns(self.root),

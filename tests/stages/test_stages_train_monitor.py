@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from shared import run_record as rr
-from shared.bootstrap import Services
+from shared.bootstrap import build_services
 from shared.config import load_settings
 from shared.platform.local_model_run import LocalModelRuns
+from shared.services import Services
 from shared.stages.monitor import run_monitor
 from shared.stages.runner import StageCall, run_stage
 from shared.stages.train import run_train, train_already_done
@@ -100,7 +101,7 @@ def world(tmp_path: Path, demo: DemoRun) -> tuple[Services, ScriptedBackend, Rec
         }
     )
     backend, chain = ScriptedBackend(), RecordingChain()
-    services = Services(
+    services = build_services(
         settings,
         store=LocalFolderStore(tmp_path / "bucket"),
         platform=LocalModelRuns(demo.root),
