@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from shared.data_quality import URL, without_query
 from shared.examples import Example
 from shared.platform.port import LabelingPlatform, PlatformError
+from shared.run_paths import RunPaths
 from shared.store.port import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class ImageStager:
         return list(self._pool.map(self.stage, examples))
 
     def key_for(self, example: Example, ext: str) -> str:
-        return f"runs/{self.run_id}/images/{object_stem(example.data_row_id)}.{ext}"
+        return RunPaths(self.run_id).image(object_stem(example.data_row_id), ext)
 
     def _guess_ext(self, example: Example) -> str:
         if example.mime_type in _EXT_BY_MIME:

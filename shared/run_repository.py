@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from shared.config import Secret
+from shared.run_paths import RunPaths
 from shared.run_record import RunRecord
 from shared.store.port import NO_OBJECT, NotFound, ObjectStore, PreconditionFailed
 
@@ -30,7 +31,7 @@ class RunNotFound(KeyError):
 
 
 def record_key(run_id: str) -> str:
-    return f"runs/{run_id}/run.json"
+    return RunPaths(run_id).record
 
 
 class RunRepository:

@@ -36,26 +36,16 @@ from shared.formats.vertex_import import LabelNames
 from shared.image_staging import ImageStager, NotStaged, StagedImage
 from shared.model_types import Task
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
+from shared.run_paths import RunPaths
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training_set import import_line_without, manifest_without, training_row
 
-IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
-MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
 EXPORT_ERROR_REASON = "row Labelbox could not export"
 DUPLICATE_ID = "duplicate data row id"
 SIZE_DIFFERS = "declared size differs from the image"
-
-
-def etl_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/etl/"
-
-
-def import_uri_pattern(store_uri: str) -> str:
-    """Vertex accepts wildcards in import URIs; the local engine expands the same pattern."""
-    return store_uri + IMPORT_CHUNK.split("{")[0] + "*.jsonl"
 
 
 def _blocks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -128,7 +118,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     record = ctx.record()
     task = Task(record.task)
     store = services.store
-    prefix = etl_prefix(record.run_id)
+    paths = RunPaths(record.run_id)
     quality = DataQuality(task)
     names = LabelNames()
     question: str | None = None
@@ -195,23 +185,23 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     manifest_lines.append(prepared.manifest)
                     if prepared.import_line is not None:
                         import_lines.append(prepared.import_line)
-            store.write(prefix + IMPORT_CHUNK.format(chunk), _jsonl(import_lines), content_type="application/jsonl")
+            store.write(paths.import_chunk(chunk), _jsonl(import_lines), content_type="application/jsonl")
             store.write(
-                prefix + MANIFEST_CHUNK.format(chunk),
+                paths.manifest_chunk(chunk),
                 _jsonl(manifest_lines),
                 content_type="application/jsonl",
             )
             chunk += 1
             ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
 
-    _remove_stale_chunks(store, prefix, chunk)
+    _remove_stale_chunks(store, paths, chunk)
     if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
         quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
     rare = quality.rare_labels() if settings.etl_rare_labels == "drop" else {}
     if rare:
         _drop_labels(
             store,
-            prefix,
+            paths,
             chunk,
             rare,
             task=task,
@@ -223,9 +213,9 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     if export.row_error_samples:
         report["export_error_samples"] = list(export.row_error_samples)
     artifacts = {
-        "import_jsonl": import_uri_pattern(store.uri(prefix)),
-        "manifest": store.uri(prefix) + MANIFEST_CHUNK.split("{")[0] + "*.jsonl",
-        "images": store.uri(f"runs/{record.run_id}/images/"),
+        "import_jsonl": store.uri(paths.import_pattern),  # Vertex accepts wildcards; so does the engine
+        "manifest": store.uri(paths.manifest_pattern),
+        "images": store.uri(paths.images),
         "etl_chunks": str(chunk),
     }
     label_map = {vertex: feature for vertex, feature in names.to_feature().items() if feature not in rare}
@@ -288,7 +278,7 @@ def _read_jsonl(store: Any, key: str) -> Iterator[dict[str, Any]]:
 
 def _drop_labels(
     store: Any,
-    prefix: str,
+    paths: RunPaths,
     chunks: int,
     labels: Mapping[str, int],
     *,
@@ -308,7 +298,7 @@ def _drop_labels(
     quality.labels_dropped = dict(labels)
     quality.clear_kept()
     for index in range(chunks):
-        manifest_key = prefix + MANIFEST_CHUNK.format(index)
+        manifest_key = paths.manifest_chunk(index)
         kept: list[dict[str, Any]] = []
         for line in _read_jsonl(store, manifest_key):
             new, boxes_removed = manifest_without(line, features)
@@ -322,17 +312,16 @@ def _drop_labels(
             )
             kept.append(new)
         store.write(manifest_key, _jsonl(kept), content_type="application/jsonl")
-        import_key = prefix + IMPORT_CHUNK.format(index)
+        import_key = paths.import_chunk(index)
         lines = [out for line in _read_jsonl(store, import_key) if (out := import_line_without(line, display))]
         store.write(import_key, _jsonl(lines), content_type="application/jsonl")
         progress(index + 1)
 
 
-def _remove_stale_chunks(store: Any, prefix: str, chunks: int) -> None:
+def _remove_stale_chunks(store: Any, paths: RunPaths, chunks: int) -> None:
     """A re-run over fewer rows must not leave chunks of the previous run behind."""
-    for template in (IMPORT_CHUNK, MANIFEST_CHUNK):
-        stem = template.split("{")[0]
-        for key in list(store.list(prefix + stem)):
+    for chunk_prefix in (paths.import_chunks, paths.manifest_chunks):
+        for key in list(store.list(chunk_prefix)):
             try:
                 index = int(key.rsplit("-", 1)[1].split(".")[0])
             except (IndexError, ValueError):
@@ -343,6 +332,5 @@ def _remove_stale_chunks(store: Any, prefix: str, chunks: int) -> None:
 
 def read_manifest(store: Any, run_id: str) -> Iterator[dict[str, Any]]:
     """Streams the manifest lines ETL wrote for a run, chunk by chunk."""
-    prefix = etl_prefix(run_id) + MANIFEST_CHUNK.split("{")[0]
-    for key in store.list(prefix):
+    for key in store.list(RunPaths(run_id).manifest_chunks):
         yield from _read_jsonl(store, key)

@@ -22,6 +22,7 @@ from shared.metrics.detection_map import evaluate_detections
 from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
 from shared.report import ReportData, ReportSample, render_report
+from shared.run_paths import RunPaths
 from shared.run_record import RunRecord, StageState
 from shared.services import Services
 from shared.stages.etl import read_manifest
@@ -65,7 +66,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
         if status.state in (JobState.FAILED, JobState.CANCELLED):
             record, _ = ctx.update(lambda r: rr.forget_failed_job(r, "batch_prediction", ctx.now, status.error))
     if "batch_prediction" not in record.jobs:
-        key = f"runs/{ctx.run_id}/inference/instances.jsonl"
+        key = RunPaths(ctx.run_id).instances
         count = 0
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as tmp:
             for row in held_out_rows(services, ctx.run_id):
@@ -83,7 +84,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 task=Task(record.task),
                 model=record.jobs["model"],
                 instances_uri=services.store.uri(key),
-                output_uri_prefix=services.store.uri(f"runs/{ctx.run_id}/inference/output"),
+                output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
                 confidence_threshold=min(SCAN_CONFIDENCE, settings.predict_confidence_threshold),
                 max_predictions=settings.predict_max_predictions,
                 labels=resource_labels(services, record),
@@ -166,7 +167,7 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
     metrics["by_split"] = _by_split(record, evaluated, rows, settings.predict_confidence_threshold)
     uploads = _upload(ctx, record, evaluated)
 
-    report_key = f"runs/{ctx.run_id}/report.html"
+    report_key = RunPaths(ctx.run_id).report
     services.store.write(
         report_key,
         render_report(_report_data(services, record, metrics, evaluated, list(rows.values()))).encode(),

@@ -26,6 +26,7 @@ from shared.engine import jobs
 from shared.engine.job import BATCH_PREDICTION, TRAINING
 from shared.engine.vertex_io import output_directory_name
 from shared.model_types import Task
+from shared.run_paths import RunPaths
 from shared.store.port import ObjectStore
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
@@ -114,7 +115,7 @@ class LocalEngineBackend:
         keys = [k for k in self.store.list(head) if k.endswith(tail) and "/" not in k[len(head) :]]
         if not keys:
             raise ValueError(f"no import file matches {import_uri}")
-        dataset_key = f"runs/{run_id}/local_dataset/import.jsonl"
+        dataset_key = RunPaths(run_id).local_dataset
         with tempfile.NamedTemporaryFile("w+b", suffix=".jsonl") as out:
             for key in keys:
                 with self.store.open_read(key) as chunk:
