@@ -17,6 +17,7 @@ from shared.chain.port import Chain
 from shared.config import Settings, load_settings
 from shared.invocation import process_owner_alive
 from shared.platform.port import LabelingPlatform
+from shared.run_record import Stage
 from shared.run_repository import RunRepository
 from shared.services import Factory, Services
 from shared.store.port import ObjectStore
@@ -119,11 +120,11 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.time
 # without a package its stage needs fails to boot (and says which import), not at a run's first call.
 FUNCTION_PORTS: dict[str, tuple[str, ...]] = {
     "models": (),
-    "model_run": ("store", "runs", "platform", "chain"),
-    "etl": ("store", "runs", "platform", "chain"),
-    "train": ("store", "runs", "platform", "backend", "chain"),
-    "monitor": ("store", "runs", "platform", "backend", "chain"),
-    "inference": ("store", "runs", "platform", "backend", "chain"),
+    Stage.MODEL_RUN: ("store", "runs", "platform", "chain"),
+    Stage.ETL: ("store", "runs", "platform", "chain"),
+    Stage.TRAIN: ("store", "runs", "platform", "backend", "chain"),
+    Stage.MONITOR: ("store", "runs", "platform", "backend", "chain"),
+    Stage.INFERENCE: ("store", "runs", "platform", "backend", "chain"),
 }
 
 _services: Services | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.model_types import Backend, ModelType, Task, offered
+from shared.run_record import CHAIN_STAGES
 
 
 class ConfigError(ValueError):
@@ -43,7 +44,6 @@ class Secret:
         return hash(("Secret", len(self._value)))
 
 
-STAGES = ("model_run", "etl", "train", "monitor", "inference")
 # The AutoML image model types whose models Vertex AI can batch-predict. Edge types (MOBILE_TF_*) train,
 # but "You cannot use an Edge model in Vertex AI to serve predictions"
 # (https://cloud.google.com/vertex-ai/docs/export/export-edge-model): the chain could never finish.
@@ -315,7 +315,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     webhook_secret = r.secret("WEBHOOK_SECRET", required=not allow_unsigned)
 
     stage_urls = {}
-    for stage in ("etl", "train", "monitor", "inference"):
+    for stage in CHAIN_STAGES:
         stage_urls[stage] = r.text(f"{stage.upper()}_URL", required=True)
 
     vertex = _vertex_settings(r)

@@ -16,7 +16,33 @@ from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
-CHAIN_STAGES = ("etl", "train", "monitor", "inference")
+
+
+class Stage(StrEnum):
+    """The functions of the chain, in order: the webhook's, then the four a run goes through."""
+
+    MODEL_RUN = "model_run"
+    ETL = "etl"
+    TRAIN = "train"
+    MONITOR = "monitor"
+    INFERENCE = "inference"
+
+
+CHAIN_STAGES = (Stage.ETL, Stage.TRAIN, Stage.MONITOR, Stage.INFERENCE)
+
+
+class JobKind(StrEnum):
+    """The long jobs a run waits on; `monitor` watches each, and each is started by one stage."""
+
+    EXPORT = "export"
+    DATASET_IMPORT = "dataset_import"
+    TRAINING = "training"
+    BATCH_PREDICTION = "batch_prediction"
+
+    @property
+    def started_by(self) -> Stage:
+        """The stage a failure of this job fails, so that re-running it starts the job anew."""
+        return JOB_STAGE[self]
 
 
 class StageState(StrEnum):
@@ -64,7 +90,7 @@ class StageRecord:
 class Watch:
     """A long job that `monitor` polls: what it is, its resource name, and where to go when it ends."""
 
-    kind: str  # "export" | "dataset_import" | "training" | "batch_prediction"
+    kind: JobKind
     ref: str
     next_stage: str
     since: float
@@ -76,7 +102,12 @@ class Watch:
 
 # Which stage starts each kind of long job. A job that fails is that stage's failure, so "re-run the
 # failed stage" (by curl, or by clicking "Train model" again) starts the job anew.
-JOB_STAGE = {"export": "etl", "dataset_import": "train", "training": "train", "batch_prediction": "inference"}
+JOB_STAGE = {
+    JobKind.EXPORT: Stage.ETL,
+    JobKind.DATASET_IMPORT: Stage.TRAIN,
+    JobKind.TRAINING: Stage.TRAIN,
+    JobKind.BATCH_PREDICTION: Stage.INFERENCE,
+}
 
 
 @dataclass
@@ -124,7 +155,7 @@ class RunRecord:
             **{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "status"},
             status=RunStatus(data["status"]),
             stages=stages,
-            watch=Watch(**watch) if watch else None,
+            watch=Watch(**{**watch, "kind": JobKind(watch["kind"])}) if watch else None,
         )
 
     def stage(self, name: str) -> StageRecord:
@@ -158,7 +189,7 @@ def new_run(
         created_at=iso(now),
         stages={name: StageRecord() for name in CHAIN_STAGES},
     )
-    record.log(now, "model_run", "created", model_type=model_type, backend=backend)
+    record.log(now, Stage.MODEL_RUN, "created", model_type=model_type, backend=backend)
     return record
 
 
@@ -174,7 +205,7 @@ def restart(record: RunRecord, now: float) -> None:
     record.uploads = {}
     record.metrics = {}
     record.stages = {name: StageRecord() for name in CHAIN_STAGES}
-    record.log(now, "model_run", "restarted", restarts=record.restarts)
+    record.log(now, Stage.MODEL_RUN, "restarted", restarts=record.restarts)
 
 
 def claim(
@@ -340,7 +371,7 @@ def next_look(record: RunRecord, now: float, delay_s: float) -> Watch:
 
 def complete_run(record: RunRecord, now: float) -> None:
     record.status = RunStatus.COMPLETE
-    record.log(now, "inference", "run_complete")
+    record.log(now, Stage.INFERENCE, "run_complete")
 
 
 def mark_handoff(record: RunRecord, key: str, now: float) -> bool:

@@ -37,6 +37,7 @@ from shared.image_staging import ImageStager, NotStaged, StagedImage
 from shared.model_types import Task
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.run_paths import RunPaths
+from shared.run_record import JobKind, Stage
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training_set import import_line_without, manifest_without, training_row
@@ -98,14 +99,20 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
 
         def hand_to_monitor(r: rr.RunRecord) -> rr.Watch:
             watch = watch_job(
-                r, kind="export", ref=task_id, next_stage="etl", now=ctx.now, delay_s=delay, started_by="etl"
+                r,
+                kind=JobKind.EXPORT,
+                ref=task_id,
+                next_stage=Stage.ETL,
+                now=ctx.now,
+                delay_s=delay,
+                started_by=Stage.ETL,
             )
-            rr.release(r, "etl", ctx.owner, ctx.now, waiting_for="export")
+            rr.release(r, Stage.ETL, ctx.owner, ctx.now, waiting_for=JobKind.EXPORT)
             return watch
 
         _record, watch = ctx.update(hand_to_monitor)
         schedule_look(services, ctx.run_id, watch)
-        return StageAnswer(202, {"run_id": ctx.run_id, "stage": "etl", "outcome": "waiting", "for": "export"})
+        return StageAnswer(202, {"run_id": ctx.run_id, "stage": Stage.ETL, "outcome": "waiting", "for": JobKind.EXPORT})
     return task_id, status
 
 
@@ -245,8 +252,10 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         ModelRunStatus.PREPARING_DATA,
         metadata={**quality.summary(run_record), "import_jsonl": artifacts["import_jsonl"], "run_record": run_record},
     )
-    ctx.succeed("train", rows_kept=quality.rows_kept)
-    return StageAnswer(200, {"run_id": record.run_id, "stage": "etl", "outcome": "succeeded", "data_quality": report})
+    ctx.succeed(Stage.TRAIN, rows_kept=quality.rows_kept)
+    return StageAnswer(
+        200, {"run_id": record.run_id, "stage": Stage.ETL, "outcome": "succeeded", "data_quality": report}
+    )
 
 
 def _warn(quality: DataQuality, item: Converted, staged: StagedImage) -> None:

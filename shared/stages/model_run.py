@@ -17,13 +17,13 @@ from __future__ import annotations
 from shared import run_record as rr
 from shared.chain.port import HandOffFailed
 from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
-from shared.run_record import RunRecord, RunStatus
+from shared.run_record import RunRecord, RunStatus, Stage
 from shared.services import Services
 from shared.stages.runner import StageAnswer, fail
 from shared.stages.watch import ensure_monitor
 from shared.webhook import TrainingRequest
 
-FIRST_STAGE = "etl"
+FIRST_STAGE = Stage.ETL
 
 
 def _summary(record: RunRecord, services: Services) -> dict[str, object]:
@@ -111,7 +111,7 @@ def _again(services: Services, request: TrainingRequest, existing: RunRecord) ->
         stage = rr.failed_stage(r) or FIRST_STAGE
         r.resumes += 1
         r.status, r.error = RunStatus.RUNNING, None
-        r.log(now, "model_run", "run_resumed", from_stage=stage, resumes=r.resumes)
+        r.log(now, Stage.MODEL_RUN, "run_resumed", from_stage=stage, resumes=r.resumes)
         return stage
 
     record, stage = services.runs.update(existing.run_id, resume)

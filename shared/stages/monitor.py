@@ -15,31 +15,32 @@ from typing import Any
 from shared import run_record as rr
 from shared.model_types import Task
 from shared.platform.port import ExportState
-from shared.run_record import RunRecord, Watch
+from shared.run_record import JobKind, RunRecord, Stage, Watch
 from shared.stages.runner import JobFailed, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look
 from shared.training.port import JobState, JobStatus
 
+# Where a finished job's result goes in the run record.
 RESULT_FIELD = {
-    "export": ("artifacts", "export_ready"),
-    "dataset_import": ("jobs", "dataset"),
-    "training": ("jobs", "model"),
-    "batch_prediction": ("artifacts", "prediction_output"),
+    JobKind.EXPORT: ("artifacts", "export_ready"),
+    JobKind.DATASET_IMPORT: ("jobs", "dataset"),
+    JobKind.TRAINING: ("jobs", "model"),
+    JobKind.BATCH_PREDICTION: ("artifacts", "prediction_output"),
 }
 _EXPORT_STATES = {ExportState.RUNNING: JobState.RUNNING, ExportState.COMPLETE: JobState.SUCCEEDED}
 
 
-def _status(ctx: StageContext, kind: str, ref: str) -> JobStatus:
+def _status(ctx: StageContext, kind: JobKind, ref: str) -> JobStatus:
     backend = ctx.services.backend
-    if kind == "export":
+    if kind is JobKind.EXPORT:
         export = ctx.services.platform.export_status(ref)
         state = _EXPORT_STATES.get(export.state, JobState.FAILED)
         return JobStatus(state, error=export.error, result=ref if state is JobState.SUCCEEDED else None)
-    if kind == "dataset_import":
+    if kind is JobKind.DATASET_IMPORT:
         return backend.dataset_status(ref)
-    if kind == "training":
+    if kind is JobKind.TRAINING:
         return backend.training_status(ref)
-    if kind == "batch_prediction":
+    if kind is JobKind.BATCH_PREDICTION:
         return backend.batch_prediction_status(ref)
     raise StageFailed(f"the run record watches an unknown kind of job {kind!r}")
 
@@ -51,7 +52,7 @@ def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[floa
     MONITOR_MAX_WAIT_S is: cancelling a training that is still within its budget bills the user for
     nothing."""
     settings = ctx.services.settings
-    if watch.kind == "training":
+    if watch.kind is JobKind.TRAINING:
         deadline = ctx.services.backend.training_deadline_s(Task(record.task))
         if deadline is not None:
             return deadline + settings.monitor_training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
@@ -61,13 +62,13 @@ def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[floa
 def run_monitor(ctx: StageContext) -> StageAnswer:
     services = ctx.services
     record = ctx.record()
-    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": "monitor"}
+    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": Stage.MONITOR}
     watch = record.watch
     if watch is None:
-        ctx.update(lambda r: rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for="nothing"))
+        ctx.update(lambda r: rr.release(r, Stage.MONITOR, ctx.owner, ctx.now, waiting_for="nothing"))
         return StageAnswer(200, {**base, "outcome": "nothing_to_watch"})
     if ctx.look is not None and ctx.look != watch.look:
-        ctx.update(lambda r: rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for=f"look {watch.look}"))
+        ctx.update(lambda r: rr.release(r, Stage.MONITOR, ctx.owner, ctx.now, waiting_for=f"look {watch.look}"))
         return StageAnswer(200, {**base, "outcome": "stale_look", "look": ctx.look, "current_look": watch.look})
 
     status = _status(ctx, watch.kind, watch.ref)
@@ -78,7 +79,7 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
         waited = ctx.now - watch.since
         limit, setting = max_wait_s(ctx, record, watch)
         if waited > limit:
-            if watch.kind == "training":
+            if watch.kind is JobKind.TRAINING:
                 services.backend.cancel_training(watch.ref)
             raise JobFailed(
                 f"{what} still {status.state.value} after {waited / 3600:.1f} h, longer than {setting} "
@@ -91,8 +92,8 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
             assert r.watch is not None
             r.watch.attempt += 1
             rr.next_look(r, ctx.now, delay)
-            r.stage("monitor").progress = {"job": watch.kind, "state": status.state.value, **progress}
-            rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for=f"{watch.kind} {status.state.value}")
+            r.stage(Stage.MONITOR).progress = {"job": watch.kind, "state": status.state.value, **progress}
+            rr.release(r, Stage.MONITOR, ctx.owner, ctx.now, waiting_for=f"{watch.kind} {status.state.value}")
             return r.watch
 
         _record, updated = ctx.update(next_look)
@@ -104,7 +105,7 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
     if status.state is not JobState.SUCCEEDED:
         raise JobFailed(
             f"{what} {status.state.value}: {status.error or 'the backend gave no reason'}; "
-            f"re-run {watch.started_by or rr.JOB_STAGE.get(watch.kind, 'the stage')} (or click Train model) "
+            f"re-run {watch.started_by or watch.kind.started_by} (or click Train model) "
             "to start it again",
             link=status.link,
         )
@@ -114,11 +115,11 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
 
     def finished(r: RunRecord) -> bool:
         getattr(r, section)[key] = status.result or ""
-        if watch.kind == "training":
+        if watch.kind is JobKind.TRAINING:
             r.metrics["training"] = progress
         r.watch = None
-        r.stage("monitor").progress = {"job": watch.kind, "state": status.state.value, **progress}
-        rr.release(r, "monitor", ctx.owner, ctx.now, waiting_for="nothing")
+        r.stage(Stage.MONITOR).progress = {"job": watch.kind, "state": status.state.value, **progress}
+        rr.release(r, Stage.MONITOR, ctx.owner, ctx.now, waiting_for="nothing")
         return rr.mark_handoff(r, handoff_key, ctx.now)
 
     _record, first = ctx.update(finished)

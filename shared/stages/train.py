@@ -18,7 +18,7 @@ from shared import run_record as rr
 from shared.formats.vertex_import import label_value
 from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
-from shared.run_record import RunRecord, RunStatus
+from shared.run_record import JobKind, RunRecord, RunStatus, Stage
 from shared.services import Services
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, ensure_monitor, schedule_look, watch_job
@@ -35,7 +35,7 @@ def resource_labels(services: Services, record: RunRecord) -> dict[str, str]:
     }
 
 
-def _start_watch(ctx: StageContext, *, kind: str, ref: str, next_stage: str, done: bool) -> None:
+def _start_watch(ctx: StageContext, *, kind: JobKind, ref: str, next_stage: Stage, done: bool) -> None:
     delay = backoff_delay(ctx.services, 0)
 
     def mutate(r: RunRecord) -> rr.Watch:
@@ -67,29 +67,34 @@ def run_train(ctx: StageContext) -> StageAnswer:
     services = ctx.services
     record = ctx.record()
     backend = services.backend
-    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": "train"}
+    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": Stage.TRAIN}
     task = Task(record.task)
 
-    if "training" in record.jobs:  # started by an earlier call: never a second job while it lives
-        status = backend.training_status(record.jobs["training"])
-        record = _set_aside_if_failed(ctx, record, "training", status.state, status.error)
-    if "training" in record.jobs:
+    if JobKind.TRAINING in record.jobs:  # started by an earlier call: never a second job while it lives
+        status = backend.training_status(record.jobs[JobKind.TRAINING])
+        record = _set_aside_if_failed(ctx, record, JobKind.TRAINING, status.state, status.error)
+    if JobKind.TRAINING in record.jobs:
         rescheduled = ensure_monitor(services, record, lost_only=False)
-        ctx.update(lambda r: rr.succeed(r, "train", ctx.owner, ctx.now, job=r.jobs["training"]))
+        ctx.update(lambda r: rr.succeed(r, Stage.TRAIN, ctx.owner, ctx.now, job=r.jobs[JobKind.TRAINING]))
         return StageAnswer(
             200,
-            {**base, "outcome": "already_started", "job": record.jobs["training"], "monitor_rescheduled": rescheduled},
+            {
+                **base,
+                "outcome": "already_started",
+                "job": record.jobs[JobKind.TRAINING],
+                "monitor_rescheduled": rescheduled,
+            },
         )
 
     if "dataset" not in record.jobs:
-        if "dataset_import" in record.jobs:
-            status = backend.dataset_status(record.jobs["dataset_import"])
-            record = _set_aside_if_failed(ctx, record, "dataset_import", status.state, status.error)
-        if "dataset_import" not in record.jobs:
+        if JobKind.DATASET_IMPORT in record.jobs:
+            status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
+            record = _set_aside_if_failed(ctx, record, JobKind.DATASET_IMPORT, status.state, status.error)
+        if JobKind.DATASET_IMPORT not in record.jobs:
             ctx.set_status(
                 ModelRunStatus.TRAINING_MODEL, backend=backend.name, run_record=services.runs.uri(ctx.run_id)
             )
-            record, key = ctx.update(lambda r: rr.intend_launch(r, "dataset_import", ctx.now))
+            record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.DATASET_IMPORT, ctx.now))
             ref = backend.start_dataset_import(
                 DatasetRequest(
                     ctx.run_id, task, record.artifacts["import_jsonl"], resource_labels(services, record), key
@@ -97,26 +102,32 @@ def run_train(ctx: StageContext) -> StageAnswer:
             )
 
             def started_import(r: RunRecord) -> None:
-                rr.launched(r, "dataset_import", ref.ref)
+                rr.launched(r, JobKind.DATASET_IMPORT, ref.ref)
                 if ref.link:
                     r.links["dataset"] = ref.link
 
             record, _ = ctx.update(started_import)
-        status = backend.dataset_status(record.jobs["dataset_import"])
+        status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
         if status.state is JobState.SUCCEEDED and status.result:
             record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", status.result))
         elif status.state.finished:
-            ctx.update(lambda r: rr.forget_failed_job(r, "dataset_import", ctx.now, status.error))
+            ctx.update(lambda r: rr.forget_failed_job(r, JobKind.DATASET_IMPORT, ctx.now, status.error))
             raise StageFailed(
                 f"dataset import {status.state.value}: {status.error or 'no reason given'}; "
                 "re-run train to import again",
                 link=status.link,
             )
         else:
-            _start_watch(ctx, kind="dataset_import", ref=record.jobs["dataset_import"], next_stage="train", done=False)
-            return StageAnswer(202, {**base, "outcome": "waiting", "for": "dataset_import"})
+            _start_watch(
+                ctx,
+                kind=JobKind.DATASET_IMPORT,
+                ref=record.jobs[JobKind.DATASET_IMPORT],
+                next_stage=Stage.TRAIN,
+                done=False,
+            )
+            return StageAnswer(202, {**base, "outcome": "waiting", "for": JobKind.DATASET_IMPORT})
 
-    record, key = ctx.update(lambda r: rr.intend_launch(r, "training", ctx.now))
+    record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.TRAINING, ctx.now))
     job = backend.start_training(
         TrainingRequest(
             run_id=ctx.run_id,
@@ -129,21 +140,21 @@ def run_train(ctx: StageContext) -> StageAnswer:
     )
 
     def started_training(r: RunRecord) -> None:
-        rr.launched(r, "training", job.ref)
+        rr.launched(r, JobKind.TRAINING, job.ref)
         if job.link:
-            r.links["training"] = job.link
+            r.links[JobKind.TRAINING] = job.link
 
     ctx.update(started_training)
     metadata = {"training_job": job.ref, **({"training_link": job.link} if job.link else {})}
     ctx.set_status(ModelRunStatus.TRAINING_MODEL, **metadata)
-    _start_watch(ctx, kind="training", ref=job.ref, next_stage="inference", done=True)
+    _start_watch(ctx, kind=JobKind.TRAINING, ref=job.ref, next_stage=Stage.INFERENCE, done=True)
     return StageAnswer(202, {**base, "outcome": "training_started", "job": job.ref, "link": job.link})
 
 
 def train_already_done(services: Services, record: RunRecord) -> dict[str, Any]:
     """A repeated `train` call on a started training: if that job has failed (say its process was
     killed) the re-run restarts it; otherwise make sure a monitor look is pending, now."""
-    job = record.jobs.get("training")
+    job = record.jobs.get(JobKind.TRAINING)
     if job and record.status is RunStatus.RUNNING and services.backend.training_status(job).state in FAILED_JOB:
         return {REDO: True}
     return {"job": job, "monitor_rescheduled": ensure_monitor(services, record, lost_only=False)}

@@ -8,7 +8,7 @@ by task name, locally the timer), and the attempt only advances through a condit
 from __future__ import annotations
 
 from shared import run_record as rr
-from shared.run_record import RunRecord, Watch
+from shared.run_record import JobKind, RunRecord, Stage, Watch
 from shared.services import Services
 
 
@@ -18,18 +18,18 @@ def backoff_delay(services: Services, attempt: int) -> float:
 
 
 def watch_job(
-    record: RunRecord, *, kind: str, ref: str, next_stage: str, now: float, delay_s: float, started_by: str
+    record: RunRecord, *, kind: JobKind, ref: str, next_stage: Stage, now: float, delay_s: float, started_by: Stage
 ) -> Watch:
     """Sets the run's watch (mutates the record; call inside a conditional update)."""
     record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now, started_by=started_by)
-    record.log(now, "monitor", "watching", kind=kind, ref=ref)
+    record.log(now, Stage.MONITOR, "watching", kind=kind, ref=ref)
     return rr.next_look(record, now, delay_s)
 
 
 def schedule_look(services: Services, run_id: str, watch: Watch) -> bool:
     """Asks the scheduler for the watch's numbered look; a repeat of the same look is refused."""
     delay = max(0.0, (watch.next_look_at or services.clock()) - services.clock())
-    return services.chain.schedule("monitor", run_id, delay_s=delay, attempt=watch.look)
+    return services.chain.schedule(Stage.MONITOR, run_id, delay_s=delay, attempt=watch.look)
 
 
 def look_is_overdue(services: Services, watch: Watch) -> bool:
@@ -54,7 +54,7 @@ def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = T
     def advance(r: RunRecord) -> rr.Watch | None:
         if r.watch is None or r.watch.look != watch.look:
             return None  # somebody else moved it on
-        r.log(now, "monitor", "rescheduled", reason="a re-run asked for a look", look=r.looks + 1)
+        r.log(now, Stage.MONITOR, "rescheduled", reason="a re-run asked for a look", look=r.looks + 1)
         return rr.next_look(r, now, 0.0)
 
     _record, advanced = services.runs.update(record.run_id, advance)
