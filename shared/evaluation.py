@@ -113,11 +113,16 @@ def _xyxy(boxes: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
 
 @dataclass
 class Evaluated:
+    """What a run uploads and scores. `detections` hold every predicted box (the run-level curves sweep all
+    confidences); `uploaded` hold, per detection row, only the boxes uploaded, as uploaded (the per-row
+    diagnostics Labelbox shows next to them)."""
+
     upload_rows: dict[str, list[dict[str, Any]]]  # by data row id: predictions, then metric rows
     detections: list[ImageDetections]
     classifications: list[ClassificationItem]
     predicted_rows: int
     prediction_count: int
+    uploaded: list[ImageDetections] = field(default_factory=list)
 
 
 def evaluate_rows(
@@ -132,8 +137,16 @@ def evaluate_rows(
     uuid_seed: str,
 ) -> Evaluated:
     """Labelbox rows for every held-out row (predictions above the threshold, and diagnostics), and the
-    full-confidence detections for the run-level curves."""
+    full-confidence detections for the run-level curves.
+
+    The per-row diagnostics count exactly the predictions uploaded: above `confidence_threshold`, the
+    `max_predictions` most confident, with the geometry of the uploaded rows (clipped to the image, rounded
+    to 0.01 px, none left without area), so that they are what the SDK would compute on the model run.
+    Run-level mAP, PR curves and the figures at the threshold use every box: they are curves over all
+    confidences, and the cap is a display limit, not part of the model.
+    """
     detections: list[ImageDetections] = []
+    uploaded: list[ImageDetections] = []
     items: list[ClassificationItem] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     count = predicted = 0
@@ -158,16 +171,18 @@ def evaluate_rows(
                 )
                 for b in raw.boxes
             ]
+            gt_labels, gt_boxes = tuple(b[0] for b in row.boxes), _xyxy([b[1:] for b in row.boxes])
             detections.append(
                 ImageDetections(
                     image_id=row.data_row_id,
-                    gt_labels=tuple(b[0] for b in row.boxes),
-                    gt_boxes=_xyxy([b[1:] for b in row.boxes]),
+                    gt_labels=gt_labels,
+                    gt_boxes=gt_boxes,
                     pred_labels=tuple(f[0] for f in full),
                     pred_scores=np.asarray([f[1] for f in full], dtype=np.float64),
                     pred_boxes=_xyxy([f[2] for f in full]),
                 )
             )
+            uploaded.append(_as_uploaded(row.data_row_id, gt_labels, gt_boxes, out))
         else:
             renamed = VertexPrediction(
                 shown.content_uri,
@@ -193,9 +208,8 @@ def evaluate_rows(
         predicted += bool(out)
 
     if task is Task.OBJECT_DETECTION:
-        thresholded = [_above(d, confidence_threshold) for d in detections]
-        per_row = detection_row_metrics(thresholded)
-        ids = [d.image_id for d in detections]
+        per_row = detection_row_metrics(uploaded)
+        ids = [d.image_id for d in uploaded]
         kind = "detection"
     else:
         per_row = classification_row_metrics(
@@ -207,18 +221,21 @@ def evaluate_rows(
         predictions[data_row_id] = predictions[data_row_id] + metric_import_rows(
             data_row_id, metrics, kind=kind, uuid_seed=uuid_seed
         )
-    return Evaluated(predictions, detections, items, predicted, count)
+    return Evaluated(predictions, detections, items, predicted, count, uploaded)
 
 
-def _above(d: ImageDetections, threshold: float) -> ImageDetections:
-    keep = d.pred_scores >= threshold
+def _as_uploaded(
+    data_row_id: str, gt_labels: tuple[str, ...], gt_boxes: np.ndarray, rows: Sequence[Mapping[str, Any]]
+) -> ImageDetections:
+    """The ground truth against the bbox rows uploaded, read back as Labelbox reads them (left + width)."""
+    boxes = [r for r in rows if "bbox" in r]
     return ImageDetections(
-        image_id=d.image_id,
-        gt_labels=d.gt_labels,
-        gt_boxes=d.gt_boxes,
-        pred_labels=tuple(lbl for lbl, k in zip(d.pred_labels, keep, strict=True) if k),
-        pred_scores=d.pred_scores[keep],
-        pred_boxes=d.pred_boxes[keep],
+        image_id=data_row_id,
+        gt_labels=gt_labels,
+        gt_boxes=gt_boxes,
+        pred_labels=tuple(r["name"] for r in boxes),
+        pred_scores=np.asarray([r["confidence"] for r in boxes], dtype=np.float64),
+        pred_boxes=_xyxy([(b["left"], b["top"], b["width"], b["height"]) for b in (r["bbox"] for r in boxes)]),
     )
 
 

@@ -3,6 +3,9 @@
     python -m shared.local_chain demo              # demo model run -> signed webhook -> ... -> report
     python -m shared.local_chain serve             # just serve the functions, print their URLs
 
+Both take `--train-seconds N`, the local engine's training budget; without it the environment's
+LOCAL_ENGINE_TRAIN_SECONDS is kept, and without that the demo's 90 s.
+
 `LocalChain` is also the harness of the end-to-end tests: it starts each function as its own process
 (as Cloud Functions would run them), wires their URLs through the environment, signs webhooks with the
 session's secret, and reads the run record and the local model run to follow progress.
@@ -29,6 +32,9 @@ import requests
 
 FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
 ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SECONDS_VAR = "LOCAL_ENGINE_TRAIN_SECONDS"
+DEMO_TRAIN_SECONDS = 90.0
+_TRAIN_SECONDS_RANGE = (1.0, 86_400.0)  # what shared.config accepts for LOCAL_ENGINE_TRAIN_SECONDS
 
 
 def _free_port() -> int:
@@ -223,9 +229,19 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
     print(f"  model run folder   {chain.model_run_dir(record['model_run_id'])}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from shared.demo import _ids, create_demo_model_run
+def _train_seconds(text: str) -> float:
+    """Refused here rather than by every function at start-up, where it would only show in their logs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    low, high = _TRAIN_SECONDS_RANGE
+    if not low <= value <= high:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} seconds, got {text!r}")
+    return value
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the Labelbox -> Vertex chain locally.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="create the demo model run and train it end to end")
@@ -233,18 +249,42 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model-type", default="local_detector")
     demo.add_argument("--images", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--train-seconds", type=float, default=90)
     demo.add_argument("--force", action="store_true", help="restart the run if it already finished")
     serve = sub.add_parser("serve", help="serve the six functions until interrupted")
     serve.add_argument("--data-dir", type=Path, default=ROOT / "var")
-    args = parser.parse_args(argv)
+    for command in (demo, serve):
+        command.add_argument(
+            "--train-seconds",
+            type=_train_seconds,
+            default=None,
+            help=f"local engine training budget (default: ${TRAIN_SECONDS_VAR}, else {DEMO_TRAIN_SECONDS:g})",
+        )
+    return parser.parse_args(argv)
 
-    env = {"LOCAL_ENGINE_TRAIN_SECONDS": str(getattr(args, "train_seconds", 90))}
+
+def engine_env(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
+    """The training budget the functions get: the flag, else the environment's, else the demo's 90 s.
+
+    LocalChain passes the environment on, but this value goes over it, so it must be the environment's
+    own value when no flag is given (it used to be 90 whatever the environment said)."""
+    if args.train_seconds is not None:
+        seconds = float(args.train_seconds)
+        return {TRAIN_SECONDS_VAR: str(int(seconds)) if seconds.is_integer() else repr(seconds)}
+    inherited = environ.get(TRAIN_SECONDS_VAR, "").strip()
+    return {TRAIN_SECONDS_VAR: inherited or f"{DEMO_TRAIN_SECONDS:g}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.demo import _ids, create_demo_model_run
+
+    args = parse_args(argv)
+    env = engine_env(args, os.environ)
     chain = LocalChain(args.data_dir, env=env)
     if args.command == "serve":
         with chain:
             for name, url in chain.urls.items():
                 print(f"{name:<10} {url}")
+            print(f"local engine training budget: {env[TRAIN_SECONDS_VAR]} s")
             print(f"webhook secret for this session (sign requests with it; it is not stored): {chain.secret}")
             try:
                 while True:
@@ -257,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with chain:
         print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")
+        print(f"local engine training budget: {env[TRAIN_SECONDS_VAR]} s")
         response = chain.webhook(model_run_id, args.model_type, force=args.force)
         print(f"webhook -> HTTP {response.status_code}: {response.json().get('message')}")
         if response.status_code >= 400:

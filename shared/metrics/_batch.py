@@ -64,17 +64,59 @@ def pad(values: np.ndarray, slot: np.ndarray, rank: np.ndarray, shape: tuple[int
     return out
 
 
-def iou_corners(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of (B, R, 4) against (B, C, 4) boxes as x1, y1, x2, y2 -> (B, R, C); 0 where the union is empty."""
-    a, b = a[:, :, None, :], b[:, None, :, :]
-    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
-    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
+def iou_corners(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU of (B, R, 4) against (B, C, 4) boxes as x1, y1, x2, y2 -> (B, R, C); 0 where the union is empty.
+
+    Also returns, where the boxes overlap, a margin past which no other float evaluation of the same IoU can
+    be (e.g. the SDK's, whose union area is a shoelace sum over the union's vertices): both are off by a few
+    ulps of the boxes' hull area at most, below 1e-10 * hull / union by orders of magnitude. The hull is
+    bounded by (wa + wb) * (ha + hb), which costs fewer passes over the block; elsewhere the margin is
+    meaningless (mask it with the overlap).
+    """
+    ax1, ay1, ax2, ay2 = (a[:, :, None, k] for k in range(4))
+    bx1, by1, bx2, by2 = (b[:, None, :, k] for k in range(4))
+    width = np.minimum(ax2, bx2)
+    width -= np.maximum(ax1, bx1)
+    np.maximum(width, 0.0, out=width)
+    height = np.minimum(ay2, by2)
+    height -= np.maximum(ay1, by1)
+    np.maximum(height, 0.0, out=height)
     inter = width * height
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
+    aw, ah, bw, bh = ax2 - ax1, ay2 - ay1, bx2 - bx1, by2 - by1
+    union = aw * ah + bw * bh
+    union -= inter
+    overlap = (inter > 0) & (union > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((inter > 0) & (union > 0), inter / union, 0.0)
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=overlap)
+        margin = (aw + bw) * (ah + bh)
+        margin *= 1e-10
+        margin /= union
+    return iou, margin
+
+
+def near_ties(score: np.ndarray, margin: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Candidates of each (R, C) matrix of a (B, R, C) block whose score is within twice the matrix's largest
+    margin of another candidate's: the pairs whose order another float evaluation might swap. (With one
+    margin per matrix, two close scores are linked by a chain of close neighbours in sorted order.)"""
+    n = score.shape[0]
+    flat = np.where(candidate, score, -np.inf).reshape(n, -1)
+    reach = 2.0 * np.where(candidate, margin, 0.0).reshape(n, -1).max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # -inf - -inf between non-candidates: nan, never close
+        some = (np.diff(np.sort(flat, axis=1), axis=1) <= reach).any(axis=1)
+    out = np.zeros(flat.shape, dtype=bool)
+    if some.any():  # the few matrices with a near tie: which cells
+        sub, sub_reach = flat[some], reach[some]
+        order = np.argsort(sub, axis=1)
+        rows = np.arange(len(sub))[:, None]
+        with np.errstate(invalid="ignore"):
+            close = np.diff(sub[rows, order], axis=1) <= sub_reach
+        tied = np.zeros(sub.shape, dtype=bool)
+        tied[:, 1:] = close
+        tied[:, :-1] |= close
+        marked = np.empty_like(tied)
+        marked[rows, order] = tied
+        out[some] = marked
+    return out.reshape(score.shape) & candidate
 
 
 def iou_coco(d: np.ndarray, g: np.ndarray) -> np.ndarray:

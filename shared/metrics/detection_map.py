@@ -3,9 +3,15 @@
 mAP@0.5 and mAP@[.5:.95] reproduce pycocotools' COCOeval (bbox, default parameters: IoU .50:.05:.95,
 101 recall points, at most 100 detections per image and class, area "all", nothing crowd) to floating-point
 noise, quirks included: within an image, detections are matched in descending score order (ties keep input
-order) to the unmatched ground truth of highest IoU >= t (ties go to the later one); across images, equal
-scores keep image order; precision is 0 past the highest recall reached; classes without ground truth are
-left out of the mean. Where COCOeval reports -1 (no class has ground truth) this module reports None.
+order) to the unmatched ground truth of highest IoU >= t (ties go to the later one); precision is 0 past
+the highest recall reached; classes without ground truth are left out of the mean. Where COCOeval reports
+-1 (no class has ground truth) this module reports None.
+
+Equal scores across images: COCOeval keeps them in image-id order, so its curve (and mAP) depends on how the
+images are numbered. Here detections of a class are ranked by score descending, then image id
+(`ImageDetections.image_id`, compared as strings), then box index within the image (then input position,
+should two images share an id): the order the images come in changes nothing, and COCOeval agrees when its
+image ids are numbered in `image_id` order.
 
 Everything at a confidence threshold uses the same matching at IoU >= 0.5, over all predictions (no cap).
 Labels outside `classes` are ignored on both sides, as COCOeval ignores categories it does not evaluate.
@@ -184,7 +190,10 @@ def evaluate_detections(
     n_thresholds, n_recalls = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
     precision = -np.ones((n_thresholds, n_recalls, n_classes))
     gt_counts = np.bincount(gt.cls, minlength=n_classes)
-    by_class = np.lexsort((-pred.score, pred.cls))  # class, then score descending, then input order
+    # class, then score descending, then image id, then box index (the module docstring says why)
+    image_rank = np.empty(len(images), dtype=np.int64)
+    image_rank[sorted(range(len(images)), key=lambda i: images[i].image_id)] = np.arange(len(images))
+    by_class = np.lexsort((np.arange(len(pred.cls)), image_rank[pred.image], -pred.score, pred.cls))
     bounds = np.searchsorted(pred.cls[by_class], np.arange(n_classes + 1))
     above = pred.score >= confidence_threshold
     hit50 = matches.hit[:, 0]

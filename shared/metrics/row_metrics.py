@@ -10,6 +10,11 @@ They reproduce the Labelbox SDK 7.17 (`labelbox.data.metrics`), batched over all
   (ties: prediction, then ground truth), matched IoUs summed and divided by max(n_gt, n_pred); 0.0 for a
   class on one side only. Coordinates are first rounded to 6 decimals as the SDK does (geojson); the IoU
   then equals the SDK's to ~1e-15 (shapely sums areas in another order).
+* where those last bits decide something, they are the SDK's: a pair within a rounding margin of the
+  threshold, or of another pair of its (row, class) (a tie the greedy order breaks), gets the SDK's own
+  value (`_sdk_iou`, GEOS's arithmetic replayed), so an IoU of exactly 0.5 on a 0.1 or 0.01 grid, which
+  rounds to either side, falls on the side it falls in the SDK. Every other pair keeps the vectorised
+  value; on real data the exceptions are a handful, so the batch stays fast.
 * classification, as the SDK does for radio and checklist answers: each answer is a feature; an answer
   both given and predicted is [1, 0, 0, 0] with IoU 1.0, predicted only [0, 1, 0, 0], given only
   [0, 0, 0, 1], both with IoU 0.0.
@@ -25,11 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.metrics._batch import Side, blocks, greedy_pairs, iou_corners, pad
+from shared.metrics._batch import Side, blocks, greedy_pairs, iou_corners, near_ties, pad
+from shared.metrics._sdk_iou import sdk_iou
 from shared.metrics.detections import ClassificationItem, ImageDetections
 from shared.platform.port import RESERVED_METRIC_NAMES
 
 MAX_METRICS_PER_DATA_ROW = 20
+# Integer coordinates below this (in magnitude) give exact areas and exact shoelace sums: each of the at most
+# a dozen terms is below 2**42, every partial sum far below 2**53.
+_EXACT_INTEGERS = 2.0**20
 IOU_METRIC_NAME = "custom_iou"
 CLASSIFICATION_METRIC_NAME = "classification"
 # Fixed namespace so that the same run, row, feature and metric always get the same uuid.
@@ -100,17 +109,20 @@ def detection_row_metrics(
         valid = (np.arange(rows)[None, :, None] < n_gt[groups][:, None, None]) & (
             np.arange(cols)[None, None, :] < n_pred[groups][:, None, None]
         )
-        iou = iou_corners(
-            pad(gt_boxes[g_items], g_slot, g_rank, (len(groups), rows), 0.0),
-            pad(pred_boxes[p_items], p_slot, p_rank, (len(groups), cols), 0.0),
-        )
+        gt_block = pad(gt_boxes[g_items], g_slot, g_rank, (len(groups), rows), 0.0)
+        pred_block = pad(pred_boxes[p_items], p_slot, p_rank, (len(groups), cols), 0.0)
+        iou, margin = iou_corners(gt_block, pred_block)
+        overlap = valid & (iou > 0.0)
+        tied = near_ties(iou, margin, overlap)
         # Confusion matrix: ties broken ground truth first (rows), as the SDK lists pairs gt x pred.
-        block, *_ = greedy_pairs(iou, valid & (iou > iou_threshold))
+        edge = tied | (overlap & (np.abs(iou - iou_threshold) <= margin))
+        counted = _as_the_sdk_decides(iou, edge, gt_block, pred_block, pred_first=True)
+        block, *_ = greedy_pairs(counted, valid & (counted > iou_threshold))
         tp[groups] += np.bincount(block, minlength=len(groups))
         # mIoU: the SDK lists pairs pred x gt here, so ties are broken prediction first (transposed).
         # Zero-IoU pairs add nothing to the sum, so they need not be matched.
-        iou_t = iou.transpose(0, 2, 1)
-        block, _, _, value = greedy_pairs(iou_t, valid.transpose(0, 2, 1) & (iou_t > 0.0))
+        summed = _as_the_sdk_decides(iou, tied, gt_block, pred_block, pred_first=False).transpose(0, 2, 1)
+        block, _, _, value = greedy_pairs(summed, overlap.transpose(0, 2, 1))
         iou_sum[groups] += np.bincount(block, weights=value, minlength=len(groups))
 
     mean_iou = iou_sum / np.maximum(np.maximum(n_gt, n_pred), 1)
@@ -121,6 +133,28 @@ def detection_row_metrics(
         image, cls = divmod(key, n_classes)
         results[image][names[cls]] = FeatureMetric(tp=t, fp=p - t, tn=0, fn=g - t, iou=m)
     return results
+
+
+def _as_the_sdk_decides(
+    iou: np.ndarray, doubtful: np.ndarray, gt: np.ndarray, pred: np.ndarray, *, pred_first: bool
+) -> np.ndarray:
+    """`iou` with the SDK's own value, bit for bit, at the `doubtful` pairs: those where float rounding could
+    decide differently (at the threshold's edge, or in a near tie that the greedy matching breaks by order).
+    The operands go in the SDK's order: the prediction first for the confusion matrix, the ground truth first
+    for the mIoU, which can differ in the last bit."""
+    if not doubtful.any():
+        return iou
+    b_index, r_index, c_index = np.nonzero(doubtful)
+    # Integer pixels (as most ground truth is) are exact in both computations: nothing to decide.
+    corners = np.concatenate([gt[b_index, r_index], pred[b_index, c_index]], axis=1)
+    inexact = ~((corners == np.rint(corners)) & (np.abs(corners) < _EXACT_INTEGERS)).all(axis=1)
+    if not inexact.any():
+        return iou
+    out = iou.copy()
+    for b, r, c in zip(b_index[inexact], r_index[inexact], c_index[inexact], strict=True):
+        first, second = (pred[b, c], gt[b, r]) if pred_first else (gt[b, r], pred[b, c])
+        out[b, r, c] = sdk_iou(first, second)
+    return out
 
 
 def predicted_labels(scores: Mapping[str, float], *, multi_label: bool, confidence_threshold: float) -> frozenset[str]:

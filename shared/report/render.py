@@ -53,7 +53,20 @@ _WORDS = {
     "iou": "IoU",
     "url": "URL",
     "uri": "URI",
+    "eta": "ETA",
 }
+# What the rows of a data-quality table are, by its key; other keys are read by their words (_row_heading).
+_ROW_HEADINGS = {
+    "rows_skipped": "Reason",
+    "boxes_dropped": "Reason",
+    "warnings": "Reason",
+    "examples": "Reason",
+    "labels_dropped": "Class",
+    "boxes_per_class": "Class",
+    "images_per_split": "Split",
+}
+_ETA_KEY = re.compile(r"(^|_)eta($|_)", re.I)  # eta_s, job_eta, eta_seconds; not "beta" or "metadata"
+_UNDER_WAY = frozenset({"running", "pending"})
 
 
 def render_report(data: ReportData) -> str:
@@ -106,9 +119,13 @@ def _summary(data: ReportData) -> str:
     if data.error:
         parts.append(f'<p class="error"><strong>Error:</strong> {esc(data.error)}</p>')
     parts.append(_key_values(rows))
-    if data.training:
+    # The training progress the monitor recorded last ends with an ETA; once the job has finished, an
+    # "ETA 0.0 s" says nothing true, so a finished run's report leaves ETAs out.
+    finished = str(data.status).lower() not in _UNDER_WAY
+    training = {k: v for k, v in data.training.items() if not (finished and _ETA_KEY.search(str(k)))}
+    if training:
         parts.append("<h3>Training</h3>")
-        parts.append(_key_values((esc(_name(k, v)), esc(_value(k, v))) for k, v in data.training.items()))
+        parts.append(_key_values((esc(_name(k, v)), esc(_value(k, v))) for k, v in training.items()))
     else:
         parts.append('<p class="muted">No training details were recorded.</p>')
     parts.append("</section>")
@@ -131,14 +148,40 @@ def _data_quality(counts: Mapping[str, Any]) -> str:
         elif all(isinstance(v, Mapping) for v in table.values()):
             parts.append(_class_split_table(table))
         else:
-            rows = sorted(table.items(), key=lambda item: -_as_float(item[1], 0.0))
+            heading = _row_heading(key)
+            if heading == "Split":  # splits in their usual order, not by size
+                rank = {split: i for i, split in enumerate(_SPLIT_ORDER)}
+                rows = sorted(table.items(), key=lambda item: (rank.get(str(item[0]).lower(), len(rank)), str(item[0])))
+            else:
+                rows = sorted(table.items(), key=lambda item: -_as_float(item[1], 0.0))
+            # Counts by reason, class or split; "examples" lists texts per reason, which are no counts.
+            listed = any(isinstance(n, list | tuple) for n in table.values())
+            second, cell = (
+                (f"<th>{esc(_words(key))}</th>", "<td>")
+                if listed
+                else ('<th class="num">Count</th>', '<td class="num">')
+            )
             parts.append(
-                '<table class="compact"><thead><tr><th>Reason</th><th class="num">Count</th></tr></thead><tbody>'
-                + "".join(f'<tr><td>{esc(reason)}</td><td class="num">{esc(_tally(n))}</td></tr>' for reason, n in rows)
+                f'<table class="compact"><thead><tr><th>{esc(heading)}</th>{second}</tr></thead><tbody>'
+                + "".join(f"<tr><td>{esc(name)}</td>{cell}{esc(_tally(n))}</td></tr>" for name, n in rows)
                 + "</tbody></table>"
             )
     parts.append("</section>")
     return "".join(parts)
+
+
+def _row_heading(key: str) -> str:
+    """The heading of a table's first column: what its rows are (reasons, classes, splits), else the key's words."""
+    if key.lower() in _ROW_HEADINGS:
+        return _ROW_HEADINGS[key.lower()]
+    words = set(re.split(r"[^a-z]+", key.lower()))
+    if words & {"split", "splits"}:
+        return "Split"
+    if words & {"class", "classes", "label", "labels"}:
+        return "Class"
+    if words & {"reason", "reasons", "skipped", "dropped", "warning", "warnings", "problems", "errors"}:
+        return "Reason"
+    return _words(key)
 
 
 def _class_split_table(table: Mapping[str, Mapping[str, Any]]) -> str:

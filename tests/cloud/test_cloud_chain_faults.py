@@ -39,8 +39,9 @@ def test_an_etl_instance_killed_mid_run_is_taken_over_by_the_queue_s_retry_and_t
         assert chain.webhook(model_run_id, "vertex_automl_object_detection").status_code == 202
         chain.wait(
             model_run_id,
-            until=lambda r: r["stages"]["etl"]["state"] == "running"
-            and r["stages"]["etl"]["progress"].get("images_copied", 0) >= 8,
+            until=lambda r: (
+                r["stages"]["etl"]["state"] == "running" and r["stages"]["etl"]["progress"].get("images_copied", 0) >= 8
+            ),
             timeout_s=120,
         )
         chain.kill("etl")  # the instance dies with the stage in hand

@@ -62,6 +62,65 @@ def random_image(
     )
 
 
+def decimal_grid_image(
+    rng: np.random.Generator, name: str, *, step: float | None, max_boxes: int = 6
+) -> ImageDetections:
+    """Boxes on a decimal grid (coordinates k * step, as the nearest float, e.g. 0.3 for 3 * 0.1), or random floats
+    when `step` is None; predictions are built from the ground truth so that many pairs overlap by exactly 1/2
+    (doubled, halved or shifted by a third of a side), many tie with each other, and some are just near.
+
+    On such grids the exact IoU is 1/2 but every float computation of it rounds: whether it lands above 1/2
+    depends on the order of the arithmetic, which is what the SDK comparisons here must survive.
+    """
+    scale = 1.0 if step is None else round(1 / step)
+
+    def value(units: np.ndarray) -> np.ndarray:
+        return units / scale if step is not None else units * rng.uniform(0.9, 1.1, units.shape)
+
+    n_gt = int(rng.integers(1, max_boxes + 1))
+    xy = rng.integers(0, 50 * scale, (n_gt, 2))
+    wh = rng.integers(1, 20 * scale, (n_gt, 2)) * 3  # divisible by 3: a shift by a third stays on the grid
+    gt_units = np.hstack([xy, xy + wh])
+    preds = []
+    for _ in range(int(rng.integers(0, 2 * max_boxes + 1))):
+        x1, y1, x2, y2 = gt_units[int(rng.integers(n_gt))]
+        w, h = x2 - x1, y2 - y1
+        kind = int(rng.integers(0, 8))
+        if kind == 0:
+            preds.append([x1, y1, x2 + w, y2])  # twice as wide: 1/2
+        elif kind == 1:
+            preds.append([x1, y1 - h, x2, y2])  # twice as tall, the other way: 1/2
+        elif kind == 2:
+            preds.append([x1, y1, x1 + w, y1 + h // 2 if h % 2 == 0 else y2])  # half as tall (or the same)
+        elif kind == 3:
+            preds.append([x1 + w // 3, y1, x2 + w // 3, y2])  # shifted by a third: (2/3) / (4/3) = 1/2
+        elif kind == 4:
+            preds.append([x1, y1, x2, y2])  # a copy: ties at 1
+        elif kind == 5:
+            preds.append([x1 - w, y1, x2, y2])  # twice as wide, the other way: ties with kind 0
+        elif kind == 6:
+            jitter = rng.integers(-1, 2, 4)
+            preds.append(np.array([x1, y1, x2 + w, y2]) + jitter)  # a hair from 1/2
+        else:
+            c = rng.integers(0, 50 * scale, 2)
+            preds.append([c[0], c[1], c[0] + rng.integers(1, 40 * scale), c[1] + rng.integers(1, 40 * scale)])
+    pred_units = np.array(preds, dtype=np.int64).reshape(-1, 4)
+    pred_units[:, 2:] = np.maximum(pred_units[:, 2:], pred_units[:, :2])
+    gt_boxes = value(gt_units.astype(np.float64))
+    pred_boxes = value(pred_units.astype(np.float64))
+    if step is None:
+        pred_boxes[:, 2:] = np.maximum(pred_boxes[:, 2:], pred_boxes[:, :2])
+        gt_boxes[:, 2:] = np.maximum(gt_boxes[:, 2:], gt_boxes[:, :2])
+    return ImageDetections(
+        image_id=name,
+        gt_labels=tuple(str(c) for c in rng.choice(("car", "dog"), n_gt, p=(0.8, 0.2))),
+        gt_boxes=gt_boxes,
+        pred_labels=tuple(str(c) for c in rng.choice(("car", "dog"), len(pred_units), p=(0.8, 0.2))),
+        pred_scores=np.round(rng.random(len(pred_units)), 1),
+        pred_boxes=pred_boxes,
+    )
+
+
 def _objects(labels: tuple[str, ...], boxes: np.ndarray) -> list[ObjectAnnotation]:
     return [
         ObjectAnnotation(name=label, value=Rectangle(start=Point(x=b[0], y=b[1]), end=Point(x=b[2], y=b[3])))
@@ -104,10 +163,12 @@ def sdk_classification_row(
 
 
 def coco_eval(images: list[ImageDetections], classes: list[str]) -> COCOeval:
-    """COCOeval (bbox, default params) run on the same detections; image and category ids from 1."""
+    """COCOeval (bbox, default params) run on the same detections; category ids from 1, image ids from 1 in
+    the order of `image_id` (COCOeval breaks score ties across images by image id, ours by `image_id`)."""
     categories = [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
     gts, dts = [], []
-    for n, image in enumerate(images):
+    by_id = sorted(range(len(images)), key=lambda i: images[i].image_id)
+    for n, image in enumerate(images[i] for i in by_id):
         for label, (x1, y1, x2, y2) in zip(image.gt_labels, image.gt_boxes.tolist(), strict=True):
             if label in classes:
                 w, h = x2 - x1, y2 - y1

@@ -8,7 +8,7 @@ import pytest
 from shared.metrics import _batch
 from shared.metrics.detections import ImageDetections
 from shared.metrics.row_metrics import FeatureMetric, detection_row_metrics
-from tests.metrics.oracles import random_image, sdk_detection_row
+from tests.metrics.oracles import decimal_grid_image, random_image, sdk_detection_row
 
 
 def _as_tuples(row: dict[str, FeatureMetric]) -> dict[str, tuple]:
@@ -83,6 +83,29 @@ def test_iou_of_exactly_the_threshold_is_not_a_match() -> None:
     assert half == {"car": FeatureMetric(tp=0, fp=1, tn=0, fn=1, iou=0.5)}
     assert above["car"].tp == 1 and above["car"].fp == 0 and above["car"].fn == 0
     _assert_same_as_sdk([exactly_half, just_above], 0.5)
+
+
+@pytest.mark.parametrize("step", [0.1, 0.01, None], ids=["grid-0.1", "grid-0.01", "floats"])
+def test_iou_of_exactly_one_half_on_decimal_grids_is_decided_as_the_sdk_decides(step: float | None) -> None:
+    """On 0.1 and 0.01 grids an IoU of exactly 1/2 never computes as 1/2: it rounds to either side, and
+    which side depends on the order of the arithmetic (shapely's union polygon here, ours there). About one
+    such pair in seven used to land on the other side of the threshold than in the SDK, or to break a tie
+    the other way. Property-style: hundreds of rows built around exact halves and ties, the SDK as oracle."""
+    rng = np.random.default_rng(2024 if step is None else round(1 / step))
+    images = [decimal_grid_image(rng, f"row-{i}", step=step) for i in range(300)]
+    if step is not None:  # the data does exercise the boundary: many exact halves in exact arithmetic
+        halves = 0
+        for image in images:
+            units = [np.rint(np.asarray(b) / step).astype(int) for b in (image.gt_boxes, image.pred_boxes)]
+            for g in units[0]:
+                for p in units[1]:
+                    w = min(g[2], p[2]) - max(g[0], p[0])
+                    h = min(g[3], p[3]) - max(g[1], p[1])
+                    inter = max(w, 0) * max(h, 0)
+                    union = (g[2] - g[0]) * (g[3] - g[1]) + (p[2] - p[0]) * (p[3] - p[1]) - inter
+                    halves += inter > 0 and 2 * inter == union
+        assert halves > 300
+    _assert_same_as_sdk(images, 0.5)
 
 
 def test_coordinates_are_rounded_like_the_sdk() -> None:

@@ -161,17 +161,27 @@ def detection_report(samples: list[ReportSample] | None = None, **overrides: Any
             "train_duration_s": 3125.0,
             "budget_milli_node_hours": 20000,
             "device": "cpu",
+            "step": 1200,
+            "total_steps": 1200,
+            "elapsed_s": 3125.0,
+            "eta_s": 0.0,  # the last progress the monitor recorded, from a job that has finished
         },
+        # The keys and shapes of shared.data_quality.DataQuality.to_dict().
         "data_quality": {
             "rows_seen": 1250,
             "rows_kept": 1203,
-            "skipped": {"no image size": 30, "unsupported media": 17},
+            "rows_skipped": {"no image size": 30, "unsupported media": 17},
             "boxes_dropped": {"zero area": 12, "outside image": 3},
-            "class_counts": {
+            "warnings": {"image size differs from the export": 4},
+            "labels_dropped": {"twig": 6},
+            "images_per_split": {"training": 960, "validation": 120, "test": 123},
+            "per_class_per_split": {
                 "grape": {"training": 800, "validation": 100, "test": 96},
                 "leaf": {"training": 400, "validation": 50},
                 "stem": {"training": 90, "test": 8},
             },
+            "boxes_per_class": {"grape": 2400, "leaf": 900, "stem": 210},
+            "examples": {"no image size": ["cl000000000000000000000001: width 0"]},
         },
         "metrics": detection_metrics(),
         "samples": samples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,3 +73,20 @@ def test_the_screenshot_shows_a_rendered_page(report_file: Path, tmp_path: Path)
         colours = rgb.getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50  # text, charts, tables: not a blank page
         assert rgb.getpixel((5, 5)) == (15, 23, 42)  # the dark header was styled, so the CSS applied
+
+
+def test_the_browser_shows_tables_headed_by_their_rows_and_no_eta_after_training(
+    report_file: Path, tmp_path: Path
+) -> None:
+    result = chromium(tmp_path / "profile", "--dump-dom", report_file.as_uri())
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    quality = dom[dom.index('id="data-quality"') : dom.index('id="metrics"')]
+    headings = re.findall(r"<h3>([^<]+)</h3><table[^>]*><thead><tr><th>([^<]*)</th>", quality)
+    assert ("Images per split", "Split") in headings and ("Boxes per class", "Class") in headings
+    assert ("Rows skipped", "Reason") in headings
+    split_rows = re.search(r"<h3>Images per split</h3>(.*?)</table>", quality).group(1)
+    assert re.findall(r"<tr><td>([a-z]+)</td>", split_rows) == ["training", "validation", "test"]
+    summary = dom[dom.index('id="summary"') : dom.index('id="data-quality"')]
+    assert "<th>Step</th>" in summary and "ETA" not in summary and "Eta" not in summary

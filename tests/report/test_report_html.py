@@ -301,3 +301,37 @@ def test_real_vertex_predictions_are_drawn_inside_their_image() -> None:
         assert x >= 0 and y >= 0
         assert x + w <= 2048.05 and y + h <= 1365.05
     assert ">Grapes 0.77<" in samples  # the top box, 0.7680233
+
+
+def _first_headings(quality: str) -> dict[str, str]:
+    """{table title: the heading of its first column} for the data-quality section."""
+    return dict(re.findall(r"<h3>([^<]+)</h3><table[^>]*><thead><tr><th>([^<]*)</th>", quality))
+
+
+def test_data_quality_tables_are_headed_by_what_their_rows_are() -> None:
+    quality = section(render_report(detection_report()), "data-quality")
+    assert _first_headings(quality) == {
+        "Rows skipped": "Reason",
+        "Boxes dropped": "Reason",
+        "Warnings": "Reason",
+        "Labels dropped": "Class",
+        "Images per split": "Split",
+        "Per class per split": "Class",
+        "Boxes per class": "Class",
+        "Examples": "Reason",
+    }
+    # A table the report does not know by name is headed by what its key says, or by the key's own words.
+    other = render_report(
+        replace(detection_report(), data_quality={"images_by_split": {"test": 3}, "mime_types": {"image/png": 2}})
+    )
+    assert _first_headings(section(other, "data-quality")) == {"Images by split": "Split", "Mime types": "Mime types"}
+    examples = re.search(r"<h3>Examples</h3><table[^>]*><thead><tr>(.*?)</tr>", quality).group(1)
+    assert "Count" not in examples and "Examples" in examples  # lists of examples are not counts
+
+
+def test_a_finished_training_shows_no_eta() -> None:
+    summary = section(render_report(detection_report()), "summary")
+    assert "<th>Step</th><td>1,200</td>" in summary and "<th>Elapsed</th><td>52m 05s</td>" in summary
+    assert "Eta" not in summary and "ETA" not in summary
+    running = section(render_report(replace(detection_report(), status="running")), "summary")
+    assert "<th>ETA</th><td>0.0 s</td>" in running  # while it runs, an ETA says something

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.evaluation import HeldOutRow, chunk_by_rows, evaluate_rows, join_predictions
-from shared.formats.vertex_prediction import parse_prediction_line
+from shared.evaluation import HeldOutRow, Joined, chunk_by_rows, evaluate_rows, join_predictions
+from shared.formats.vertex_prediction import PredictedBox, VertexPrediction, parse_prediction_line
 from shared.model_types import Task
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
@@ -86,3 +86,80 @@ def test_upload_chunks_are_cut_the_same_way_every_time() -> None:
     first = chunk_by_rows(upload, 4)
     assert [len(c) for c in first] == [4, 4, 2]
     assert chunk_by_rows(dict(reversed(list(upload.items()))), 4) == first
+
+
+def _one_row(boxes: list[tuple[str, float, float, float, float, float]], *, max_predictions: int, size=(200, 200)):
+    """One held-out row with a car at (0, 0, 100, 100) px, predicted `boxes` (label, confidence, normalized
+    x_min, x_max, y_min, y_max); returns the uploaded bbox rows and the 50pct_iou rows by feature."""
+    width, height = size
+    row = HeldOutRow(
+        "dr1", "gs://b/runs/r/images/dr1.jpg", "image/jpeg", width, height, "test", (("car", 0, 0, 100, 100),), ()
+    )
+    prediction = VertexPrediction(
+        row.image_uri, "image/jpeg", boxes=tuple(PredictedBox(label, c, *xy) for label, c, *xy in boxes)
+    )
+    evaluated = evaluate_rows(
+        [row],
+        Joined(predictions={"dr1": prediction}),
+        task=Task.OBJECT_DETECTION,
+        feature_for={},
+        question=None,
+        confidence_threshold=0.5,
+        max_predictions=max_predictions,
+        uuid_seed="run-1",
+    )
+    out = evaluated.upload_rows["dr1"]
+    uploaded = [r for r in out if "bbox" in r]
+    confusion = {r["featureName"]: r["metricValue"] for r in out if r.get("metricName") == "50pct_iou"}
+    assert len(evaluated.detections[0].pred_labels) == len(boxes)  # run-level metrics keep every box
+    return uploaded, confusion
+
+
+def test_per_row_metrics_count_exactly_the_boxes_uploaded_under_the_cap() -> None:
+    """PREDICT_MAX_PREDICTIONS=2 uploads the two most confident boxes; the diagnostics must not count the rest."""
+    on_the_car = ("car", 0.9, 0.0, 0.5, 0.0, 0.5)
+    elsewhere = [("car", c, 0.6, 0.9, 0.6, 0.9) for c in (0.8, 0.7, 0.6)] + [("dog", 0.55, 0.6, 0.9, 0.0, 0.3)]
+    below_threshold = ("car", 0.2, 0.6, 0.9, 0.6, 0.9)
+    uploaded, confusion = _one_row([*elsewhere, on_the_car, below_threshold], max_predictions=2)
+    assert [(r["name"], r["confidence"]) for r in uploaded] == [("car", 0.9), ("car", 0.8)]
+    assert confusion == {"car": [1, 1, 0, 0]}  # no "dog": it was not uploaded
+    # The cap can also cut the box that matched: then the car is a miss in Labelbox, and here too.
+    uploaded, confusion = _one_row([*elsewhere, ("car", 0.51, 0.0, 0.5, 0.0, 0.5)], max_predictions=3)
+    assert [r["confidence"] for r in uploaded] == [0.8, 0.7, 0.6]
+    assert confusion == {"car": [0, 3, 0, 1]}
+    uploaded, confusion = _one_row([*elsewhere, on_the_car], max_predictions=500)
+    assert len(uploaded) == 5 and confusion == {"car": [1, 3, 0, 0], "dog": [0, 1, 0, 0]}
+
+
+def test_per_row_metrics_use_the_uploaded_geometry() -> None:
+    """A box 199.996 px tall overlaps the car by a hair more than 1/2; Labelbox receives it rounded to
+    200.00 px, exactly 1/2, which the SDK does not count as a match: neither may we."""
+    uploaded, confusion = _one_row([("car", 0.9, 0.0, 1.0, 0.0, 0.99998)], max_predictions=10, size=(100, 200))
+    assert uploaded[0]["bbox"] == {"top": 0.0, "left": 0.0, "height": 200.0, "width": 100.0}
+    assert confusion == {"car": [0, 1, 0, 1]}
+
+
+def test_on_real_predictions_the_diagnostics_count_the_uploads_of_every_row() -> None:
+    """The real Vertex output has up to dozens of boxes per image: with a cap of 5, every row's 50pct_iou
+    counts (no ground truth here, so all false positives) add up to what was uploaded for that row."""
+    rows = _rows()
+    joined = join_predictions(rows, (parse_prediction_line(line) for line in FIXTURE.read_text().splitlines()))
+    evaluated = evaluate_rows(
+        list(rows.values()),
+        joined,
+        task=Task.OBJECT_DETECTION,
+        feature_for={"Grapes": "grape"},
+        question=None,
+        confidence_threshold=0.1,
+        max_predictions=5,
+        uuid_seed="run-1",
+    )
+    capped = 0
+    for row in rows.values():
+        out = evaluated.upload_rows[row.data_row_id]
+        uploaded = [r for r in out if "bbox" in r]
+        above = [b for b in joined.predictions[row.data_row_id].boxes if b.confidence >= 0.1]
+        capped += len(above) > len(uploaded)
+        counted = [r["metricValue"] for r in out if r.get("metricName") == "50pct_iou"]
+        assert sum(tp + fp for tp, fp, _, _ in counted) == len(uploaded) <= 5, row.data_row_id
+    assert capped  # the cap did cut something
