@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from shared.demo import create_demo_model_run
+from shared.domain.model_types import Task
 from shared.engine.images import decode_image
 from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
@@ -37,7 +38,6 @@ from shared.engine.train import TrainSettings, resolve_device, train
 from shared.engine.vertex_io import parse_import_line
 from shared.formats.labelbox_export import Converted, example_from_row
 from shared.formats.vertex_import import LabelNames, import_line, normalize_boxes
-from shared.model_types import Task
 from shared.store.local_folder import LocalFolderStore
 
 BUCKET = "local-bucket"

@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.data_quality import DataQuality  # noqa: E402
 from shared.demo import export_row  # noqa: E402
+from shared.domain.data_quality import DataQuality  # noqa: E402
+from shared.domain.model_types import Task  # noqa: E402
 from shared.formats.labelbox_export import Converted, example_from_row  # noqa: E402
 from shared.formats.vertex_import import LabelNames  # noqa: E402
-from shared.model_types import Task  # noqa: E402
 from shared.training_set import training_row  # noqa: E402
 
 MODEL_RUN_ID = "11111111-2222-4333-8444-555555555555"

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from shared.chain.port import Chain
 from shared.config import Settings, load_settings
+from shared.domain.run_record import Stage
 from shared.invocation import process_owner_alive
 from shared.platform.port import LabelingPlatform
-from shared.run_record import Stage
 from shared.run_repository import RunRepository
 from shared.services import Factory, Services
 from shared.store.port import ObjectStore

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.model_types import Backend, ModelType, Task, offered
-from shared.run_record import CHAIN_STAGES
+from shared.domain.model_types import Backend, ModelType, Task, offered
+from shared.domain.run_record import CHAIN_STAGES
 
 
 class ConfigError(ValueError):

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.domain.model_types import Task
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
 from shared.formats.vertex_prediction import PredictedLabel, PredictionLineError, VertexPrediction, apply_limits
 from shared.metrics.detections import ClassificationItem, ImageDetections
 from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics, metric_import_rows
-from shared.model_types import Task
 
 EMPTY = VertexPrediction(content_uri="", mime_type=None)
 

@@ -10,7 +10,7 @@ from typing import Any
 import flask
 
 from shared.bootstrap import services
-from shared.run_record import RunRecord
+from shared.domain.run_record import RunRecord
 from shared.services import Services
 from shared.stages.runner import StageAnswer, StageCall, StageContext, run_stage
 from shared.webhook import Rejected, valid_run_id

@@ -35,10 +35,10 @@ from urllib.parse import urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from shared.data_quality import URL, without_query
-from shared.examples import Example
+from shared.domain.data_quality import URL, without_query
+from shared.domain.examples import Example
+from shared.domain.run_paths import RunPaths
 from shared.platform.port import LabelingPlatform, PlatformError
-from shared.run_paths import RunPaths
 from shared.store.port import ObjectStore
 
 log = logging.getLogger(__name__)

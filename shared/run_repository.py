@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from shared.config import Secret
-from shared.run_paths import RunPaths
-from shared.run_record import RunRecord
+from shared.domain.run_paths import RunPaths
+from shared.domain.run_record import RunRecord
 from shared.store.port import NO_OBJECT, NotFound, ObjectStore, PreconditionFailed
 
 T = TypeVar("T")

@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from shared.data_quality import DataQuality
-from shared.examples import Example, Split
+from shared.domain.data_quality import DataQuality
+from shared.domain.examples import Example, Split
+from shared.domain.model_types import Task
 from shared.formats.labelbox_export import no_usable_boxes_reason
 from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes
-from shared.model_types import Task
 
 
 @dataclass(frozen=True)

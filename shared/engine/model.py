@@ -26,7 +26,7 @@ CHANNELS_LAST = torch.channels_last  # about 30% faster convolutions on CPU (one
 
 @dataclass(frozen=True)
 class ModelConfig:
-    task: str  # a shared.model_types.Task value
+    task: str  # a shared.domain.model_types.Task value
     num_classes: int
     input_size: int = 160
     width: int = 32  # channels at stride 2; deeper stages widen from it

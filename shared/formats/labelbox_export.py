@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.examples import Example, PixelBox, Split
-from shared.model_types import Task
+from shared.domain.examples import Example, PixelBox, Split
+from shared.domain.model_types import Task
 
 SPLIT_KEYS = ("split", "data_split", "dataSplit", "Data Split")
 # Labelbox data row ids are 25-character cuids. 1024 characters is GCS's limit on a whole object name:

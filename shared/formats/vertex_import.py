@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.examples import Example, NormalizedBox, PixelBox, Split
-from shared.model_types import Task
+from shared.domain.examples import Example, NormalizedBox, PixelBox, Split
+from shared.domain.model_types import Task
 
 ML_USE = "aiplatform.googleapis.com/ml_use"
 MAX_BOXES_PER_IMAGE = 500

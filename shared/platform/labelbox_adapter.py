@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.config import Secret
-from shared.examples import Split
+from shared.domain.examples import Split
 from shared.platform import export_stream
 from shared.platform.export_stream import url_without_query
 from shared.platform.port import (

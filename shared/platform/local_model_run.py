@@ -33,7 +33,8 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from shared.examples import Split
+from shared.domain.examples import Split
+from shared.domain.run_record import iso
 from shared.platform.port import (
     RESERVED_METRIC_NAMES,
     ExportState,
@@ -45,7 +46,6 @@ from shared.platform.port import (
     UploadResult,
     cut_message,
 )
-from shared.run_record import iso
 
 _CHUNK = 1 << 16
 EXPORT_TASK_PREFIX = "local-export-"

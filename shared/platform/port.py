@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from shared.examples import Split
+from shared.domain.examples import Split
 
 MAX_STATUS_MESSAGE = 255  # Labelbox keeps at most 255 characters of a model run's error message
 # Metric names Labelbox refuses (labelbox.data.annotation_types.metrics.scalar.RESERVED_METRIC_NAMES).

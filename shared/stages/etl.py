@@ -28,16 +28,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
-from shared import run_record as rr
-from shared.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
-from shared.examples import Split
+from shared.domain import run_record as rr
+from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
+from shared.domain.examples import Split
+from shared.domain.model_types import Task
+from shared.domain.run_paths import RunPaths
+from shared.domain.run_record import JobKind, Stage
 from shared.formats.labelbox_export import Converted, classification_question, example_from_row
 from shared.formats.vertex_import import LabelNames
 from shared.image_staging import ImageStager, NotStaged, StagedImage
-from shared.model_types import Task
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
-from shared.run_paths import RunPaths
-from shared.run_record import JobKind, Stage
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training_set import import_line_without, manifest_without, training_row

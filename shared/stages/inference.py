@@ -14,16 +14,16 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from shared import run_record as rr
+from shared.domain import run_record as rr
+from shared.domain.model_types import Task
+from shared.domain.run_paths import RunPaths
+from shared.domain.run_record import RunRecord, StageState
 from shared.evaluation import Evaluated, HeldOutRow, chunk_by_rows, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 from shared.metrics.classification import evaluate_classification
 from shared.metrics.detection_map import evaluate_detections
-from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
 from shared.report import ReportData, ReportSample, render_report
-from shared.run_paths import RunPaths
-from shared.run_record import RunRecord, StageState
 from shared.services import Services
 from shared.stages.etl import read_manifest
 from shared.stages.runner import StageAnswer, StageContext, StageFailed

@@ -14,10 +14,10 @@ conditional create makes exactly one delivery the run's creator, and only the cr
 
 from __future__ import annotations
 
-from shared import run_record as rr
 from shared.chain.port import HandOffFailed
+from shared.domain import run_record as rr
+from shared.domain.run_record import RunRecord, RunStatus, Stage
 from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
-from shared.run_record import RunRecord, RunStatus, Stage
 from shared.services import Services
 from shared.stages.runner import StageAnswer, fail
 from shared.stages.watch import ensure_monitor

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import run_record as rr
-from shared.model_types import Task
+from shared.domain import run_record as rr
+from shared.domain.model_types import Task
+from shared.domain.run_record import JobKind, RunRecord, Stage, Watch
 from shared.platform.port import ExportState
-from shared.run_record import JobKind, RunRecord, Stage, Watch
 from shared.stages.runner import JobFailed, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look
 from shared.training.port import JobState, JobStatus

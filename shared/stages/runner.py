@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from shared import run_record as rr
 from shared.chain.port import HandOffFailed
+from shared.domain import run_record as rr
+from shared.domain.run_record import ClaimOutcome, LostOwnership, RunRecord
 from shared.platform.port import ModelRunStatus, cut_message
-from shared.run_record import ClaimOutcome, LostOwnership, RunRecord
 from shared.run_repository import RunNotFound
 from shared.services import Services
 

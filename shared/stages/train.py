@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import run_record as rr
+from shared.domain import run_record as rr
+from shared.domain.model_types import Task
+from shared.domain.run_record import JobKind, RunRecord, RunStatus, Stage
 from shared.formats.vertex_import import label_value
-from shared.model_types import Task
 from shared.platform.port import ModelRunStatus
-from shared.run_record import JobKind, RunRecord, RunStatus, Stage
 from shared.services import Services
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, ensure_monitor, schedule_look, watch_job

@@ -7,8 +7,8 @@ by task name, locally the timer), and the attempt only advances through a condit
 
 from __future__ import annotations
 
-from shared import run_record as rr
-from shared.run_record import JobKind, RunRecord, Stage, Watch
+from shared.domain import run_record as rr
+from shared.domain.run_record import JobKind, RunRecord, Stage, Watch
 from shared.services import Services
 
 

@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from shared.domain.model_types import Task
+from shared.domain.run_paths import RunPaths
 from shared.engine import jobs
 from shared.engine.job import BATCH_PREDICTION, TRAINING
 from shared.engine.vertex_io import output_directory_name
-from shared.model_types import Task
-from shared.run_paths import RunPaths
 from shared.store.port import ObjectStore
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from shared.model_types import Task
+from shared.domain.model_types import Task
 
 
 class JobState(StrEnum):

@@ -51,8 +51,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from shared.config import VERTEX_CLS_MODEL_TYPES, VERTEX_OD_MODEL_TYPES, VertexSettings, vertex_budget_range
+from shared.domain.model_types import Task
 from shared.gcp.errors import is_failed_precondition
-from shared.model_types import Task
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
 _SCHEMA = "gs://google-cloud-aiplatform/schema"

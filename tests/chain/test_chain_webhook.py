@@ -8,8 +8,8 @@ from pathlib import Path
 
 import requests
 
+from shared.domain.model_types import Backend, offered
 from shared.local_chain import LocalChain, sign
-from shared.model_types import Backend, offered
 
 
 def _runs(data: Path) -> list[str]:

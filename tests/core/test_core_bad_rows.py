@@ -22,11 +22,11 @@ import pytest
 from PIL import Image, ImageFile
 
 from shared.config import ConfigError, load_settings
-from shared.data_quality import DataQuality
-from shared.examples import PixelBox, Split
+from shared.domain.data_quality import DataQuality
+from shared.domain.examples import PixelBox, Split
+from shared.domain.model_types import Task
 from shared.formats.labelbox_export import Converted, Skipped
 from shared.image_staging import NotStaged, StagedImage
-from shared.model_types import Task
 from tests.core.conftest import DemoRun
 from tests.core.test_core_image_staging import RUN_ID, examples, media_path, stage_one, stager
 from tests.core.test_core_labelbox_export import box, convert, converted, make_row, skipped

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.data_quality import DataQuality
-from shared.examples import Split
-from shared.model_types import Task
+from shared.domain.data_quality import DataQuality
+from shared.domain.examples import Split
+from shared.domain.model_types import Task
 
 
 def healthy(task: Task = Task.OBJECT_DETECTION) -> DataQuality:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.examples import PixelBox, Split
+from shared.domain.examples import PixelBox, Split
+from shared.domain.model_types import Task
 from shared.formats.labelbox_export import Converted, Skipped, classification_question, example_from_row, split_of
-from shared.model_types import Task
 from shared.platform.local_model_run import LocalModelRuns
 from tests.core.conftest import DemoRun
 

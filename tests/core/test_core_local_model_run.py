@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.examples import Split
+from shared.domain.examples import Split
 from shared.platform.local_model_run import LocalModelRuns
 from shared.platform.port import (
     ExportState,

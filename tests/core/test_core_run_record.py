@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from shared import run_record as rr
-from shared.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus, StageState, Watch
+from shared.domain import run_record as rr
+from shared.domain.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus, StageState, Watch
 
 T0 = 1_700_000_000.0
 LEASE = 60.0

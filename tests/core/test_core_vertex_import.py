@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from shared.examples import Example, NormalizedBox, PixelBox, Split
+from shared.domain.examples import Example, NormalizedBox, PixelBox, Split
+from shared.domain.model_types import Task
 from shared.formats.vertex_import import (
     ML_USE,
     LabelNames,
@@ -17,7 +18,6 @@ from shared.formats.vertex_import import (
     label_value,
     normalize_boxes,
 )
-from shared.model_types import Task
 
 URI = "gs://bucket/runs/r1/images/cdatarow1.jpg"
 

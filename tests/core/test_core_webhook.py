@@ -9,7 +9,7 @@ import json
 import pytest
 
 from shared.config import Secret
-from shared.model_types import MODEL_TYPES, Backend, offered
+from shared.domain.model_types import MODEL_TYPES, Backend, offered
 from shared.webhook import Rejected, TrainingRequest, parse_training_request, verify_signature
 
 SECRET = "s3cr3t-webhook-value"

@@ -12,11 +12,11 @@ import psutil
 import pytest
 import torch
 
+from shared.domain.model_types import Task
 from shared.engine import jobs
 from shared.engine.images import decode_image
 from shared.engine.model import load_checkpoint
 from shared.engine.predict import Predictor
-from shared.model_types import Task
 from shared.training.local_engine import LocalEngineBackend
 from shared.training.port import DatasetRequest, JobState, JobStatus, PredictionRequest, TrainingRequest
 from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data

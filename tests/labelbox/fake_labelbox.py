@@ -30,7 +30,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from shared.examples import Split
+from shared.domain.examples import Split
 
 FAKE_API_KEY = "lb-fake-key-0123456789abcdef"
 FAKE_SIGNATURE = "X-Goog-Signature=fake-signature-abc123"

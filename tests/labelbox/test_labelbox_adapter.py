@@ -15,7 +15,7 @@ import pytest
 
 from shared.config import Secret
 from shared.demo import create_demo_model_run, export_row
-from shared.examples import Split
+from shared.domain.examples import Split
 from shared.platform.labelbox_adapter import LabelboxPlatform
 from shared.platform.port import (
     MAX_STATUS_MESSAGE,

@@ -166,7 +166,7 @@ def detection_report(samples: list[ReportSample] | None = None, **overrides: Any
             "elapsed_s": 3125.0,
             "eta_s": 0.0,  # the last progress the monitor recorded, from a job that has finished
         },
-        # The keys and shapes of shared.data_quality.DataQuality.to_dict().
+        # The keys and shapes of shared.domain.data_quality.DataQuality.to_dict().
         "data_quality": {
             "rows_seen": 1250,
             "rows_kept": 1203,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from shared import run_record as rr
 from shared.bootstrap import build_services
 from shared.config import load_settings
 from shared.demo import create_demo_model_run
+from shared.domain import run_record as rr
 from shared.platform.local_model_run import LocalModelRuns
 from shared.services import Services
 from shared.stages.etl import run_etl

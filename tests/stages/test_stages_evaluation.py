@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.domain.model_types import Task
 from shared.evaluation import HeldOutRow, Joined, chunk_by_rows, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictedBox, VertexPrediction, parse_prediction_line
-from shared.model_types import Task
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
 

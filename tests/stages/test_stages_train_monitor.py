@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import run_record as rr
 from shared.bootstrap import build_services
 from shared.config import load_settings
+from shared.domain import run_record as rr
 from shared.platform.local_model_run import LocalModelRuns
 from shared.services import Services
 from shared.stages.monitor import run_monitor

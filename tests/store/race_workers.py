@@ -9,7 +9,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from shared.run_record import RunRecord, claim
+from shared.domain.run_record import RunRecord, claim
 from shared.run_repository import RunRepository
 from shared.store.local_folder import LocalFolderStore
 

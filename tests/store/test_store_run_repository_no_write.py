@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared import run_record as rr
+from shared.domain import run_record as rr
 from shared.run_repository import RunRepository, record_key
 from shared.store.local_folder import LocalFolderStore
 

@@ -36,7 +36,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from shared.config import VertexSettings
-from shared.model_types import Task
+from shared.domain.model_types import Task
 from shared.training import port
 from shared.training.port import DatasetRequest, JobRef, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend, VertexRequestError

@@ -29,7 +29,7 @@ from google.cloud.aiplatform_v1.types import (
 from google.longrunning import operations_pb2
 
 from shared.config import VertexSettings
-from shared.model_types import Task
+from shared.domain.model_types import Task
 from shared.training import vertex as vertex_module
 from shared.training.port import DatasetRequest, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend

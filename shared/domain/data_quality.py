@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.examples import Split
-from shared.model_types import Task
+from shared.domain.examples import Split
+from shared.domain.model_types import Task
 
 MIN_IMAGES_PER_LABEL = 10
 TRAINING_SPLITS = (Split.TRAINING, Split.VALIDATION, Split.TEST)
