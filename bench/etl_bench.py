@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.dataset.training_set import training_row  # noqa: E402
 from shared.demo import export_row  # noqa: E402
 from shared.domain.data_quality import DataQuality  # noqa: E402
 from shared.domain.model_types import Task  # noqa: E402
 from shared.formats.labelbox_export import Converted, example_from_row  # noqa: E402
 from shared.formats.vertex_import import LabelNames  # noqa: E402
-from shared.training_set import training_row  # noqa: E402
 
 MODEL_RUN_ID = "11111111-2222-4333-8444-555555555555"
 MODEL_ID = "cbenchmodel0000000000000a"
@@ -98,7 +98,7 @@ def convert(path: Path, out_path: Path) -> int:
                 dropped=result.dropped_boxes,
             )
             if prepared is not None:
-                manifest.append(json.dumps(prepared.manifest, separators=(",", ":")))
+                manifest.append(json.dumps(prepared.manifest.to_json(), separators=(",", ":")))
                 if prepared.import_line is not None:
                     buffer.append(json.dumps(prepared.import_line, separators=(",", ":")))
             if len(buffer) >= CHUNK_ROWS:

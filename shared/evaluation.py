@@ -15,40 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from shared.dataset.manifest import ManifestRow
+from shared.domain.examples import to_pixels
 from shared.domain.model_types import Task
+from shared.formats.labelbox_metrics import metric_import_rows
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
 from shared.formats.vertex_prediction import PredictedLabel, PredictionLineError, VertexPrediction, apply_limits
 from shared.metrics.detections import ClassificationItem, ImageDetections
-from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics, metric_import_rows
+from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics
 
 EMPTY = VertexPrediction(content_uri="", mime_type=None)
-
-
-@dataclass(frozen=True)
-class HeldOutRow:
-    """A manifest line of a row we predict on: its image, size, split and ground truth (feature names)."""
-
-    data_row_id: str
-    image_uri: str
-    mime_type: str
-    width: int
-    height: int
-    split: str
-    boxes: tuple[tuple[str, float, float, float, float], ...]  # (label, left, top, width, height) px
-    labels: tuple[str, ...]
-
-    @classmethod
-    def from_manifest(cls, line: Mapping[str, Any]) -> HeldOutRow:
-        return cls(
-            data_row_id=line["data_row_id"],
-            image_uri=line["image_uri"],
-            mime_type=line.get("mime_type") or "image/jpeg",
-            width=int(line["width"]),
-            height=int(line["height"]),
-            split=line["split"],
-            boxes=tuple((b[0], float(b[1]), float(b[2]), float(b[3]), float(b[4])) for b in line.get("boxes", [])),
-            labels=tuple(line.get("labels", [])),
-        )
 
 
 @dataclass
@@ -74,7 +50,9 @@ def failure_reason(line: PredictionLineError) -> str:
     return f"{line.reason}: {detail}" if detail else line.reason
 
 
-def join_predictions(rows: Mapping[str, HeldOutRow], lines: Iterable[VertexPrediction | PredictionLineError]) -> Joined:
+def join_predictions(
+    rows: Mapping[str, ManifestRow], lines: Iterable[VertexPrediction | PredictionLineError]
+) -> Joined:
     """`rows` is keyed by image URI. Rows without a prediction line are counted, not dropped."""
     joined = Joined()
     for line in lines:
@@ -126,7 +104,7 @@ class Evaluated:
 
 
 def evaluate_rows(
-    rows: Sequence[HeldOutRow],
+    rows: Sequence[ManifestRow],
     joined: Joined,
     *,
     task: Task,
@@ -162,12 +140,7 @@ def evaluate_rows(
                 (
                     feature_for.get(b.label, b.label),
                     b.confidence,
-                    (
-                        b.x_min * row.width,
-                        b.y_min * row.height,
-                        (b.x_max - b.x_min) * row.width,
-                        (b.y_max - b.y_min) * row.height,
-                    ),
+                    to_pixels(b.x_min, b.y_min, b.x_max, b.y_max, row.width, row.height),
                 )
                 for b in raw.boxes
             ]

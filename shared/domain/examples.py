@@ -52,6 +52,14 @@ class NormalizedBox:
     y_max: float
 
 
+def to_pixels(
+    x_min: float, y_min: float, x_max: float, y_max: float, width: float, height: float
+) -> tuple[float, float, float, float]:
+    """Normalized corners (Vertex) -> (left, top, width, height) in pixels of a `width` x `height` image
+    (Labelbox), unrounded: the one conversion every ground-truth and prediction box goes through."""
+    return x_min * width, y_min * height, (x_max - x_min) * width, (y_max - y_min) * height
+
+
 @dataclass(frozen=True)
 class Example:
     """One data row ready for training: where its image is, its size, its split and its labels."""

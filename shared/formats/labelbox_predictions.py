@@ -94,14 +94,6 @@ def classification_prediction_rows(
     ]
 
 
-def data_row_id_from_image_uri(uri: str) -> str:
-    """The data row id in the ETL's staging name gs://<bucket>/runs/<run>/images/<dataRowId>.<ext>."""
-    stem = uri.split("?", 1)[0].rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    if not stem:
-        raise ValueError(f"no data row id in image uri {uri!r}")
-    return stem
-
-
 def _check_size(row: RowContext) -> None:
     if row.width <= 0 or row.height <= 0:
         raise ValueError(f"data row {row.data_row_id} has no usable image size ({row.width}x{row.height})")

@@ -30,10 +30,10 @@ from urllib3.util.retry import Retry
 
 from shared.config import Secret
 from shared.domain.examples import Split
+from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
 from shared.platform import export_stream
 from shared.platform.export_stream import url_without_query
 from shared.platform.port import (
-    RESERVED_METRIC_NAMES,
     ExportState,
     ExportStatus,
     ModelRunInfo,

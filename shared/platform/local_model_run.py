@@ -35,8 +35,8 @@ import requests
 
 from shared.domain.examples import Split
 from shared.domain.run_record import iso
+from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
 from shared.platform.port import (
-    RESERVED_METRIC_NAMES,
     ExportState,
     ExportStatus,
     ModelRunInfo,

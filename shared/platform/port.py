@@ -15,19 +15,6 @@ from typing import Any, Protocol
 from shared.domain.examples import Split
 
 MAX_STATUS_MESSAGE = 255  # Labelbox keeps at most 255 characters of a model run's error message
-# Metric names Labelbox refuses (labelbox.data.annotation_types.metrics.scalar.RESERVED_METRIC_NAMES).
-RESERVED_METRIC_NAMES = frozenset(
-    {
-        "true_positive_count",
-        "false_positive_count",
-        "true_negative_count",
-        "false_negative_count",
-        "precision",
-        "recall",
-        "f1",
-        "iou",
-    }
-)
 
 
 class ModelRunStatus(StrEnum):

@@ -6,10 +6,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# (label, left, top, width, height) in pixels of the original image; a bare label for classification.
-GroundTruth = tuple[str, float, float, float, float] | str
-# (label, confidence, left, top, width, height) in pixels; (label, confidence) for classification.
-Prediction = tuple[str, float, float, float, float, float] | tuple[str, float]
+
+@dataclass(frozen=True)
+class SampleBox:
+    """A box drawn on a sample, in pixels of the original image; ground truth has no confidence."""
+
+    label: str
+    left: float
+    top: float
+    width: float
+    height: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleLabel:
+    """A classification answer shown under a sample; ground truth has no confidence."""
+
+    label: str
+    confidence: float | None = None
+
+
+SampleItem = SampleBox | SampleLabel
 
 
 @dataclass(frozen=True)
@@ -26,8 +44,8 @@ class ReportSample:
     mime_type: str
     width: int
     height: int
-    ground_truth: Sequence[GroundTruth]
-    predictions: Sequence[Prediction]
+    ground_truth: Sequence[SampleItem]
+    predictions: Sequence[SampleItem]
     split: str
 
 

@@ -23,7 +23,7 @@ from shared.report.charts import (
     pr_chart,
     sample_overlay,
 )
-from shared.report.data import ReportData, ReportSample
+from shared.report.data import ReportData, ReportSample, SampleBox, SampleItem
 from shared.report.images import embed_image
 
 MAX_SAMPLES = 24
@@ -430,33 +430,27 @@ def _sample_card(sample: ReportSample, *, classification: bool) -> str:
 # -- sample items -----------------------------------------------------------------------------------------
 
 
-def _label_of(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    return str(item[0]) if isinstance(item, Sequence) and item else "?"
+def _label_of(item: SampleItem) -> str:
+    return item.label
 
 
-def _confidence_of(item: Any) -> float | None:
-    if isinstance(item, Sequence) and not isinstance(item, str) and len(item) >= 2 and _finite(item[1]):
-        return float(item[1])
-    return None
+def _confidence_of(item: SampleItem) -> float | None:
+    return float(item.confidence) if item.confidence is not None and _finite(item.confidence) else None
 
 
-def _gt_box(item: Any) -> tuple[str, float, float, float, float] | None:
-    if isinstance(item, str) or not isinstance(item, Sequence) or len(item) < 5:
+def _gt_box(item: SampleItem) -> tuple[str, float, float, float, float] | None:
+    """A drawable ground-truth box; None for a label or a box with a coordinate that is not a number."""
+    if not isinstance(item, SampleBox) or not all(_finite(v) for v in (item.left, item.top, item.width, item.height)):
         return None
-    if not all(_finite(v) for v in item[1:5]):
-        return None
-    return (str(item[0]), float(item[1]), float(item[2]), float(item[3]), float(item[4]))
+    return (item.label, float(item.left), float(item.top), float(item.width), float(item.height))
 
 
-def _pred_box(item: Any) -> tuple[str, float, float, float, float, float] | None:
-    if isinstance(item, str) or not isinstance(item, Sequence) or len(item) < 6:
+def _pred_box(item: SampleItem) -> tuple[str, float, float, float, float, float] | None:
+    box = _gt_box(item)
+    confidence = _confidence_of(item)
+    if box is None or confidence is None:
         return None
-    if not all(_finite(v) for v in item[1:6]):
-        return None
-    confidence, left, top, width, height = (float(v) for v in item[1:6])
-    return (str(item[0]), confidence, left, top, width, height)
+    return (box[0], confidence, *box[1:])
 
 
 # -- small pieces -----------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+from shared.dataset import manifest
+from shared.dataset.image_staging import ImageStager, NotStaged, StagedImage
+from shared.dataset.manifest import ManifestRow, jsonl, read_jsonl
+from shared.dataset.training_set import import_line_without, training_row
 from shared.domain import run_record as rr
 from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.domain.examples import Split
@@ -36,11 +40,9 @@ from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
 from shared.formats.labelbox_export import Converted, classification_question, example_from_row
 from shared.formats.vertex_import import LabelNames
-from shared.image_staging import ImageStager, NotStaged, StagedImage
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
-from shared.training_set import import_line_without, manifest_without, training_row
 
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
@@ -53,10 +55,6 @@ def _blocks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(rows)
     while block := list(islice(iterator, size)):
         yield block
-
-
-def _jsonl(lines: list[Mapping[str, Any]]) -> bytes:
-    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
 
 
 class _SplitLookup:
@@ -169,7 +167,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     quality.skip(result.reason, result.data_row_id, result.detail)
                     quality.drop_boxes(result.dropped_boxes, result.data_row_id)
             import_lines: list[dict[str, Any]] = []
-            manifest_lines: list[dict[str, Any]] = []
+            manifest_lines: list[ManifestRow] = []
             for item, staged in zip(converted, stager.stage_many([c.example for c in converted]), strict=True):
                 example = item.example
                 if isinstance(staged, NotStaged):
@@ -192,12 +190,8 @@ def run_etl(ctx: StageContext) -> StageAnswer:
                     manifest_lines.append(prepared.manifest)
                     if prepared.import_line is not None:
                         import_lines.append(prepared.import_line)
-            store.write(paths.import_chunk(chunk), _jsonl(import_lines), content_type="application/jsonl")
-            store.write(
-                paths.manifest_chunk(chunk),
-                _jsonl(manifest_lines),
-                content_type="application/jsonl",
-            )
+            store.write(paths.import_chunk(chunk), jsonl(import_lines), content_type="application/jsonl")
+            manifest.write_chunk(store, paths, chunk, manifest_lines)
             chunk += 1
             ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
 
@@ -278,13 +272,6 @@ def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:
     return f"training data not usable {cause}: {text}"
 
 
-def _read_jsonl(store: Any, key: str) -> Iterator[dict[str, Any]]:
-    with store.open_read(key) as stream:
-        for line in stream:
-            if line.strip():
-                yield json.loads(line)
-
-
 def _drop_labels(
     store: Any,
     paths: RunPaths,
@@ -307,23 +294,20 @@ def _drop_labels(
     quality.labels_dropped = dict(labels)
     quality.clear_kept()
     for index in range(chunks):
-        manifest_key = paths.manifest_chunk(index)
-        kept: list[dict[str, Any]] = []
-        for line in _read_jsonl(store, manifest_key):
-            new, boxes_removed = manifest_without(line, features)
+        kept: list[ManifestRow] = []
+        for row in manifest.read_chunk(store, paths, index):
+            new, boxes_removed = row.without(features)
             if boxes_removed:
-                quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), line["data_row_id"])
+                quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), row.data_row_id)
             if new is None:
-                quality.skip(ROW_OF_DROPPED_LABELS, line["data_row_id"])
+                quality.skip(ROW_OF_DROPPED_LABELS, row.data_row_id)
                 continue
-            quality.keep(
-                Split(new["split"]), [b[0] for b in new["boxes"]] if task is Task.OBJECT_DETECTION else new["labels"]
-            )
+            quality.keep(new.split, [b[0] for b in new.boxes] if task is Task.OBJECT_DETECTION else new.labels)
             kept.append(new)
-        store.write(manifest_key, _jsonl(kept), content_type="application/jsonl")
+        manifest.write_chunk(store, paths, index, kept)
         import_key = paths.import_chunk(index)
-        lines = [out for line in _read_jsonl(store, import_key) if (out := import_line_without(line, display))]
-        store.write(import_key, _jsonl(lines), content_type="application/jsonl")
+        lines = [out for line in read_jsonl(store, import_key) if (out := import_line_without(line, display))]
+        store.write(import_key, jsonl(lines), content_type="application/jsonl")
         progress(index + 1)
 
 
@@ -337,9 +321,3 @@ def _remove_stale_chunks(store: Any, paths: RunPaths, chunks: int) -> None:
                 continue
             if index >= chunks:
                 store.delete(key)
-
-
-def read_manifest(store: Any, run_id: str) -> Iterator[dict[str, Any]]:
-    """Streams the manifest lines ETL wrote for a run, chunk by chunk."""
-    for key in store.list(RunPaths(run_id).manifest_chunks):
-        yield from _read_jsonl(store, key)

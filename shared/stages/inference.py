@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
+from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import RunRecord, StageState
-from shared.evaluation import Evaluated, HeldOutRow, chunk_by_rows, evaluate_rows, join_predictions
+from shared.evaluation import evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
-from shared.metrics.classification import evaluate_classification
-from shared.metrics.detection_map import evaluate_detections
+from shared.metrics.summary import by_split, compact, headline, run_metrics
 from shared.platform.port import ModelRunStatus
-from shared.report import ReportData, ReportSample, render_report
+from shared.report import render_report
+from shared.report.assemble import report_data
 from shared.services import Services
-from shared.stages.etl import read_manifest
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
-from shared.stages.train import resource_labels
+from shared.stages.upload import upload_predictions
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
+from shared.training.labels import resource_labels
 from shared.training.port import JobState, PredictionRequest
 
-UPLOAD_ROWS_PER_CHUNK = 2_000  # data rows per import; each row carries its predictions and metrics
 SCAN_CONFIDENCE = 0.01  # batch prediction keeps low-confidence boxes so the PR curves and mAP are whole
-REPORT_SAMPLES = 24
-MAX_ERROR_SAMPLES = 20
 
 
 def _predicted_splits(services: Services) -> set[str]:
@@ -44,11 +40,11 @@ def _predicted_splits(services: Services) -> set[str]:
     return splits
 
 
-def held_out_rows(services: Services, run_id: str) -> Iterator[HeldOutRow]:
+def held_out_rows(services: Services, run_id: str) -> Iterator[ManifestRow]:
     wanted = _predicted_splits(services)
-    for line in read_manifest(services.store, run_id):
-        if line["split"] in wanted:
-            yield HeldOutRow.from_manifest(line)
+    for row in read_manifest(services.store, run_id):
+        if row.split in wanted:
+            yield row
 
 
 def run_inference(ctx: StageContext) -> StageAnswer:
@@ -87,7 +83,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
                 confidence_threshold=min(SCAN_CONFIDENCE, settings.predict_confidence_threshold),
                 max_predictions=settings.predict_max_predictions,
-                labels=resource_labels(services, record),
+                labels=resource_labels(services.settings, record),
                 display_name=f"lb-predict-{record.model_run_id}"[:120],
                 job_key=job_key,
             )
@@ -163,18 +159,25 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
         max_predictions=settings.predict_max_predictions,
         uuid_seed=f"{ctx.run_id}:{record.restarts}",
     )
-    metrics = _run_metrics(record, evaluated, settings.predict_confidence_threshold)
-    metrics["by_split"] = _by_split(record, evaluated, rows, settings.predict_confidence_threshold)
-    uploads = _upload(ctx, record, evaluated)
+    threshold = settings.predict_confidence_threshold
+    metrics = run_metrics(task, evaluated.detections, evaluated.classifications, threshold)
+    split_of = {row.data_row_id: row.split.value for row in rows.values()}
+    metrics["by_split"] = by_split(task, evaluated.detections, evaluated.classifications, split_of, threshold)
+    uploads = upload_predictions(ctx, record, evaluated)
 
     report_key = RunPaths(ctx.run_id).report
-    services.store.write(
-        report_key,
-        render_report(_report_data(services, record, metrics, evaluated, list(rows.values()))).encode(),
-        content_type="text/html",
+    data = report_data(
+        record,
+        metrics,
+        evaluated,
+        list(rows.values()),
+        image_of=lambda uri: services.store.read(services.store.key_from_uri(uri)),
+        threshold=threshold,
+        finished_at=rr.iso(services.clock()),
     )
+    services.store.write(report_key, render_report(data).encode(), content_type="text/html")
     report_uri = services.store.uri(report_key)
-    summary = _summary(metrics, task)
+    summary = headline(metrics, task)
     services.platform.update_config(
         record.model_run_id,
         {
@@ -185,7 +188,7 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
                 "model": record.jobs.get("model"),
                 "report": report_uri,
             },
-            "metrics": _compact(metrics),
+            "metrics": compact(metrics),
             "data_quality": record.data_quality,
         },
     )
@@ -219,128 +222,4 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
     )
     return StageAnswer(
         200, {"run_id": ctx.run_id, "stage": "inference", "outcome": "complete", **summary, "report": report_uri}
-    )
-
-
-def _run_metrics(record: RunRecord, evaluated: Evaluated, threshold: float) -> dict[str, Any]:
-    task = Task(record.task)
-    if task is Task.OBJECT_DETECTION:
-        classes = sorted({lbl for d in evaluated.detections for lbl in d.gt_labels})
-        return evaluate_detections(evaluated.detections, classes, confidence_threshold=threshold)
-    classes = sorted({lbl for i in evaluated.classifications for lbl in i.gt_labels})
-    return evaluate_classification(
-        evaluated.classifications,
-        classes,
-        multi_label=task is Task.MULTI_LABEL_CLASSIFICATION,
-        confidence_threshold=threshold,
-    )
-
-
-def _by_split(
-    record: RunRecord, evaluated: Evaluated, rows: dict[str, HeldOutRow], threshold: float
-) -> dict[str, dict[str, Any]]:
-    """The headline figures on each held-out split alone (the test split is the one to quote)."""
-    split_of = {row.data_row_id: row.split for row in rows.values()}
-    out: dict[str, dict[str, Any]] = {}
-    for split in sorted(set(split_of.values())):
-        subset = Evaluated(
-            {},
-            [d for d in evaluated.detections if split_of[d.image_id] == split],
-            [i for i in evaluated.classifications if split_of[i.image_id] == split],
-            0,
-            0,
-        )
-        full = _run_metrics(record, subset, threshold)
-        keep = ("map50", "map50_95", "precision", "recall", "f1", "accuracy", "exact_match", "macro_f1", "images")
-        out[split] = {k: full[k] for k in keep if k in full}
-    return out
-
-
-def _upload(ctx: StageContext, record: RunRecord, evaluated: Evaluated) -> dict[str, Any]:
-    """Uploads chunk by chunk; a chunk recorded as done (by an earlier, interrupted call) is skipped."""
-    services = ctx.services
-    chunks = chunk_by_rows(evaluated.upload_rows, UPLOAD_ROWS_PER_CHUNK)
-    uploaded = set(ctx.record().uploads.get("chunks", {}))
-    for index, rows in enumerate(chunks):
-        name = f"lbchain-{ctx.run_id}-r{record.restarts}-{index:05d}"
-        if name in uploaded:
-            continue
-        result = services.platform.upload_predictions(record.model_run_id, name, rows)
-
-        def done(r: RunRecord, name: str = name, result: Any = result) -> None:
-            r.uploads.setdefault("chunks", {})[name] = {"accepted": result.accepted, "rejected": len(result.errors)}
-            samples = r.uploads.setdefault("error_samples", [])
-            for error in result.errors[: max(0, MAX_ERROR_SAMPLES - len(samples))]:
-                samples.append(error)
-
-        ctx.update(done)
-        ctx.heartbeat(uploaded_chunks=index + 1, chunks=len(chunks))
-    uploads = ctx.record().uploads
-    recorded = uploads.get("chunks", {})
-    reasons: Counter[str] = Counter()
-    for error in uploads.get("error_samples", []):
-        for e in error.get("errors", []) or [{}]:
-            reasons[str(e.get("message", "unknown"))[:120]] += 1
-    return {
-        "chunks": recorded,
-        "accepted": sum(c["accepted"] for c in recorded.values()),
-        "rejected": sum(c["rejected"] for c in recorded.values()),
-        "error_reasons": dict(reasons),
-    }
-
-
-def _summary(metrics: dict[str, Any], task: Task) -> dict[str, str]:
-    keys = ("map50", "map50_95", "precision", "recall", "f1", "best_f1", "best_f1_threshold")
-    if task.is_classification:
-        keys = ("accuracy", "exact_match", "precision", "recall", "f1", "macro_f1", "best_f1_threshold")
-    return {k: f"{metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))}
-
-
-def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics without curves, for Labelbox's model-run config."""
-    out = {k: v for k, v in metrics.items() if k not in {"per_class", "confusion_matrix"}}
-    out["per_class"] = {
-        c: {k: v for k, v in m.items() if k != "pr_curve"} for c, m in (metrics.get("per_class") or {}).items()
-    }
-    return out
-
-
-def _report_data(
-    services: Services, record: RunRecord, metrics: dict[str, Any], evaluated: Evaluated, rows: list[HeldOutRow]
-) -> ReportData:
-    by_id = {row.data_row_id: row for row in rows}
-    chosen = sorted(by_id)[:REPORT_SAMPLES]
-    samples = []
-    predictions = {d.image_id: d for d in evaluated.detections}
-    items = {i.image_id: i for i in evaluated.classifications}
-    threshold = services.settings.predict_confidence_threshold
-    for data_row_id in chosen:
-        row = by_id[data_row_id]
-        image = services.store.read(services.store.key_from_uri(row.image_uri))
-        if data_row_id in predictions:
-            d = predictions[data_row_id]
-            shown = [
-                (lbl, float(s), float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]))
-                for lbl, s, b in zip(d.pred_labels, d.pred_scores, d.pred_boxes, strict=True)
-                if s >= threshold
-            ]
-            truth: list[Any] = list(row.boxes)
-        else:
-            scores = items[data_row_id].scores if data_row_id in items else {}
-            shown = [(lbl, float(s)) for lbl, s in sorted(scores.items(), key=lambda kv: -kv[1]) if s >= threshold]
-            truth = list(row.labels)
-        samples.append(ReportSample(data_row_id, image, row.mime_type, row.width, row.height, truth, shown, row.split))
-    return ReportData(
-        run_id=record.run_id,
-        model_run_id=record.model_run_id,
-        model_type=record.model_type,
-        task=record.task,
-        backend=record.backend,
-        status="complete",
-        created_at=record.created_at,
-        finished_at=rr.iso(services.clock()),
-        training={**record.metrics.get("training", {}), **{f"job_{k}": v for k, v in record.jobs.items()}},
-        data_quality=record.data_quality,
-        metrics=metrics,
-        samples=samples,
     )

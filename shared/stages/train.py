@@ -17,22 +17,12 @@ from typing import Any
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_record import JobKind, RunRecord, RunStatus, Stage
-from shared.formats.vertex_import import label_value
 from shared.platform.port import ModelRunStatus
 from shared.services import Services
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, ensure_monitor, schedule_look, watch_job
+from shared.training.labels import resource_labels
 from shared.training.port import DatasetRequest, JobState, TrainingRequest
-
-CHAIN_LABEL = "lb_chain"
-
-
-def resource_labels(services: Services, record: RunRecord) -> dict[str, str]:
-    """Labels on every backend resource, so teardown can find what a deployment created."""
-    return {
-        CHAIN_LABEL: label_value(services.settings.deployment_name),
-        "lb_model_run": label_value(record.model_run_id),
-    }
 
 
 def _start_watch(ctx: StageContext, *, kind: JobKind, ref: str, next_stage: Stage, done: bool) -> None:
@@ -97,7 +87,7 @@ def run_train(ctx: StageContext) -> StageAnswer:
             record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.DATASET_IMPORT, ctx.now))
             ref = backend.start_dataset_import(
                 DatasetRequest(
-                    ctx.run_id, task, record.artifacts["import_jsonl"], resource_labels(services, record), key
+                    ctx.run_id, task, record.artifacts["import_jsonl"], resource_labels(services.settings, record), key
                 )
             )
 
@@ -133,7 +123,7 @@ def run_train(ctx: StageContext) -> StageAnswer:
             run_id=ctx.run_id,
             task=task,
             dataset=record.jobs["dataset"],
-            labels=resource_labels(services, record),
+            labels=resource_labels(services.settings, record),
             display_name=f"lb-{record.model_run_id}"[:120],
             job_key=key,
         )

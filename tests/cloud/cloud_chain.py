@@ -196,7 +196,9 @@ class CloudChain:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except ProcessLookupError:
+                pass  # it had exited already (a function that failed to boot)
+            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         for door in self.doors.values():
             door.stop()

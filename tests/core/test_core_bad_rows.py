@@ -22,11 +22,11 @@ import pytest
 from PIL import Image, ImageFile
 
 from shared.config import ConfigError, load_settings
+from shared.dataset.image_staging import NotStaged, StagedImage
 from shared.domain.data_quality import DataQuality
 from shared.domain.examples import PixelBox, Split
 from shared.domain.model_types import Task
 from shared.formats.labelbox_export import Converted, Skipped
-from shared.image_staging import NotStaged, StagedImage
 from tests.core.conftest import DemoRun
 from tests.core.test_core_image_staging import RUN_ID, examples, media_path, stage_one, stager
 from tests.core.test_core_labelbox_export import box, convert, converted, make_row, skipped
@@ -294,7 +294,7 @@ def test_http_404_is_one_kind_and_the_url_loses_its_query(demo: DemoRun, tmp_pat
     ],
 )
 def test_download_errors_become_one_reason_per_kind(message: str, reason: str, detail: str | None) -> None:
-    from shared.image_staging import download_problem
+    from shared.dataset.image_staging import download_problem
 
     got_reason, got_detail = download_problem(message)
     assert got_reason == reason

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from shared.dataset.image_staging import ImageStager, NotStaged, StagedImage
 from shared.domain.examples import Example
 from shared.domain.model_types import Task
 from shared.formats.labelbox_export import Converted, example_from_row
-from shared.image_staging import ImageStager, NotStaged, StagedImage
 from shared.platform.local_model_run import LocalModelRuns
 from shared.store.local_folder import LocalFolderStore
 from tests.core.conftest import DemoRun

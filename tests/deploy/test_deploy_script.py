@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.image_staging import FORMATS
+from shared.dataset.image_staging import FORMATS
 
 from .deploy_harness import (
     BUCKET,

@@ -13,7 +13,6 @@ from shared.formats.labelbox_predictions import (
     RowContext,
     bbox_prediction_rows,
     classification_prediction_rows,
-    data_row_id_from_image_uri,
 )
 from shared.formats.vertex_prediction import (
     PredictedBox,
@@ -22,6 +21,7 @@ from shared.formats.vertex_prediction import (
     apply_limits,
     parse_prediction_line,
 )
+from tests.vertex_fixture import fixture_row
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_OUTPUT = FIXTURES / "vertex_automl_bbox_batch_prediction_output.jsonl"
@@ -30,7 +30,7 @@ SEED = "run-42/inference"
 
 def row_for(pred: VertexPrediction) -> RowContext:
     """The fixture's images are named <dataRowId>_<width>_<height>.jpg."""
-    data_row_id, width, height = data_row_id_from_image_uri(pred.content_uri).rsplit("_", 2)
+    data_row_id, width, height = fixture_row(pred.content_uri)
     return RowContext(data_row_id=data_row_id, width=int(width), height=int(height))
 
 
@@ -189,21 +189,3 @@ def test_no_label_over_the_threshold_gives_no_row() -> None:
             nothing, RowContext("row-1", 640, 480), question="tags", multi_label=multi_label, uuid_seed=SEED
         )
         assert rows == []
-
-
-@pytest.mark.parametrize(
-    ("uri", "data_row_id"),
-    [
-        ("gs://bucket/runs/run-1/images/ckrazctum0z8a0ybc0b0o0g0v.jpg", "ckrazctum0z8a0ybc0b0o0g0v"),
-        ("gs://bucket/runs/run-1/images/clx1.png", "clx1"),
-        ("/tmp/store/runs/run-1/images/clx2.webp", "clx2"),
-        ("gs://bucket/runs/run-1/images/noext", "noext"),
-    ],
-)
-def test_data_row_id_is_the_staged_image_stem(uri: str, data_row_id: str) -> None:
-    assert data_row_id_from_image_uri(uri) == data_row_id
-
-
-def test_a_uri_without_a_name_is_refused() -> None:
-    with pytest.raises(ValueError, match="no data row id"):
-        data_row_id_from_image_uri("gs://bucket/runs/run-1/images/")

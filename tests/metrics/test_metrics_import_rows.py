@@ -11,7 +11,7 @@ from labelbox.data.annotation_types.metrics.scalar import RESERVED_METRIC_NAMES
 from labelbox.data.serialization import NDJsonConverter
 from labelbox.types import ConfusionMatrixMetric, GenericDataRowData, Label, ScalarMetric
 
-from shared.metrics.row_metrics import FeatureMetric, metric_import_rows
+from shared.formats.labelbox_metrics import FeatureMetric, metric_import_rows
 from tests.metrics.oracles import sdk_confusion_metric_name
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared.formats.labelbox_metrics import FeatureMetric
 from shared.metrics.detections import ClassificationItem
-from shared.metrics.row_metrics import FeatureMetric, classification_row_metrics, predicted_labels
+from shared.metrics.row_metrics import classification_row_metrics, predicted_labels
 from tests.metrics.oracles import random_classification_items, sdk_classification_row
 
 CLASSES = ["cat", "dog", "bird", "fish", "horse"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared.formats.labelbox_metrics import FeatureMetric
 from shared.metrics import _batch
 from shared.metrics.detections import ImageDetections
-from shared.metrics.row_metrics import FeatureMetric, detection_row_metrics
+from shared.metrics.row_metrics import detection_row_metrics
 from tests.metrics.oracles import decimal_grid_image, random_image, sdk_detection_row
 
 

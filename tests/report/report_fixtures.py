@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from shared.report import ReportData, ReportSample
+from shared.report.data import SampleBox, SampleLabel
 
 DETECTION_CLASSES = ("grape", "leaf", "stem")
 SCRIPT_LABEL = "<script>alert('x')</script>"
@@ -121,17 +122,19 @@ def detection_sample(index: int, *, width: int = 640, height: int = 480, fmt: st
         ("leaf", int(300 * sx), int((200 + 5 * index) * sy), int(200 * sx), int(100 * sy)),
     ]
     predictions = [
-        ("grape", 0.91, left + 6 * sx, top - 4 * sy, w * 0.95, h * 1.02)
+        SampleBox("grape", left + 6 * sx, top - 4 * sy, w * 0.95, h * 1.02, confidence=0.91)
         for label, left, top, w, h in objects
         if label == "grape"
-    ] + [("stem", 0.37, 420 * sx, 60 * sy, 60 * sx, 90 * sy)]
+    ] + [SampleBox("stem", 420 * sx, 60 * sy, 60 * sx, 90 * sy, confidence=0.37)]
     return ReportSample(
         data_row_id=f"ckrow{index:04d}",
         image=scene(width, height, objects, fmt=fmt),
         mime_type="image/png" if fmt == "PNG" else "image/jpeg",
         width=width,
         height=height,
-        ground_truth=[(label, float(left), float(top), float(w), float(h)) for label, left, top, w, h in objects],
+        ground_truth=[
+            SampleBox(label, float(left), float(top), float(w), float(h)) for label, left, top, w, h in objects
+        ],
         predictions=predictions,
         split="validation" if index % 2 else "test",
     )
@@ -193,7 +196,10 @@ def detection_report(samples: list[ReportSample] | None = None, **overrides: Any
 def classification_report(*, multi_label: bool) -> ReportData:
     samples = []
     for i, (truth, predicted) in enumerate(
-        [(["cat"], [("cat", 0.93), ("dog", 0.05)]), (["dog"], [("bird", 0.61), ("dog", 0.3)])]
+        [
+            ([SampleLabel("cat")], [SampleLabel("cat", 0.93), SampleLabel("dog", 0.05)]),
+            ([SampleLabel("dog")], [SampleLabel("bird", 0.61), SampleLabel("dog", 0.3)]),
+        ]
     ):
         samples.append(
             ReportSample(

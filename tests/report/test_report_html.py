@@ -11,9 +11,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, data_row_id_from_image_uri
+from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows
 from shared.formats.vertex_prediction import VertexPrediction, apply_limits, parse_prediction_line
 from shared.report import ReportData, ReportSample, render_report
+from shared.report.data import SampleBox
+from tests.vertex_fixture import fixture_row
 
 from .report_fixtures import (
     SCRIPT_LABEL,
@@ -96,7 +98,9 @@ def test_boxes_are_drawn_in_the_original_pixel_coordinates() -> None:
 
     samples = section(html, "samples")
     assert 'viewBox="0 0 1600 1200"' in samples
-    label, left, top, width, height = sample.ground_truth[0]
+    box = sample.ground_truth[0]
+    assert isinstance(box, SampleBox)
+    label, left, top, width, height = box.label, box.left, box.top, box.width, box.height
     assert f'x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{height:.1f}"' in samples
     assert f">{label} 0.91<" in samples  # prediction tags carry the confidence
 
@@ -124,8 +128,8 @@ def test_user_text_is_escaped_everywhere_it_appears() -> None:
         mime_type="image/jpeg",
         width=320,
         height=240,
-        ground_truth=[(SCRIPT_LABEL, 20.0, 20.0, 80.0, 80.0)],
-        predictions=[(SCRIPT_LABEL, 0.8, 22.0, 18.0, 80.0, 84.0)],
+        ground_truth=[SampleBox(SCRIPT_LABEL, 20.0, 20.0, 80.0, 80.0)],
+        predictions=[SampleBox(SCRIPT_LABEL, 22.0, 18.0, 80.0, 84.0, confidence=0.8)],
         split="<b>test</b>",
     )
     data = detection_report(
@@ -274,11 +278,13 @@ def test_real_vertex_predictions_are_drawn_inside_their_image() -> None:
     pred = parse_prediction_line(line)
     assert isinstance(pred, VertexPrediction)
     pred = apply_limits(pred, confidence_threshold=0.3, max_predictions=100)
-    data_row_id, width, height = data_row_id_from_image_uri(pred.content_uri).rsplit("_", 2)
+    data_row_id, width, height = fixture_row(pred.content_uri)
     row = RowContext(data_row_id, int(width), int(height))
     rows = bbox_prediction_rows(pred, row, uuid_seed="run-1")
     predictions = [
-        (r["name"], r["confidence"], r["bbox"]["left"], r["bbox"]["top"], r["bbox"]["width"], r["bbox"]["height"])
+        SampleBox(
+            r["name"], r["bbox"]["left"], r["bbox"]["top"], r["bbox"]["width"], r["bbox"]["height"], r["confidence"]
+        )
         for r in rows
     ]
     sample = ReportSample(

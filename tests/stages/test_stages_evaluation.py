@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.dataset.manifest import ManifestRow
+from shared.domain.examples import Split
 from shared.domain.model_types import Task
-from shared.evaluation import HeldOutRow, Joined, chunk_by_rows, evaluate_rows, join_predictions
+from shared.evaluation import Joined, chunk_by_rows, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictedBox, VertexPrediction, parse_prediction_line
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
@@ -18,13 +20,13 @@ def _real_lines() -> list[dict]:
     return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
 
 
-def _rows() -> dict[str, HeldOutRow]:
+def _rows() -> dict[str, ManifestRow]:
     """What ETL's manifest would say for these images: their names carry <dataRowId>_<width>_<height>."""
     rows = {}
     for line in _real_lines():
         uri = line["instance"]["content"]
         data_row_id, width, height = uri.rsplit("/", 1)[1].rsplit(".", 1)[0].split("_")
-        rows[uri] = HeldOutRow(data_row_id, uri, "image/jpeg", int(width), int(height), "test", (), ())
+        rows[uri] = ManifestRow(data_row_id, uri, "image/jpeg", int(width), int(height), Split.TEST)
     return rows
 
 
@@ -92,8 +94,8 @@ def _one_row(boxes: list[tuple[str, float, float, float, float, float]], *, max_
     """One held-out row with a car at (0, 0, 100, 100) px, predicted `boxes` (label, confidence, normalized
     x_min, x_max, y_min, y_max); returns the uploaded bbox rows and the 50pct_iou rows by feature."""
     width, height = size
-    row = HeldOutRow(
-        "dr1", "gs://b/runs/r/images/dr1.jpg", "image/jpeg", width, height, "test", (("car", 0, 0, 100, 100),), ()
+    row = ManifestRow(
+        "dr1", "gs://b/runs/r/images/dr1.jpg", "image/jpeg", width, height, Split.TEST, (("car", 0, 0, 100, 100),), ()
     )
     prediction = VertexPrediction(
         row.image_uri, "image/jpeg", boxes=tuple(PredictedBox(label, c, *xy) for label, c, *xy in boxes)

@@ -2,7 +2,7 @@
 
 The manifest line (pixel boxes in the original image, split, size, staged URI) is what `inference` joins
 predictions and ground truth through; the import line is what Vertex trains on. Unassigned rows get a
-manifest line only: they never train. `manifest_without` and `import_line_without` take labels out of
+manifest line only: they never train. `ManifestRow.without` and `import_line_without` take labels out of
 written lines again, for the labels ETL drops once it knows they have too few images.
 """
 
@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from shared.dataset.manifest import ManifestRow
 from shared.domain.data_quality import DataQuality
-from shared.domain.examples import Example, Split
+from shared.domain.examples import Example, Split, to_pixels
 from shared.domain.model_types import Task
 from shared.formats.labelbox_export import no_usable_boxes_reason
 from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, normalize_boxes
@@ -21,7 +22,7 @@ from shared.formats.vertex_import import LabelNames, TooManyBoxes, import_line, 
 
 @dataclass(frozen=True)
 class TrainingRow:
-    manifest: dict[str, Any]
+    manifest: ManifestRow
     import_line: dict[str, Any] | None
 
 
@@ -55,39 +56,21 @@ def training_row(
             quality.skip(no_usable_boxes_reason(dropped + vertex_dropped), row_id)
             return None
     quality.keep(example.split, [b.label for b in boxes] if boxes is not None else example.labels)
-    manifest = {
-        "data_row_id": example.data_row_id,
-        "global_key": example.global_key,
-        "image_uri": image_uri,
-        "mime_type": mime_type,
-        "width": width,
-        "height": height,
-        "split": example.split.value,
-        "boxes": [
-            [b.label, b.x_min * width, b.y_min * height, (b.x_max - b.x_min) * width, (b.y_max - b.y_min) * height]
-            for b in boxes or []
-        ],
-        "labels": list(example.labels),
-    }
+    manifest = ManifestRow(
+        data_row_id=example.data_row_id,
+        global_key=example.global_key,
+        image_uri=image_uri,
+        mime_type=mime_type,
+        width=width,
+        height=height,
+        split=example.split,
+        boxes=tuple((b.label, *to_pixels(b.x_min, b.y_min, b.x_max, b.y_max, width, height)) for b in boxes or []),
+        labels=tuple(example.labels),
+    )
     line = None
     if example.split is not Split.UNASSIGNED:
         line = import_line(example, image_uri=image_uri, task=task, names=names, boxes=boxes)
     return TrainingRow(manifest, line)
-
-
-def manifest_without(line: dict[str, Any], labels: set[str]) -> tuple[dict[str, Any] | None, int]:
-    """A manifest line without `labels` (feature names), and how many boxes that took away.
-
-    None when nothing is left: a detection row whose boxes were all of those labels, a classification
-    row whose answers all were. Inference reads its ground truth here, so a class the model never
-    learned is neither predicted nor scored.
-    """
-    boxes = [b for b in line.get("boxes", []) if b[0] not in labels]
-    answers = [a for a in line.get("labels", []) if a not in labels]
-    removed = len(line.get("boxes", [])) - len(boxes)
-    if (line.get("boxes") and not boxes) or (line.get("labels") and not answers):
-        return None, removed
-    return {**line, "boxes": boxes, "labels": answers}, removed
 
 
 def import_line_without(line: dict[str, Any], display_names: set[str]) -> dict[str, Any] | None:
