@@ -116,6 +116,31 @@ class VertexSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    initial_delay_s: float
+    max_delay_s: float
+    max_wait_s: float  # exports, dataset imports, batch predictions
+    training_margin_s: float  # beyond a training's whole budget
+
+
+@dataclass(frozen=True)
+class EtlSettings:
+    copy_concurrency: int
+    max_image_bytes: int
+    max_image_pixels: int
+    chunk_rows: int
+    export_wait_s: float
+    rare_labels: str  # "drop": labels under Vertex's minimum images leave the training set; "fail"
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    confidence_threshold: float
+    max_predictions: int
+    on_training: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str  # "local" or "cloud"
     deployment_name: str
@@ -123,20 +148,10 @@ class Settings:
     webhook_secret: Secret | None
     max_webhook_bytes: int
     stage_lease_seconds: float
-    monitor_initial_delay_s: float
-    monitor_max_delay_s: float
-    monitor_max_wait_s: float
-    monitor_training_margin_s: float
     function_timeout_s: float
-    etl_copy_concurrency: int
-    etl_max_image_bytes: int
-    etl_max_image_pixels: int
-    etl_chunk_rows: int
-    etl_export_wait_s: float
-    etl_rare_labels: str  # "drop": labels under Vertex's minimum images leave the training set; "fail"
-    predict_confidence_threshold: float
-    predict_max_predictions: int
-    predict_on_training: bool
+    monitor: MonitorSettings
+    etl: EtlSettings
+    predict: PredictSettings
     vertex: VertexSettings
     local: LocalSettings | None = None
     cloud: CloudSettings | None = None
@@ -356,22 +371,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_secret=webhook_secret,
         max_webhook_bytes=int(r.number("MAX_WEBHOOK_BYTES", 65_536, low=256, high=10_485_760, integer=True)),
         stage_lease_seconds=r.number("STAGE_LEASE_SECONDS", 120.0, low=1, high=86_400),
-        monitor_initial_delay_s=r.number(
-            "MONITOR_INITIAL_DELAY_S", 5.0 if local_default else 60.0, low=0.1, high=86_400
-        ),
-        monitor_max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
-        monitor_max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
-        monitor_training_margin_s=r.number("MONITOR_TRAINING_MARGIN_S", 12 * 3600, low=0, high=30 * 86_400),
         function_timeout_s=r.number("FUNCTION_TIMEOUT_S", 540.0, low=10, high=3600),
-        etl_copy_concurrency=int(r.number("ETL_COPY_CONCURRENCY", 16, low=1, high=256, integer=True)),
-        etl_max_image_bytes=int(r.number("ETL_MAX_IMAGE_BYTES", 30 * 2**20, low=1, high=2**31, integer=True)),
-        etl_max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
-        etl_chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
-        etl_export_wait_s=r.number("ETL_EXPORT_WAIT_S", 30.0, low=0, high=3_600),
-        etl_rare_labels=r.choice("ETL_RARE_LABELS", "drop", ("drop", "fail")),
-        predict_confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
-        predict_max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
-        predict_on_training=r.flag("PREDICT_ON_TRAINING", False),
+        monitor=MonitorSettings(
+            initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 5.0 if local_default else 60.0, low=0.1, high=86_400),
+            max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
+            max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
+            training_margin_s=r.number("MONITOR_TRAINING_MARGIN_S", 12 * 3600, low=0, high=30 * 86_400),
+        ),
+        etl=EtlSettings(
+            copy_concurrency=int(r.number("ETL_COPY_CONCURRENCY", 16, low=1, high=256, integer=True)),
+            max_image_bytes=int(r.number("ETL_MAX_IMAGE_BYTES", 30 * 2**20, low=1, high=2**31, integer=True)),
+            max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
+            chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
+            export_wait_s=r.number("ETL_EXPORT_WAIT_S", 30.0, low=0, high=3_600),
+            rare_labels=r.choice("ETL_RARE_LABELS", "drop", ("drop", "fail")),
+        ),
+        predict=PredictSettings(
+            confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
+            max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
+            on_training=r.flag("PREDICT_ON_TRAINING", False),
+        ),
         vertex=vertex,
         local=local,
         cloud=cloud,

@@ -112,6 +112,15 @@ JOB_STAGE = {
 
 @dataclass
 class RunRecord:
+    """One model run's progress through the chain.
+
+    `run_id` names the chain's run (its bucket folder, every stage call); `model_run_id` names the
+    Labelbox model run (every platform call). Today they are equal by construction: one model run has
+    one run, and a forced restart reuses it. They stay two fields so that the code says which one it
+    means, and so that several runs of one model run (say, with other settings) would change how a
+    run id is made, not every platform call.
+    """
+
     run_id: str
     model_run_id: str
     model_type: str
@@ -307,6 +316,31 @@ def fail_job(record: RunRecord, watcher: str, owner: str, now: float, error: str
     record.watch = None
     fail_run(record, stage, now, error)
     return stage
+
+
+class TrainPhase(StrEnum):
+    """Where `train` stands, read from the record: what a call of it does next."""
+
+    IMPORTING = "importing"  # no dataset yet: import one, or wait for the import under way
+    READY = "ready"  # the dataset is imported and no training is recorded: start one
+    TRAINING = "training"  # a training job is recorded: never a second while it lives
+
+
+class InferencePhase(StrEnum):
+    """Where `inference` stands: predicting (start the batch job, or wait for it) or delivering."""
+
+    PREDICTING = "predicting"
+    DELIVERING = "delivering"  # the job's output is there: upload, score, report
+
+
+def train_phase(record: RunRecord) -> TrainPhase:
+    if JobKind.TRAINING in record.jobs:
+        return TrainPhase.TRAINING
+    return TrainPhase.READY if "dataset" in record.jobs else TrainPhase.IMPORTING
+
+
+def inference_phase(record: RunRecord) -> InferencePhase:
+    return InferencePhase.DELIVERING if "prediction_output" in record.artifacts else InferencePhase.PREDICTING
 
 
 def intend_launch(record: RunRecord, kind: str, now: float) -> str:

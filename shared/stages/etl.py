@@ -80,7 +80,7 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
     if task_id is None:
         task_id = services.platform.start_export(record.model_run_id)
         ctx.update(lambda r: r.artifacts.__setitem__("export_task", task_id))
-    wait_s = max(0.0, min(settings.etl_export_wait_s, settings.function_timeout_s - TIMEOUT_MARGIN_S))
+    wait_s = max(0.0, min(settings.etl.export_wait_s, settings.function_timeout_s - TIMEOUT_MARGIN_S))
     deadline = time.monotonic() + wait_s
     status = services.platform.export_status(task_id)
     while status.state is ExportState.RUNNING and time.monotonic() < deadline:
@@ -138,12 +138,12 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         services.platform,
         run_id=record.run_id,
         model_run_id=record.model_run_id,
-        max_bytes=settings.etl_max_image_bytes,
-        max_pixels=settings.etl_max_image_pixels,
-        concurrency=settings.etl_copy_concurrency,
+        max_bytes=settings.etl.max_image_bytes,
+        max_pixels=settings.etl.max_image_pixels,
+        concurrency=settings.etl.copy_concurrency,
     ) as stager:
         rows = services.platform.read_export(record.model_run_id, export_task)
-        for block in _blocks(rows, settings.etl_chunk_rows):
+        for block in _blocks(rows, settings.etl.chunk_rows):
             if not status_set:  # the export is ready: from here on we prepare data
                 ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
                 status_set = True
@@ -198,7 +198,7 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     _remove_stale_chunks(store, paths, chunk)
     if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
         quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
-    rare = quality.rare_labels() if settings.etl_rare_labels == "drop" else {}
+    rare = quality.rare_labels() if settings.etl.rare_labels == "drop" else {}
     if rare:
         _drop_labels(
             store,

@@ -16,7 +16,7 @@ from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
-from shared.domain.run_record import RunRecord, StageState
+from shared.domain.run_record import InferencePhase, RunRecord, StageState
 from shared.evaluation import evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 from shared.metrics.summary import by_split, compact, headline, run_metrics
@@ -35,7 +35,7 @@ SCAN_CONFIDENCE = 0.01  # batch prediction keeps low-confidence boxes so the PR 
 
 def _predicted_splits(services: Services) -> set[str]:
     splits = {"validation", "test"}
-    if services.settings.predict_on_training:
+    if services.settings.predict.on_training:
         splits.add("training")
     return splits
 
@@ -49,7 +49,7 @@ def held_out_rows(services: Services, run_id: str) -> Iterator[ManifestRow]:
 
 def run_inference(ctx: StageContext) -> StageAnswer:
     record = ctx.record()
-    if "prediction_output" not in record.artifacts:
+    if rr.inference_phase(record) is InferencePhase.PREDICTING:
         return _start_batch_prediction(ctx, record)
     return _deliver(ctx, record)
 
@@ -81,8 +81,8 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 model=record.jobs["model"],
                 instances_uri=services.store.uri(key),
                 output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
-                confidence_threshold=min(SCAN_CONFIDENCE, settings.predict_confidence_threshold),
-                max_predictions=settings.predict_max_predictions,
+                confidence_threshold=min(SCAN_CONFIDENCE, settings.predict.confidence_threshold),
+                max_predictions=settings.predict.max_predictions,
                 labels=resource_labels(services.settings, record),
                 display_name=f"lb-predict-{record.model_run_id}"[:120],
                 job_key=job_key,
@@ -155,11 +155,11 @@ def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
         task=task,
         feature_for=feature_for,
         question=record.artifacts.get("classification_question"),
-        confidence_threshold=settings.predict_confidence_threshold,
-        max_predictions=settings.predict_max_predictions,
+        confidence_threshold=settings.predict.confidence_threshold,
+        max_predictions=settings.predict.max_predictions,
         uuid_seed=f"{ctx.run_id}:{record.restarts}",
     )
-    threshold = settings.predict_confidence_threshold
+    threshold = settings.predict.confidence_threshold
     metrics = run_metrics(task, evaluated.detections, evaluated.classifications, threshold)
     split_of = {row.data_row_id: row.split.value for row in rows.values()}
     metrics["by_split"] = by_split(task, evaluated.detections, evaluated.classifications, split_of, threshold)

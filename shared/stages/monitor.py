@@ -55,8 +55,8 @@ def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[floa
     if watch.kind is JobKind.TRAINING:
         deadline = ctx.services.backend.training_deadline_s(Task(record.task))
         if deadline is not None:
-            return deadline + settings.monitor_training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
-    return settings.monitor_max_wait_s, "MONITOR_MAX_WAIT_S"
+            return deadline + settings.monitor.training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
+    return settings.monitor.max_wait_s, "MONITOR_MAX_WAIT_S"
 
 
 def run_monitor(ctx: StageContext) -> StageAnswer:

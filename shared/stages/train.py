@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
-from shared.domain.run_record import JobKind, RunRecord, RunStatus, Stage
+from shared.domain.run_record import JobKind, RunRecord, RunStatus, Stage, TrainPhase
 from shared.platform.port import ModelRunStatus
 from shared.services import Services
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
@@ -54,74 +54,80 @@ def _set_aside_if_failed(
 
 
 def run_train(ctx: StageContext) -> StageAnswer:
-    services = ctx.services
-    record = ctx.record()
-    backend = services.backend
-    base: dict[str, Any] = {"run_id": ctx.run_id, "stage": Stage.TRAIN}
-    task = Task(record.task)
+    record = _set_aside_failed_jobs(ctx, ctx.record())
+    phase = rr.train_phase(record)
+    if phase is TrainPhase.TRAINING:
+        return _already_started(ctx, record)
+    if phase is TrainPhase.IMPORTING:
+        imported = _import_dataset(ctx, record)
+        if isinstance(imported, StageAnswer):
+            return imported
+        record = imported
+    return _start_training(ctx, record)
 
-    if JobKind.TRAINING in record.jobs:  # started by an earlier call: never a second job while it lives
+
+def _set_aside_failed_jobs(ctx: StageContext, record: RunRecord) -> RunRecord:
+    """A recorded training or import that has failed is set aside: this call starts it anew."""
+    backend = ctx.services.backend
+    if JobKind.TRAINING in record.jobs:
         status = backend.training_status(record.jobs[JobKind.TRAINING])
         record = _set_aside_if_failed(ctx, record, JobKind.TRAINING, status.state, status.error)
-    if JobKind.TRAINING in record.jobs:
-        rescheduled = ensure_monitor(services, record, lost_only=False)
-        ctx.update(lambda r: rr.succeed(r, Stage.TRAIN, ctx.owner, ctx.now, job=r.jobs[JobKind.TRAINING]))
-        return StageAnswer(
-            200,
-            {
-                **base,
-                "outcome": "already_started",
-                "job": record.jobs[JobKind.TRAINING],
-                "monitor_rescheduled": rescheduled,
-            },
+    if rr.train_phase(record) is TrainPhase.IMPORTING and JobKind.DATASET_IMPORT in record.jobs:
+        status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
+        record = _set_aside_if_failed(ctx, record, JobKind.DATASET_IMPORT, status.state, status.error)
+    return record
+
+
+def _already_started(ctx: StageContext, record: RunRecord) -> StageAnswer:
+    """Started by an earlier call: make sure monitor looks at it now, and start nothing."""
+    rescheduled = ensure_monitor(ctx.services, record, lost_only=False)
+    ctx.update(lambda r: rr.succeed(r, Stage.TRAIN, ctx.owner, ctx.now, job=r.jobs[JobKind.TRAINING]))
+    job = record.jobs[JobKind.TRAINING]
+    answer = {"outcome": "already_started", "job": job, "monitor_rescheduled": rescheduled}
+    return StageAnswer(200, {"run_id": ctx.run_id, "stage": Stage.TRAIN, **answer})
+
+
+def _import_dataset(ctx: StageContext, record: RunRecord) -> RunRecord | StageAnswer:
+    """The imported dataset's record, or the answer that hands the wait for the import to monitor."""
+    services, backend = ctx.services, ctx.services.backend
+    if JobKind.DATASET_IMPORT not in record.jobs:
+        ctx.set_status(ModelRunStatus.TRAINING_MODEL, backend=backend.name, run_record=services.runs.uri(ctx.run_id))
+        record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.DATASET_IMPORT, ctx.now))
+        labels = resource_labels(services.settings, record)
+        ref = backend.start_dataset_import(
+            DatasetRequest(ctx.run_id, Task(record.task), record.artifacts["import_jsonl"], labels, key)
         )
 
-    if "dataset" not in record.jobs:
-        if JobKind.DATASET_IMPORT in record.jobs:
-            status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
-            record = _set_aside_if_failed(ctx, record, JobKind.DATASET_IMPORT, status.state, status.error)
-        if JobKind.DATASET_IMPORT not in record.jobs:
-            ctx.set_status(
-                ModelRunStatus.TRAINING_MODEL, backend=backend.name, run_record=services.runs.uri(ctx.run_id)
-            )
-            record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.DATASET_IMPORT, ctx.now))
-            ref = backend.start_dataset_import(
-                DatasetRequest(
-                    ctx.run_id, task, record.artifacts["import_jsonl"], resource_labels(services.settings, record), key
-                )
-            )
+        def started_import(r: RunRecord) -> None:
+            rr.launched(r, JobKind.DATASET_IMPORT, ref.ref)
+            if ref.link:
+                r.links["dataset"] = ref.link
 
-            def started_import(r: RunRecord) -> None:
-                rr.launched(r, JobKind.DATASET_IMPORT, ref.ref)
-                if ref.link:
-                    r.links["dataset"] = ref.link
+        record, _ = ctx.update(started_import)
+    status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
+    if status.state is JobState.SUCCEEDED and status.result:
+        record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", status.result))
+        return record
+    if status.state.finished:
+        ctx.update(lambda r: rr.forget_failed_job(r, JobKind.DATASET_IMPORT, ctx.now, status.error))
+        raise StageFailed(
+            f"dataset import {status.state.value}: {status.error or 'no reason given'}; re-run train to import again",
+            link=status.link,
+        )
+    ref = record.jobs[JobKind.DATASET_IMPORT]
+    _start_watch(ctx, kind=JobKind.DATASET_IMPORT, ref=ref, next_stage=Stage.TRAIN, done=False)
+    return StageAnswer(
+        202, {"run_id": ctx.run_id, "stage": Stage.TRAIN, "outcome": "waiting", "for": JobKind.DATASET_IMPORT}
+    )
 
-            record, _ = ctx.update(started_import)
-        status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
-        if status.state is JobState.SUCCEEDED and status.result:
-            record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", status.result))
-        elif status.state.finished:
-            ctx.update(lambda r: rr.forget_failed_job(r, JobKind.DATASET_IMPORT, ctx.now, status.error))
-            raise StageFailed(
-                f"dataset import {status.state.value}: {status.error or 'no reason given'}; "
-                "re-run train to import again",
-                link=status.link,
-            )
-        else:
-            _start_watch(
-                ctx,
-                kind=JobKind.DATASET_IMPORT,
-                ref=record.jobs[JobKind.DATASET_IMPORT],
-                next_stage=Stage.TRAIN,
-                done=False,
-            )
-            return StageAnswer(202, {**base, "outcome": "waiting", "for": JobKind.DATASET_IMPORT})
 
+def _start_training(ctx: StageContext, record: RunRecord) -> StageAnswer:
+    services = ctx.services
     record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.TRAINING, ctx.now))
-    job = backend.start_training(
+    job = services.backend.start_training(
         TrainingRequest(
             run_id=ctx.run_id,
-            task=task,
+            task=Task(record.task),
             dataset=record.jobs["dataset"],
             labels=resource_labels(services.settings, record),
             display_name=f"lb-{record.model_run_id}"[:120],
@@ -138,7 +144,8 @@ def run_train(ctx: StageContext) -> StageAnswer:
     metadata = {"training_job": job.ref, **({"training_link": job.link} if job.link else {})}
     ctx.set_status(ModelRunStatus.TRAINING_MODEL, **metadata)
     _start_watch(ctx, kind=JobKind.TRAINING, ref=job.ref, next_stage=Stage.INFERENCE, done=True)
-    return StageAnswer(202, {**base, "outcome": "training_started", "job": job.ref, "link": job.link})
+    answer = {"outcome": "training_started", "job": job.ref, "link": job.link}
+    return StageAnswer(202, {"run_id": ctx.run_id, "stage": Stage.TRAIN, **answer})
 
 
 def train_already_done(services: Services, record: RunRecord) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from shared.services import Services
 
 def backoff_delay(services: Services, attempt: int) -> float:
     s = services.settings
-    return min(s.monitor_max_delay_s, s.monitor_initial_delay_s * 2 ** min(attempt, 30))
+    return min(s.monitor.max_delay_s, s.monitor.initial_delay_s * 2 ** min(attempt, 30))
 
 
 def watch_job(
@@ -36,7 +36,7 @@ def look_is_overdue(services: Services, watch: Watch) -> bool:
     """True when the scheduled look is long past due, i.e. it was lost (a process died); not just late."""
     if watch.next_look_at is None:
         return True
-    grace = 2 * services.settings.monitor_max_delay_s + 60
+    grace = 2 * services.settings.monitor.max_delay_s + 60
     return services.clock() > watch.next_look_at + grace
 
 

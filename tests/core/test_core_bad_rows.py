@@ -370,7 +370,7 @@ def test_etl_rare_labels_setting(value: str | None, expected: str) -> None:
     }
     if value is not None:
         env["ETL_RARE_LABELS"] = value
-    assert load_settings(env).etl_rare_labels == expected
+    assert load_settings(env).etl.rare_labels == expected
     with pytest.raises(ConfigError, match="ETL_RARE_LABELS must be one of drop, fail, got 'sometimes'"):
         load_settings({**env, "ETL_RARE_LABELS": "sometimes"})
 

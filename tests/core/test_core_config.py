@@ -69,8 +69,8 @@ def test_local_mode_works_with_only_the_stage_urls_and_the_webhook_secret(tmp_pa
     assert (local.bucket_name, local.engine_device) == ("local-bucket", "auto")
     assert settings.vertex.od_model_type == "CLOUD_HIGH_ACCURACY_1"
     assert settings.vertex.budget_milli_node_hours(Task.OBJECT_DETECTION) == 20_000
-    assert settings.monitor_initial_delay_s == 5.0  # local defaults look sooner than the cloud's
-    assert settings.predict_on_training is False
+    assert settings.monitor.initial_delay_s == 5.0  # local defaults look sooner than the cloud's
+    assert settings.predict.on_training is False
     assert settings.secrets == (Secret(WEBHOOK_SECRET),)
 
 
@@ -100,7 +100,7 @@ def test_cloud_mode_with_everything_set() -> None:
     assert (cloud.project, cloud.region, cloud.bucket) == ("my-project", "europe-west4", "my-bucket")
     assert cloud.labelbox_api_key.reveal() == API_KEY
     assert cloud.labelbox_endpoint == "https://api.labelbox.com/graphql"
-    assert settings.monitor_initial_delay_s == 60.0
+    assert settings.monitor.initial_delay_s == 60.0
     assert set(settings.secrets) == {Secret(WEBHOOK_SECRET), Secret(API_KEY)}
 
 
@@ -172,12 +172,12 @@ def test_unknown_chain_mode_is_named() -> None:
 
 @pytest.mark.parametrize(("raw", "value"), [("1", True), ("TRUE", True), ("yes", True), ("off", False), ("0", False)])
 def test_flags(tmp_path: Path, raw: str, value: bool) -> None:
-    assert load_settings(local_env(tmp_path, PREDICT_ON_TRAINING=raw)).predict_on_training is value
+    assert load_settings(local_env(tmp_path, PREDICT_ON_TRAINING=raw)).predict.on_training is value
 
 
 def test_numbers_are_parsed(tmp_path: Path) -> None:
     settings = load_settings(local_env(tmp_path, STAGE_LEASE_SECONDS=" 30.5 ", ETL_COPY_CONCURRENCY="4"))
-    assert (settings.stage_lease_seconds, settings.etl_copy_concurrency) == (30.5, 4)
+    assert (settings.stage_lease_seconds, settings.etl.copy_concurrency) == (30.5, 4)
 
 
 # -- the webhook secret ------------------------------------------------------------------------------------

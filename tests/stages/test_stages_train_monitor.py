@@ -175,7 +175,7 @@ def test_monitor_backs_off_without_sleeping_then_hands_off_exactly_once(world) -
         answer = _monitor(services, run_id)
         assert answer.body["outcome"] == "waiting"
         delays.append(answer.body["next_look_in_s"])
-    assert delays == sorted(delays) and delays[-1] <= services.settings.monitor_max_delay_s
+    assert delays == sorted(delays) and delays[-1] <= services.settings.monitor.max_delay_s
     assert [s[2] for s in chain.schedules] == [1, 2, 3, 4]  # every look has its own name
 
     backend.training_state = JobState.SUCCEEDED
