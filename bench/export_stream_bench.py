@@ -33,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.config import Secret  # noqa: E402
 from shared.demo import export_row  # noqa: E402
 from shared.platform.labelbox_adapter import LabelboxPlatform  # noqa: E402
+from shared.secret import Secret  # noqa: E402
 
 MODEL_RUN_ID = "11111111-2222-4333-8444-555555555555"
 MODEL_ID = "cbenchmodel0000000000000a"

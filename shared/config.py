@@ -15,33 +15,11 @@ from pathlib import Path
 
 from shared.domain.model_types import Backend, ModelType, Task, offered
 from shared.domain.run_record import CHAIN_STAGES
+from shared.secret import Secret
 
 
 class ConfigError(ValueError):
     """The environment does not describe a usable deployment; the message names every bad variable."""
-
-
-class Secret:
-    """A secret value that cannot leak through repr, str or f-strings by accident."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", len(self._value)))
 
 
 # The AutoML image model types whose models Vertex AI can batch-predict. Edge types (MOBILE_TF_*) train,

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from shared.config import Secret
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import RunRecord
+from shared.secret import Secret, holds_secret
 from shared.store.port import NO_OBJECT, NotFound, ObjectStore, PreconditionFailed
 
 T = TypeVar("T")
@@ -45,14 +45,13 @@ class RunRepository:
     ) -> None:
         self.store = store
         self.clock = clock
-        self._secrets = [s.reveal() for s in secrets if s.reveal()]
+        self._secrets = tuple(secrets)
         self._max_attempts = max_attempts
 
     def _encode(self, record: RunRecord) -> bytes:
         text = json.dumps(record.to_dict(), indent=1, sort_keys=True)
-        for secret in self._secrets:
-            if secret in text:
-                raise SecretLeak(f"refusing to write run record {record.run_id}: it contains a secret value")
+        if holds_secret(text, self._secrets):
+            raise SecretLeak(f"refusing to write run record {record.run_id}: it contains a secret value")
         return text.encode()
 
     def uri(self, run_id: str) -> str:

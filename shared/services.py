@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.invocation import new_owner, unknowable
 from shared.platform.port import LabelingPlatform
 from shared.run_repository import RunRepository
+from shared.secret import redact
 from shared.store.port import ObjectStore
 from shared.training.port import TrainingBackend
 
@@ -38,7 +39,7 @@ class Services:
         self.settings = settings
         self.clock = clock
         self.owner_alive = owner_alive
-        self._secrets = [s.reveal() for s in settings.secrets if s.reveal()]
+        self._secrets = settings.secrets
         self._factories = dict(factories)
         self._overrides = dict(overrides or {})
         self._lock = threading.RLock()  # a factory may ask for another adapter
@@ -74,9 +75,7 @@ class Services:
 
     def scrub(self, text: str) -> str:
         """Removes every secret value from a text that may reach a user, a log or the run record."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
     def new_owner(self) -> str:
         """Names one invocation of a stage (see `shared.invocation`)."""

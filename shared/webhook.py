@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import Secret
 from shared.domain.model_types import ModelType
+from shared.secret import Secret
 
 # Matched whole (fullmatch): with re.match, `$` also matches before a final newline ("id\n" passed).
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")

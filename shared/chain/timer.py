@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from shared.atomic_file import write_json_atomically
 from shared.chain.port import HandOffFailed, stage_body
 
 log = logging.getLogger(__name__)
@@ -98,21 +99,18 @@ class TimerScheduler:
 
     def _write(self, name: str, entry: Mapping[str, object], *, exclusive: bool) -> bool:
         """Writes `<name>.json` atomically; with `exclusive`, only if no such entry exists yet."""
-        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "w") as out:
-            json.dump(entry, out)
-            out.flush()
-            os.fsync(out.fileno())
         target = self.directory / f"{name}{PENDING}"
-        if exclusive:
-            try:
-                os.link(tmp, target)  # fails if the name exists: the schedule is made once
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
+        if not exclusive:
+            write_json_atomically(target, entry, indent=None)
             return True
-        os.replace(tmp, target)
+        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        write_json_atomically(tmp, entry, indent=None)
+        try:
+            os.link(tmp, target)  # unlike a rename, fails if the name exists: the schedule is made once
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     # -- delivery -----------------------------------------------------------------------------------

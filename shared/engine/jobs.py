@@ -23,13 +23,14 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from shared.atomic_file import write_json_atomically
 
 SPEC = "spec.json"
 STATE = "state.json"
@@ -51,17 +52,8 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Temp file + os.replace: a reader sees the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A reader sees the old or the new file, never half of one."""
+    write_json_atomically(path, data)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -9,8 +9,6 @@ pools the deepest features. A checkpoint is a plain dict of tensors and primitiv
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from shared.atomic_file import write_atomically
 
 CHECKPOINT_FORMAT = "local-engine-checkpoint/1"
 HEATMAP_PRIOR = 0.05  # initial heatmap confidence; keeps the focal loss sane in the first steps
@@ -116,14 +116,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, classes: 
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda out: torch.save(payload, out))
 
 
 @dataclass

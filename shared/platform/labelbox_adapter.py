@@ -28,7 +28,6 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared.config import Secret
 from shared.domain.examples import Split
 from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
 from shared.platform import export_stream
@@ -43,6 +42,7 @@ from shared.platform.port import (
     UploadResult,
     cut_message,
 )
+from shared.secret import Secret, redact
 
 if TYPE_CHECKING:
     from labelbox import Client, ModelRun
@@ -62,7 +62,6 @@ EXPORT_PARAMS = {
 EXPORT_TASK_NAME = "training chain export"
 MAX_ERROR_TEXT = 1000
 ERROR_SAMPLES = 5
-REDACTED = "[redacted]"
 EXPORT_POLL_S = 2.0  # the SDK's own minimum between two looks at a task
 _SIGNED_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"<>]+)\?[^\s#'\"<>]*")
 
@@ -73,13 +72,6 @@ class ExportErrors:
 
     count: int = 0
     samples: list[str] = field(default_factory=list)
-
-
-def redact(text: str, secrets: set[str] | frozenset[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 class _RedactSecrets(logging.Filter):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
+from shared.atomic_file import write_bytes_atomically, write_json_atomically
 from shared.domain.examples import Split
 from shared.domain.run_record import iso
 from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
@@ -162,10 +162,7 @@ class LocalModelRuns:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
-        folder = self.folder(model_run_id)
-        tmp = folder / ".config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
-        os.replace(tmp, folder / "config.json")
+        write_json_atomically(self.folder(model_run_id) / "config.json", config)
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
         folder = self.folder(model_run_id)
@@ -187,9 +184,7 @@ class LocalModelRuns:
                 accepted.append(row)
         target = folder / "predictions" / f"{_safe_name(name)}.ndjson"
         target.parent.mkdir(exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in accepted))
-        os.replace(tmp, target)
+        write_bytes_atomically(target, "".join(json.dumps(r, sort_keys=True) + "\n" for r in accepted).encode())
         return UploadResult(name=name, accepted=len(accepted), errors=errors)
 
     def uploaded(self, model_run_id: str) -> list[dict[str, Any]]:

@@ -13,12 +13,12 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.atomic_file import write_atomically
 from shared.store.port import NO_OBJECT, Generation, NotFound, PreconditionFailed, gs_uri, key_in_bucket
 
 _LOCK_SUFFIX = ".lock~"
@@ -78,16 +78,7 @@ class LocalFolderStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _replace(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                write(out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, write)
 
     def write(
         self,

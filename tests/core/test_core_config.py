@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, Secret, Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.domain.model_types import Backend, Task
+from shared.secret import Secret
 
 WEBHOOK_SECRET = "whsec-4f1b9d2e-webhook"
 API_KEY = "lb-api-key-9b8c7d6e5f"

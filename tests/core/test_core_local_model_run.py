@@ -200,7 +200,8 @@ def test_update_config_replaces_the_file_atomically(demo: DemoRun, monkeypatch: 
 
     monkeypatch.setattr(os, "replace", spy)
     runs.update_config(demo.model_run_id, {"budget": 3})
-    assert replaced == [(".config.json.tmp", "config.json")]
+    ((temporary, target),) = replaced
+    assert target == "config.json" and temporary.startswith(".config.json.") and temporary.endswith(".tmp")
     assert json.loads((demo.folder / "config.json").read_text()) == {"budget": 3}
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from shared.config import Secret
 from shared.domain.model_types import MODEL_TYPES, Backend, offered
+from shared.secret import Secret
 from shared.webhook import Rejected, TrainingRequest, parse_training_request, verify_signature
 
 SECRET = "s3cr3t-webhook-value"

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from shared.config import Secret
 from shared.platform import export_stream
 from shared.platform.labelbox_adapter import LabelboxPlatform
 from shared.platform.port import PlatformError
+from shared.secret import Secret
 from tests.labelbox.fake_labelbox import FakeLabelbox, running_fake_labelbox
 from tests.labelbox.test_labelbox_adapter import MODEL_ID, MODEL_RUN_ID, make_rows
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from shared.config import Secret
 from shared.demo import create_demo_model_run, export_row
 from shared.domain.examples import Split
 from shared.platform.labelbox_adapter import LabelboxPlatform
@@ -26,6 +25,7 @@ from shared.platform.port import (
     ModelRunStatus,
     PlatformError,
 )
+from shared.secret import Secret
 from tests.labelbox.fake_labelbox import (
     FAKE_SIGNATURE,
     FakeLabelbox,

@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import pytest
 
-from shared.config import Secret
 from shared.domain.run_record import ClaimOutcome, RunRecord, StageState, claim, fail_run, new_run
 from shared.run_repository import RunNotFound, RunRepository, SecretLeak, record_key
+from shared.secret import Secret
 from shared.store.local_folder import LocalFolderStore
 from shared.store.port import ObjectStore
 from tests.store import race_workers
