@@ -17,8 +17,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import platform
@@ -26,18 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from shared.demo import create_demo_model_run
 from shared.domain.model_types import Task
 from shared.engine.images import decode_image
+from shared.engine.metrics import ImageDetections, ImageTruth, coco_map
 from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from shared.engine.train import TrainSettings, resolve_device, train
 from shared.engine.vertex_io import parse_import_line
 from shared.formats.labelbox_export import Converted, example_from_row
-from shared.formats.vertex_import import LabelNames, import_line, normalize_boxes
+from shared.formats.vertex_import import ML_USE, LabelNames, import_line, normalize_boxes
 from shared.store.local_folder import LocalFolderStore
 
 BUCKET = "local-bucket"
@@ -68,47 +66,17 @@ def build_import(workdir: Path, images: int, seed: int) -> tuple[LocalFolderStor
 
 
 def pycocotools_map(truth: dict[str, list], predicted: dict[str, list], size: int) -> tuple[float, float]:
-    """(mAP@0.5, mAP@[.5:.95]) from pycocotools, COCO objects built in memory, in pixel units."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """(mAP@0.5, mAP@[.5:.95]) from pycocotools, through the engine's own oracle call (`coco_map`).
 
-    names = sorted({n for boxes in truth.values() for n, _b in boxes})
-    cat = {n: i + 1 for i, n in enumerate(names)}
-    images, anns, dets = [], [], []
-    for image_id, uri in enumerate(sorted(truth), start=1):
-        images.append({"id": image_id, "width": size, "height": size})
-        for name, (x0, y0, x1, y1) in truth[uri]:
-            w, h = (x1 - x0) * size, (y1 - y0) * size
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat[name],
-                    "bbox": [x0 * size, y0 * size, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-        for name, score, (x0, x1, y0, y1) in predicted.get(uri, []):
-            if name in cat:
-                bbox = [x0 * size, y0 * size, (x1 - x0) * size, (y1 - y0) * size]
-                dets.append({"image_id": image_id, "category_id": cat[name], "bbox": bbox, "score": score})
-    if not dets:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {
-            "images": images,
-            "annotations": anns,
-            "categories": [{"id": i, "name": n} for n, i in cat.items()],
-        }
-        gt.createIndex()
-        evaluation = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    stats = np.asarray(evaluation.stats)
-    return float(stats[1]), float(stats[0])
+    `truth` boxes are normalized (x0, y0, x1, y1); `predicted` ones are Vertex's (xMin, xMax, yMin, yMax)."""
+    uris = sorted(truth)
+    truths = [ImageTruth(size, size, [(name, tuple(box)) for name, box in truth[uri]]) for uri in uris]
+    found = [
+        ImageDetections([(name, score, (x0, y0, x1, y1)) for name, score, (x0, x1, y0, y1) in predicted.get(uri, [])])
+        for uri in uris
+    ]
+    map50, map_coco = coco_map(truths, found)
+    return map50 or 0.0, map_coco or 0.0
 
 
 def read_output(store: LocalFolderStore, output_dir: str) -> dict[str, list]:
@@ -174,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         instances_uri = store.uri(instances_key)
         splits = {
-            s: sum(line["dataItemResourceLabels"]["aiplatform.googleapis.com/ml_use"] == s for line in lines)
+            s: sum(line["dataItemResourceLabels"][ML_USE] == s for line in lines)
             for s in ("training", "validation", "test")
         }
 

@@ -28,12 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.dataset.training_set import training_row  # noqa: E402
+from shared.dataset.builder import TrainingSetBuilder  # noqa: E402
+from shared.dataset.image_staging import StagedImage  # noqa: E402
+from shared.dataset.manifest import jsonl  # noqa: E402
 from shared.demo import export_row  # noqa: E402
-from shared.domain.data_quality import DataQuality  # noqa: E402
 from shared.domain.model_types import Task  # noqa: E402
-from shared.formats.labelbox_export import Converted, example_from_row  # noqa: E402
-from shared.formats.vertex_import import LabelNames  # noqa: E402
 
 MODEL_RUN_ID = "11111111-2222-4333-8444-555555555555"
 MODEL_ID = "cbenchmodel0000000000000a"
@@ -71,43 +70,25 @@ def write_export(path: Path, rows: int, seed: int = 3) -> None:
 
 
 def convert(path: Path, out_path: Path) -> int:
-    quality = DataQuality(Task.OBJECT_DETECTION)
-    names = LabelNames()
-    rows = 0
-    buffer: list[str] = []
-    manifest: list[str] = []
+    """The stage's own block conversion, with the image copy replaced by its result (no I/O)."""
+    builder = TrainingSetBuilder(Task.OBJECT_DETECTION, MODEL_RUN_ID)
     with open(path) as lines, open(out_path, "w") as out:
-        for line in lines:
-            rows += 1
-            quality.rows_seen += 1
-            result = example_from_row(json.loads(line), model_run_id=MODEL_RUN_ID, task=Task.OBJECT_DETECTION)
-            if not isinstance(result, Converted):
-                quality.skip(result.reason)
-                continue
-            example = result.example
-            uri = f"gs://bench/runs/x/images/{example.data_row_id}.jpg"
-            prepared = training_row(
-                example,
-                image_uri=uri,
-                mime_type="image/jpeg",
-                width=example.width or 1,
-                height=example.height or 1,
-                task=Task.OBJECT_DETECTION,
-                names=names,
-                quality=quality,
-                dropped=result.dropped_boxes,
-            )
-            if prepared is not None:
-                manifest.append(json.dumps(prepared.manifest.to_json(), separators=(",", ":")))
-                if prepared.import_line is not None:
-                    buffer.append(json.dumps(prepared.import_line, separators=(",", ":")))
-            if len(buffer) >= CHUNK_ROWS:
-                out.write("\n".join(buffer) + "\n")
-                out.write("\n".join(manifest) + "\n")
-                buffer.clear()
-                manifest.clear()
-        out.write("\n".join(buffer) + "\n" if buffer else "")
-    return rows
+        for converted in builder.example_blocks((json.loads(line) for line in lines), CHUNK_ROWS):
+            staged = [
+                StagedImage(
+                    key=f"runs/x/images/{c.example.data_row_id}.jpg",
+                    uri=f"gs://bench/runs/x/images/{c.example.data_row_id}.jpg",
+                    width=c.example.width or 1,
+                    height=c.example.height or 1,
+                    mime_type="image/jpeg",
+                    copied=True,
+                )
+                for c in converted
+            ]
+            done = builder.training_rows(converted, staged)
+            out.write(jsonl(done.import_lines).decode())
+            out.write(jsonl(r.to_json() for r in done.manifest_rows).decode())
+    return builder.quality.rows_seen
 
 
 def baseline(path: Path, out_path: Path) -> int:

@@ -13,7 +13,7 @@ from shared.bootstrap import services
 from shared.domain.run_record import RunRecord
 from shared.services import Services
 from shared.stages.runner import StageAnswer, StageCall, StageContext, run_stage
-from shared.webhook import Rejected, valid_run_id
+from shared.webhook import Rejected, valid_run_id, verify_signature
 
 log = logging.getLogger(__name__)
 MAX_STAGE_BODY = 4096
@@ -68,6 +68,27 @@ def parse_stage_call(request: flask.Request) -> StageCall:
     if unknown:  # our own API: a misspelt flag ("forced") must not be ignored silently
         raise Rejected(400, f"unknown keys {', '.join(repr(k[:40]) for k in unknown[:5])}; a stage takes run_id, force")
     return StageCall(valid_run_id(payload["run_id"]), force=force, look=look)
+
+
+def signed_endpoint(
+    function: str, method: str, respond: Callable[[Services, bytes], StageAnswer]
+) -> Callable[[flask.Request], Any]:
+    """An HTTP handler for a Labelbox-facing function: one method, a bounded body, Labelbox's signature
+    checked in constant time, then `respond` with the raw body. Anything refused is a 4xx with a message."""
+    svc = services(function)  # validates the configuration and builds the ports when the function starts
+
+    def handle(request: flask.Request) -> flask.Response:
+        try:
+            require_method(request, method)
+            body = read_body(request, svc.settings.max_webhook_bytes)
+            verify_signature(body, request.headers, svc.settings.webhook_secret)
+            result = respond(svc, body)
+        except Rejected as exc:
+            return answer(exc.status, {"error": exc.message})
+        return answer(result.status, result.body)
+
+    handle.__name__ = function
+    return handle
 
 
 def stage_endpoint(

@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-ML_USE = "aiplatform.googleapis.com/ml_use"
+from shared.formats.vertex_import import ML_USE
+
 SPLITS = ("training", "validation", "test")
 INVALID_ARGUMENT = 3  # google.rpc.Code, what Vertex reports for an unreadable instance
 DEFAULT_MIME_TYPE = "image/jpeg"

@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from shared.domain.examples import Example, PixelBox, Split
 from shared.domain.model_types import Task
@@ -25,6 +25,12 @@ SPLIT_KEYS = ("split", "data_split", "dataSplit", "Data Split")
 MAX_DATA_ROW_ID_CHARS = 1024
 UNKNOWN_SPLIT = "unknown split value"
 NO_BOXES = "row without bounding boxes"
+
+
+class SplitFallback(Protocol):
+    """Where a row's split comes from when its export row lacks one (a dict, or the platform's lookup)."""
+
+    def get(self, data_row_id: str, default: Split = Split.UNASSIGNED, /) -> Split: ...
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ def example_from_row(
     *,
     model_run_id: str,
     task: Task,
-    split_fallback: Mapping[str, Split] | None = None,
+    split_fallback: SplitFallback | None = None,
     question: str | None = None,
 ) -> Converted | Skipped:
     """Converts one export row; `question` pins the classification question once the first row chose it."""
@@ -216,7 +222,7 @@ def example_from_row(
 
 
 def _split(
-    run: Mapping[str, Any], data_row_id: str, fallback: Mapping[str, Split] | None
+    run: Mapping[str, Any], data_row_id: str, fallback: SplitFallback | None
 ) -> tuple[Split, tuple[tuple[str, str], ...]]:
     """The row's split, and a warning when the run object names a split that does not exist.
 

@@ -24,21 +24,20 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import islice
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.dataset import manifest
-from shared.dataset.image_staging import ImageStager, NotStaged, StagedImage
+from shared.dataset.builder import TrainingSetBuilder
+from shared.dataset.image_staging import ImageStager
 from shared.dataset.manifest import ManifestRow, jsonl, read_jsonl
-from shared.dataset.training_set import import_line_without, training_row
+from shared.dataset.training_set import import_line_without
 from shared.domain import run_record as rr
 from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.domain.examples import Split
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
-from shared.formats.labelbox_export import Converted, classification_question, example_from_row
 from shared.formats.vertex_import import LabelNames
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
@@ -47,14 +46,6 @@ from shared.stages.watch import backoff_delay, schedule_look, watch_job
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
 EXPORT_ERROR_REASON = "row Labelbox could not export"
-DUPLICATE_ID = "duplicate data row id"
-SIZE_DIFFERS = "declared size differs from the image"
-
-
-def _blocks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(rows)
-    while block := list(islice(iterator, size)):
-        yield block
 
 
 class _SplitLookup:
@@ -124,14 +115,11 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     task = Task(record.task)
     store = services.store
     paths = RunPaths(record.run_id)
-    quality = DataQuality(task)
-    names = LabelNames()
-    question: str | None = None
-    splits = _SplitLookup(ctx, record.model_run_id)
+    builder = TrainingSetBuilder(task, record.model_run_id, split_fallback=_SplitLookup(ctx, record.model_run_id))
+    quality, names = builder.quality, builder.names
     chunk = 0
     status_set = False
     copies: Counter[str] = Counter()
-    seen_ids: set[str] = set()  # the first row of an id wins; about 100 bytes a row (see the module doc)
 
     with ImageStager(
         store,
@@ -143,55 +131,14 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         concurrency=settings.etl.copy_concurrency,
     ) as stager:
         rows = services.platform.read_export(record.model_run_id, export_task)
-        for block in _blocks(rows, settings.etl.chunk_rows):
+        for converted in builder.example_blocks(rows, settings.etl.chunk_rows):
             if not status_set:  # the export is ready: from here on we prepare data
                 ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
                 status_set = True
-            converted: list[Converted] = []
-            for row in block:
-                quality.rows_seen += 1
-                if task.is_classification and question is None:
-                    question = classification_question(row, model_run_id=record.model_run_id, task=task)
-                result = example_from_row(
-                    row, model_run_id=record.model_run_id, task=task, split_fallback=splits, question=question
-                )
-                row_id = result.example.data_row_id if isinstance(result, Converted) else result.data_row_id
-                if row_id is not None:
-                    if row_id in seen_ids:
-                        quality.skip(DUPLICATE_ID, row_id)
-                        continue
-                    seen_ids.add(row_id)
-                if isinstance(result, Converted):
-                    converted.append(result)
-                else:
-                    quality.skip(result.reason, result.data_row_id, result.detail)
-                    quality.drop_boxes(result.dropped_boxes, result.data_row_id)
-            import_lines: list[dict[str, Any]] = []
-            manifest_lines: list[ManifestRow] = []
-            for item, staged in zip(converted, stager.stage_many([c.example for c in converted]), strict=True):
-                example = item.example
-                if isinstance(staged, NotStaged):
-                    quality.skip(staged.reason, example.data_row_id, staged.detail)
-                    continue
-                copies["images_copied" if staged.copied else "images_already_staged"] += 1
-                prepared = training_row(
-                    example,
-                    image_uri=staged.uri,
-                    mime_type=staged.mime_type,
-                    width=staged.width,
-                    height=staged.height,
-                    task=task,
-                    names=names,
-                    quality=quality,
-                    dropped=item.dropped_boxes,
-                )
-                if prepared is not None:
-                    _warn(quality, item, staged)
-                    manifest_lines.append(prepared.manifest)
-                    if prepared.import_line is not None:
-                        import_lines.append(prepared.import_line)
-            store.write(paths.import_chunk(chunk), jsonl(import_lines), content_type="application/jsonl")
-            manifest.write_chunk(store, paths, chunk, manifest_lines)
+            done = builder.training_rows(converted, stager.stage_many([c.example for c in converted]))
+            copies.update(done.copies)
+            store.write(paths.import_chunk(chunk), jsonl(done.import_lines), content_type="application/jsonl")
+            manifest.write_chunk(store, paths, chunk, done.manifest_rows)
             chunk += 1
             ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
 
@@ -225,8 +172,8 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         r.data_quality = report
         r.artifacts.update(artifacts)
         r.artifacts["label_map"] = json.dumps(label_map, sort_keys=True)
-        if question:
-            r.artifacts["classification_question"] = question
+        if builder.question:
+            r.artifacts["classification_question"] = builder.question
 
     ctx.update(record_results)
     if not status_set:
@@ -250,16 +197,6 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     return StageAnswer(
         200, {"run_id": record.run_id, "stage": Stage.ETL, "outcome": "succeeded", "data_quality": report}
     )
-
-
-def _warn(quality: DataQuality, item: Converted, staged: StagedImage) -> None:
-    """Counts what is odd about a row that is kept all the same."""
-    row_id = item.example.data_row_id
-    for reason, detail in item.warnings:
-        quality.warn(reason, row_id, detail)
-    if staged.declared_size:
-        (w, h), real = staged.declared_size, (staged.width, staged.height)
-        quality.warn(SIZE_DIFFERS, row_id, f"declared {w}x{h}, image {real[0]}x{real[1]}")
 
 
 def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:

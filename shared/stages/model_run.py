@@ -21,7 +21,7 @@ from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
 from shared.services import Services
 from shared.stages.runner import StageAnswer, fail
 from shared.stages.watch import ensure_monitor
-from shared.webhook import TrainingRequest
+from shared.webhook import TrainingRequest, parse_training_request
 
 FIRST_STAGE = Stage.ETL
 
@@ -35,6 +35,17 @@ def _summary(record: RunRecord, services: Services) -> dict[str, object]:
         "run_record": services.runs.uri(record.run_id),
         "error": record.error,
     }
+
+
+def on_train_model(services: Services, body: bytes) -> StageAnswer:
+    """Labelbox's "Train model" webhook, signature already checked: parse it (Rejected if malformed)
+    and open or resume the run."""
+    return start_training_run(services, parse_training_request(body, services.settings.model_types()))
+
+
+def list_model_types(services: Services, body: bytes) -> StageAnswer:
+    """`GET /models`: the model types this deployment can train, as Labelbox expects (`{name: {}}`)."""
+    return StageAnswer(200, {name: {} for name in services.settings.model_types()})
 
 
 def start_training_run(services: Services, request: TrainingRequest) -> StageAnswer:

@@ -52,6 +52,7 @@ from google.protobuf import json_format
 
 from shared.config import VERTEX_CLS_MODEL_TYPES, VERTEX_OD_MODEL_TYPES, VertexSettings, vertex_budget_range
 from shared.domain.model_types import Task
+from shared.formats.vertex_import import ML_USE
 from shared.gcp.errors import is_failed_precondition
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
@@ -70,7 +71,7 @@ TRAINING_DEFINITIONS: Mapping[str, str] = {
     "object_detection": f"{_SCHEMA}/trainingjob/definition/automl_image_object_detection_1.0.0.yaml",
     "classification": f"{_SCHEMA}/trainingjob/definition/automl_image_classification_1.0.0.yaml",
 }
-ML_USE_FILTER = "labels.aiplatform.googleapis.com/ml_use={}"
+ML_USE_FILTER = "labels." + ML_USE + "={}"
 # The label that names one launch (the stage's job key): a retried start finds the resource it made.
 JOB_LABEL = "lb_job"
 
