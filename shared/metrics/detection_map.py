@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.metrics._batch import Side, blocks, greedy_pairs, iou_coco, pad
 from shared.metrics._curves import ThresholdCurve, class_figures, f1_score, ratio
 from shared.metrics.detections import ImageDetections
+from shared.metrics.matching import Side, blocks, greedy_pairs, iou_coco, pad
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)

@@ -12,7 +12,7 @@ They reproduce the Labelbox SDK 7.17 (`labelbox.data.metrics`), batched over all
   then equals the SDK's to ~1e-15 (shapely sums areas in another order).
 * where those last bits decide something, they are the SDK's: a pair within a rounding margin of the
   threshold, or of another pair of its (row, class) (a tie the greedy order breaks), gets the SDK's own
-  value (`_sdk_iou`, GEOS's arithmetic replayed), so an IoU of exactly 0.5 on a 0.1 or 0.01 grid, which
+  value (`sdk_iou`, GEOS's arithmetic replayed), so an IoU of exactly 0.5 on a 0.1 or 0.01 grid, which
   rounds to either side, falls on the side it falls in the SDK. Every other pair keeps the vectorised
   value; on real data the exceptions are a handful, so the batch stays fast.
 * classification, as the SDK does for radio and checklist answers: each answer is a feature; an answer
@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from shared.formats.labelbox_metrics import FeatureMetric
-from shared.metrics._batch import Side, blocks, greedy_pairs, iou_corners, near_ties, pad
-from shared.metrics._sdk_iou import sdk_iou
 from shared.metrics.detections import ClassificationItem, ImageDetections
+from shared.metrics.matching import Side, blocks, greedy_pairs, iou_corners, near_ties, pad
+from shared.metrics.sdk_iou import sdk_iou
 
 # Integer coordinates below this (in magnitude) give exact areas and exact shoelace sums: each of the at most
 # a dozen terms is below 2**42, every partial sum far below 2**53.

@@ -24,9 +24,9 @@ from typing import Any
 
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
-from shared.engine import jobs
-from shared.engine.job import BATCH_PREDICTION, TRAINING
+from shared.engine import job_folders
 from shared.engine.vertex_io import output_directory_name
+from shared.engine.worker import BATCH_PREDICTION, TRAINING
 from shared.store.port import ObjectStore
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
@@ -140,7 +140,7 @@ class LocalEngineBackend:
     def _folder(self, ref: str) -> Path:
         if not ref.startswith(JOBS):
             raise ValueError(f"not a local engine job reference: {ref!r}")
-        return jobs.job_folder(self.engine_dir, ref[len(JOBS) :].split("/")[0])
+        return job_folders.job_folder(self.engine_dir, ref[len(JOBS) :].split("/")[0])
 
     def _common_spec(self, kind: str, run_id: str, task: Task) -> dict[str, Any]:
         return {
@@ -156,11 +156,11 @@ class LocalEngineBackend:
     def _status(self, ref: str, result: Any) -> JobStatus:
         try:
             folder = self._folder(ref)
-            state = jobs.read_state(folder)
+            state = job_folders.read_state(folder)
         except (ValueError, LookupError) as exc:
             return JobStatus(JobState.FAILED, error=str(exc))
         progress = {k: state[k] for k in PROGRESS_KEYS if state.get(k) is not None}
-        value = JobState(state.get("state", jobs.FAILED))
+        value = JobState(state.get("state", job_folders.FAILED))
         return JobStatus(
             value,
             error=state.get("error") if value in (JobState.FAILED, JobState.CANCELLED) else None,
@@ -171,10 +171,10 @@ class LocalEngineBackend:
 
     def _launch(self, job_id: str, spec: Mapping[str, Any]) -> JobRef:
         """Starts the job, or finds the one an earlier start with the same key made (the folder exists)."""
-        folder = jobs.job_folder(self.engine_dir, job_id)
+        folder = job_folders.job_folder(self.engine_dir, job_id)
         # an existing folder was launched by an earlier call whose record write was lost: it is this job
         with contextlib.suppress(FileExistsError):
-            jobs.launch(folder, spec)
+            job_folders.launch(folder, spec)
         return JobRef(JOBS + job_id, link=folder.as_uri())
 
     # -- training -----------------------------------------------------------------------------------
@@ -190,24 +190,24 @@ class LocalEngineBackend:
             "max_steps": self.max_steps,
             "settings": self.train_settings,
         }
-        return self._launch(jobs.job_id_for("train", request.run_id, request.job_key), spec)
+        return self._launch(job_folders.job_id_for("train", request.run_id, request.job_key), spec)
 
     def training_status(self, ref: str) -> JobStatus:
-        return self._status(ref, lambda folder, _state: f"{JOBS}{folder.name}/{jobs.CHECKPOINT}")
+        return self._status(ref, lambda folder, _state: f"{JOBS}{folder.name}/{job_folders.CHECKPOINT}")
 
     def training_deadline_s(self, task: Task) -> float | None:
         """Wall-time training stops at its budget; step-bounded training has no time bound."""
         return None if self.max_steps is not None else self.train_seconds + JOB_START_MARGIN_S
 
     def cancel_training(self, ref: str) -> None:
-        jobs.cancel(self._folder(ref))
+        job_folders.cancel(self._folder(ref))
 
     def checkpoint_path(self, model: str) -> Path:
         """The checkpoint file behind a model reference from `training_status`."""
         folder = self._folder(model)
-        if model != f"{JOBS}{folder.name}/{jobs.CHECKPOINT}":
+        if model != f"{JOBS}{folder.name}/{job_folders.CHECKPOINT}":
             raise ValueError(f"not a local engine model reference: {model!r}")
-        return folder / jobs.CHECKPOINT
+        return folder / job_folders.CHECKPOINT
 
     # -- batch prediction ---------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class LocalEngineBackend:
             raise ValueError(f"the model {request.model} has no checkpoint (did its training succeed?)")
         self._existing_key(request.instances_uri, "instances file")
         self.store.key_from_uri(request.output_uri_prefix.rstrip("/") + "/x")  # same bucket, or ValueError
-        model_name = jobs.read_json(checkpoint.parent / jobs.SPEC).get("display_name") or "model"
+        model_name = job_folders.read_json(checkpoint.parent / job_folders.SPEC).get("display_name") or "model"
         output_dir = (
             f"{request.output_uri_prefix.rstrip('/')}/{output_directory_name(model_name, dt.datetime.now(dt.UTC))}"
         )
@@ -232,7 +232,7 @@ class LocalEngineBackend:
             "labels": dict(request.labels),
             "settings": self.prediction_settings,
         }
-        return self._launch(jobs.job_id_for("predict", request.run_id, request.job_key), spec)
+        return self._launch(job_folders.job_id_for("predict", request.run_id, request.job_key), spec)
 
     def batch_prediction_status(self, ref: str) -> JobStatus:
         return self._status(ref, lambda _folder, state: state.get("result"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shared.demo import _ids, create_demo_model_run
-from shared.engine import jobs
+from shared.engine import job_folders
 from shared.local_chain import LocalChain
 
 FAST_MONITOR = {"MONITOR_INITIAL_DELAY_S": "1", "MONITOR_MAX_DELAY_S": "2"}
@@ -36,7 +36,7 @@ def _engine_state(tmp_path: Path, record: dict[str, Any]) -> tuple[Path, dict[st
 def _until_dead(job: Path) -> None:
     """SIGKILL is delivered asynchronously: wait until the job's lock says its process is gone."""
     deadline = time.monotonic() + 30
-    while jobs.read_state(job).get("state") in jobs.UNFINISHED and time.monotonic() < deadline:
+    while job_folders.read_state(job).get("state") in job_folders.UNFINISHED and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -93,4 +93,4 @@ def test_a_plain_train_re_run_after_the_engine_was_killed_restarts_the_job_and_t
         assert record is not None and record["status"] == "running" and record["watch"]["kind"] == "training"
         assert len(record["failed_jobs"]) == 2
         assert record["jobs"]["training"] not in {f"local-engine://jobs/{p.name}" for p in (first_job, new_job)}
-        jobs.cancel(jobs.job_folder(tmp_path / "engine", record["jobs"]["training"].rsplit("/", 1)[-1]))
+        job_folders.cancel(job_folders.job_folder(tmp_path / "engine", record["jobs"]["training"].rsplit("/", 1)[-1]))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shared.domain.model_types import Task
-from shared.engine import jobs
+from shared.engine import job_folders
 from shared.engine.images import decode_image
 from shared.engine.model import load_checkpoint
 from shared.engine.predict import Predictor
@@ -158,10 +158,10 @@ def test_classification_trains_and_predicts(data: TinyData, tmp_path: Path, task
 def _wait_running(folder: Path) -> int:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        state = json.loads((folder / jobs.STATE).read_text())
-        if state["state"] == jobs.RUNNING and state.get("step"):
+        state = json.loads((folder / job_folders.STATE).read_text())
+        if state["state"] == job_folders.RUNNING and state.get("step"):
             return int(state["pid"])
-        assert state["state"] in jobs.UNFINISHED, state
+        assert state["state"] in job_folders.UNFINISHED, state
         time.sleep(0.1)
     raise AssertionError("the job never started training")
 
@@ -179,7 +179,7 @@ def test_a_killed_job_reports_failed_with_its_log_never_running(data: TinyData, 
     assert status.state is JobState.FAILED
     assert str(folder / "job.log") in status.error
     assert f"pid {pid}" in status.error
-    assert json.loads((folder / jobs.STATE).read_text())["state"] == "failed"  # the verdict is kept
+    assert json.loads((folder / job_folders.STATE).read_text())["state"] == "failed"  # the verdict is kept
     assert backend(data, tmp_path).training_status(ref).state is JobState.FAILED
 
 
@@ -190,7 +190,7 @@ def test_cancel_stops_the_process_and_marks_cancelled(data: TinyData, tmp_path: 
     engine.cancel_training(ref)
     status = engine.training_status(ref)
     assert status.state is JobState.CANCELLED
-    assert not jobs.is_alive(engine._folder(ref))
+    assert not job_folders.is_alive(engine._folder(ref))
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     engine.cancel_training(ref)  # cancelling a finished job changes nothing
     assert engine.training_status(ref).state is JobState.CANCELLED

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.formats.labelbox_metrics import FeatureMetric
-from shared.metrics import _batch
+from shared.metrics import matching
 from shared.metrics.detections import ImageDetections
 from shared.metrics.row_metrics import detection_row_metrics
 from tests.metrics.oracles import decimal_grid_image, random_image, sdk_detection_row
@@ -55,7 +55,7 @@ def test_crowded_rows_match_the_sdk(min_boxes: int, max_boxes: int) -> None:
         for i in range(2)
     ]
     if min_boxes > 64:
-        assert all(len(im.gt_labels) * len(im.pred_labels) > _batch.DENSE_GREEDY_CELLS for im in images)
+        assert all(len(im.gt_labels) * len(im.pred_labels) > matching.DENSE_GREEDY_CELLS for im in images)
     _assert_same_as_sdk(images, 0.5)
 
 
@@ -64,9 +64,9 @@ def test_both_greedy_strategies_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     score = rng.integers(0, 6, (50, 9, 7)) / 5.0  # coarse values: plenty of exact ties
     eligible = score > 0.3
-    dense = _batch.greedy_pairs(score, eligible)
-    monkeypatch.setattr(_batch, "DENSE_GREEDY_CELLS", 0)
-    scanned = _batch.greedy_pairs(score, eligible)
+    dense = matching.greedy_pairs(score, eligible)
+    monkeypatch.setattr(matching, "DENSE_GREEDY_CELLS", 0)
+    scanned = matching.greedy_pairs(score, eligible)
     as_set = lambda found: set(zip(*(part.tolist() for part in found), strict=True))  # noqa: E731
     assert as_set(dense) == as_set(scanned)
     assert len(dense[0]) > 100

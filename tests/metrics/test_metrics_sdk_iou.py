@@ -7,7 +7,7 @@ import pytest
 from labelbox.data.metrics.iou.calculation import _polygon_iou
 from labelbox.types import Point, Rectangle
 
-from shared.metrics._sdk_iou import sdk_iou
+from shared.metrics.sdk_iou import sdk_iou
 
 
 def _shapely_iou(first: list[float], second: list[float]) -> float:

@@ -97,7 +97,7 @@ def launch(folder: Path, spec: Mapping[str, Any]) -> int:
         with open(folder / LOG, "ab") as log:
             try:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "shared.engine.job", str(folder), "--lock-fd", str(lock_fd)],
+                    [sys.executable, "-m", "shared.engine.worker", str(folder), "--lock-fd", str(lock_fd)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

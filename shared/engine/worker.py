@@ -1,4 +1,4 @@
-"""The detached job process: `python -m shared.engine.job <job folder> --lock-fd N`.
+"""The detached job process: `python -m shared.engine.worker <job folder> --lock-fd N`.
 
 Started by `jobs.launch`, in its own session so it outlives the request that started it. It reads
 `spec.json`, runs the training or the batch prediction, and keeps `state.json` current; any exception
@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-from shared.engine.jobs import CANCELLED, CHECKPOINT, FAILED, RUNNING, SUCCEEDED, StateWriter, now_iso, read_json
+from shared.engine.job_folders import CANCELLED, CHECKPOINT, FAILED, RUNNING, SUCCEEDED, StateWriter, now_iso, read_json
 
-log = logging.getLogger("shared.engine.job")
+log = logging.getLogger("shared.engine.worker")
 
 BATCH_PREDICTION = "batch_prediction"
 TRAINING = "training"
