@@ -307,7 +307,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     allow_unsigned = r.flag("ALLOW_UNSIGNED_WEBHOOKS", False)
     webhook_secret = r.secret("WEBHOOK_SECRET", required=not allow_unsigned)
 
-    stage_urls = {}
+    stage_urls: dict[str, str] = {}
     for stage in CHAIN_STAGES:
         stage_urls[stage] = r.text(f"{stage.upper()}_URL", required=True)
 

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from shared.domain.model_types import ModelType
 from shared.secret import Secret
@@ -30,6 +31,12 @@ class Rejected(Exception):
         self.message = message
 
 
+class HeaderLookup(Protocol):
+    """What the signature check reads of a request's headers: a dict, or Flask's case-insensitive ones."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class TrainingRequest:
     model_run_id: str
@@ -42,7 +49,7 @@ def _digest(secret: Secret, body: bytes, algorithm: str) -> str:
     return hmac.new(secret.reveal().encode(), body, getattr(hashlib, algorithm)).hexdigest()
 
 
-def verify_signature(body: bytes, headers: Mapping[str, str], secret: Secret | None) -> None:
+def verify_signature(body: bytes, headers: HeaderLookup, secret: Secret | None) -> None:
     """Raises Rejected(401) unless every signature header present verifies; at least one is required."""
     if secret is None:
         return  # only when the operator set ALLOW_UNSIGNED_WEBHOOKS=true (config refuses it otherwise)

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import requests
 
@@ -42,7 +43,8 @@ class HttpHandOff:
         """`key` is accepted for the port's sake: HTTP cannot de-duplicate, the run record does."""
         self.post(stage, stage_body(run_id))
 
-    def post(self, stage: str, body: Mapping[str, object]) -> None:
+    def post(self, stage: str, body: Mapping[str, Any]) -> None:
+        """POSTs `body`, a JSON object, to the stage's URL."""
         url = self.stage_urls[stage]
         run_id = body.get("run_id")
         last = "no attempt made"

@@ -187,8 +187,8 @@ class ImageStager:
             return NotStaged(f"image could not be staged ({type(exc).__name__})", detail)
 
     def _staged(self, example: Example, key: str, real: tuple[int, int], mime: str, *, copied: bool) -> StagedImage:
-        declared = (example.width, example.height)
-        differs = declared if example.width and example.height and declared != real else None
+        width, height = example.width, example.height
+        differs = (width, height) if width and height and (width, height) != real else None
         return StagedImage(key, self.store.uri(key), real[0], real[1], mime, copied, declared_size=differs)
 
     def _reuse(self, example: Example) -> StagedImage | None:

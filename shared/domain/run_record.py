@@ -101,8 +101,9 @@ class Watch:
 
 
 # Which stage starts each kind of long job. A job that fails is that stage's failure, so "re-run the
-# failed stage" (by curl, or by clicking "Train model" again) starts the job anew.
-JOB_STAGE = {
+# failed stage" (by curl, or by clicking "Train model" again) starts the job anew. Keyed by str: the
+# record's `jobs`, `job_keys` and `launches` hold kinds as the plain strings JSON gives back.
+JOB_STAGE: dict[str, Stage] = {
     JobKind.EXPORT: Stage.ETL,
     JobKind.DATASET_IMPORT: Stage.TRAIN,
     JobKind.TRAINING: Stage.TRAIN,

@@ -6,6 +6,7 @@ import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def coco_map(truths: Sequence[ImageTruth], predictions: Sequence[ImageDetections
     def pixels(box: tuple[float, float, float, float], w: int, h: int) -> list[float]:
         return [box[0] * w, box[1] * h, (box[2] - box[0]) * w, (box[3] - box[1]) * h]
 
-    images, annotations, results = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for image_id, (truth, pred) in enumerate(zip(truths, predictions, strict=True), start=1):
         images.append({"id": image_id, "width": truth.width, "height": truth.height})
         for name, box in truth.boxes:

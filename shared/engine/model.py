@@ -78,6 +78,7 @@ class Detector(nn.Module):
         self.head = _conv(c4, c4)
         self.heatmap = nn.Conv2d(c4, config.num_classes, 1)
         self.box = nn.Conv2d(c4, 4, 1)
+        assert self.heatmap.bias is not None  # Conv2d has a bias unless built with bias=False
         nn.init.constant_(self.heatmap.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

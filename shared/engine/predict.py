@@ -43,7 +43,8 @@ class Predictor:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         self.loaded = loaded
         self.device = device
-        self.model = loaded.model.to(device, memory_format=CHANNELS_LAST).eval()
+        # Module.to accepts memory_format (for its 4-D and 5-D tensors); torch's overloads of it omit that
+        self.model = loaded.model.to(device, memory_format=CHANNELS_LAST).eval()  # type: ignore[call-overload]
         self.task = loaded.config.task
         self.classes = loaded.classes
 

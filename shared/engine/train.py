@@ -199,7 +199,8 @@ def train(
     )
 
     config = ModelConfig(task, len(classes), settings.input_size, settings.width)
-    model = build_model(config).to(device, memory_format=CHANNELS_LAST)
+    # Module.to accepts memory_format (for its 4-D and 5-D tensors); torch's overloads of it omit that
+    model = build_model(config).to(device, memory_format=CHANNELS_LAST)  # type: ignore[call-overload]
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.formats.vertex_import import ML_USE
 
@@ -52,7 +53,17 @@ def _display_name(annotation: object) -> str:
     return name
 
 
-def parse_import_line(line: str | Mapping[str, object], task: str) -> ImportRow:
+def _list(row: Mapping[str, Any], key: str) -> list[Any]:
+    """An annotation list; a key that is absent (or null) is an empty list, any other shape a ValueError."""
+    value = row.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a list")
+    return value
+
+
+def parse_import_line(line: str | Mapping[str, Any], task: str) -> ImportRow:
     """One import JSONL line; ValueError names what is wrong with it."""
     row = json.loads(line) if isinstance(line, str) else line
     if not isinstance(row, Mapping):
@@ -65,7 +76,7 @@ def parse_import_line(line: str | Mapping[str, object], task: str) -> ImportRow:
     split = split.lower() if isinstance(split, str) and split.lower() in SPLITS else None
     if task == "object_detection":
         boxes = []
-        for annotation in row.get("boundingBoxAnnotations") or []:
+        for annotation in _list(row, "boundingBoxAnnotations"):
             name = _display_name(annotation)
             x0, y0, x1, y1 = (_number(annotation.get(k), k) for k in ("xMin", "yMin", "xMax", "yMax"))
             if x1 <= x0 or y1 <= y0:
@@ -75,16 +86,16 @@ def parse_import_line(line: str | Mapping[str, object], task: str) -> ImportRow:
     if task == "single_label_classification":
         annotation = row.get("classificationAnnotation")
         if annotation is None:
-            many = row.get("classificationAnnotations") or []
+            many = _list(row, "classificationAnnotations")
             if len(many) != 1:
                 raise ValueError("a single-label row needs exactly one classificationAnnotation")
             annotation = many[0]
         return ImportRow(uri, split, labels=(_display_name(annotation),))
     if task == "multi_label_classification":
-        many = row.get("classificationAnnotations")
-        if many is None and row.get("classificationAnnotation") is not None:
+        many = _list(row, "classificationAnnotations")
+        if not many and row.get("classificationAnnotation") is not None:
             many = [row["classificationAnnotation"]]
-        names = sorted({_display_name(a) for a in many or []})
+        names = sorted({_display_name(a) for a in many})
         return ImportRow(uri, split, labels=tuple(names))
     raise ValueError(f"unknown task {task!r}")
 

@@ -16,11 +16,14 @@ import sys
 import traceback
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from shared.engine.job_folders import CANCELLED, CHECKPOINT, FAILED, RUNNING, SUCCEEDED, StateWriter, now_iso, read_json
+
+if TYPE_CHECKING:
+    from shared.store.port import ObjectStore
 
 log = logging.getLogger("shared.engine.worker")
 
@@ -46,7 +49,7 @@ def _configure_torch(spec: dict[str, Any]) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _store(spec: dict[str, Any]) -> Any:
+def _store(spec: dict[str, Any]) -> ObjectStore:
     from shared.store.local_folder import LocalFolderStore
 
     return LocalFolderStore(Path(spec["bucket_dir"]), spec["bucket_name"])

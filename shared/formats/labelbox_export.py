@@ -159,7 +159,7 @@ def example_from_row(
         return Skipped(None, "row is not valid JSON")
     data_row = row.get("data_row")
     data_row_id = data_row.get("id") if isinstance(data_row, Mapping) else None
-    if not isinstance(data_row_id, str) or not data_row_id:
+    if not isinstance(data_row, Mapping) or not isinstance(data_row_id, str) or not data_row_id:
         return Skipped(None, "row without a data row id")
     id_problem = data_row_id_problem(data_row_id)
     if id_problem:
@@ -181,7 +181,8 @@ def example_from_row(
 
     split, warnings = _split(run, data_row_id, split_fallback)
 
-    media = row.get("media_attributes") if isinstance(row.get("media_attributes"), Mapping) else {}
+    media_attributes = row.get("media_attributes")
+    media: Mapping[str, Any] = media_attributes if isinstance(media_attributes, Mapping) else {}
     mime = media.get("mime_type") or media.get("mimeType")
     boxes: list[PixelBox] = []
     dropped: Counter[str] = Counter()
@@ -233,11 +234,15 @@ def _split(
     """
     text = split_text(run)
     if text is None:
-        return (fallback or {}).get(data_row_id, Split.UNASSIGNED), ()
+        return _fallback_split(fallback, data_row_id), ()
     split = Split.known(text)
     if split is not None:
         return split, ()
-    return (fallback or {}).get(data_row_id, Split.UNASSIGNED), ((UNKNOWN_SPLIT, repr(text.strip()[:40])),)
+    return _fallback_split(fallback, data_row_id), ((UNKNOWN_SPLIT, repr(text.strip()[:40])),)
+
+
+def _fallback_split(fallback: SplitFallback | None, data_row_id: str) -> Split:
+    return fallback.get(data_row_id, Split.UNASSIGNED) if fallback else Split.UNASSIGNED
 
 
 def classification_question(row: Mapping[str, Any], *, model_run_id: str, task: Task) -> str | None:

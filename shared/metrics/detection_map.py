@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -101,7 +102,8 @@ def _coco_matches(gt: _Boxes, pred: _Boxes, n_classes: int) -> _Matches:
             eligible = (iou[:, None, :] >= _MATCH_IOU[None, :, None]) & ~taken
             candidate = np.where(eligible, iou[:, None, :], -1.0)
             chosen = n_gt - 1 - candidate[:, :, ::-1].argmax(axis=2)  # the last of equal best IoUs
-            matched = eligible.any(axis=2)
+            # (size, T): a reduction over an axis of a 3-D array, which numpy's stubs cannot tell from a scalar
+            matched = cast("np.ndarray", eligible.any(axis=2))
             b, t = np.nonzero(matched)
             taken[b, t, chosen[b, t]] = True
             block_hit[:, d, :] = matched
@@ -165,7 +167,8 @@ def _confusion_matrix(gt: _Boxes, pred: _Boxes, matches: _Matches, above: np.nda
         np.add.at(matrix, (gt.cls[g_hit], pred.cls[p_hit]), 1)
         gt_free[g_hit] = False
         pred_free[p_hit] = False
-    np.add.at(matrix, (gt.cls[gt_free], n_classes), 1)
+    # numpy types `at`'s indices as one int array-like, not as a per-axis tuple mixing an array and an int
+    np.add.at(matrix, (gt.cls[gt_free], n_classes), 1)  # type: ignore[arg-type]
     np.add.at(matrix, (n_classes, pred.cls[pred_free]), 1)
     return matrix
 

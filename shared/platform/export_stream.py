@@ -184,7 +184,7 @@ def _file_blocks(
 
 def _blocks(
     client: Client, task_id: str, stream_type: str, total_size: int, session: requests.Session, block_bytes: int
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The stream's bytes 0..total_size-1, file after file (`offset = end + 1`), in bounded blocks."""
     offset = 0
     while offset < total_size:
@@ -192,7 +192,7 @@ def _blocks(
         offset = end + 1
 
 
-def _lines(blocks: Iterator[bytes], max_line_bytes: int, what: str) -> Iterator[bytes]:
+def _lines(blocks: Iterator[bytes], max_line_bytes: int, what: str) -> Generator[bytes, None, None]:
     """Whole lines (without the newline) out of blocks cut anywhere, across files too."""
     pending = bytearray()
     number = 0

@@ -100,8 +100,8 @@ def _guard_sdk_logs(secret: str) -> None:
     if len(secret) >= 4:
         _REDACTOR.secrets.add(secret)
     for name, candidate in list(logging.root.manager.loggerDict.items()):
-        ours = name.split(".")[0] in {"labelbox", "lbox"} and isinstance(candidate, logging.Logger)
-        if ours and _REDACTOR not in candidate.filters:
+        ours = name.split(".")[0] in {"labelbox", "lbox"}
+        if ours and isinstance(candidate, logging.Logger) and _REDACTOR not in candidate.filters:
             candidate.addFilter(_REDACTOR)
 
 

@@ -337,8 +337,9 @@ def _figure(svg: str, name: str, caption_html: str) -> str:
 def _confusion_matrix(data: ReportData) -> str:
     parts = [_section_open("confusion-matrix", "Confusion matrix")]
     matrix = data.metrics.get("confusion_matrix")
-    labels = matrix.get("labels") if isinstance(matrix, Mapping) else None
-    cells = matrix.get("matrix") if isinstance(matrix, Mapping) else None
+    # JSON values of any shape until `_is_square` has checked them
+    labels: Any = matrix.get("labels") if isinstance(matrix, Mapping) else None
+    cells: Any = matrix.get("matrix") if isinstance(matrix, Mapping) else None
     if not _is_square(labels, cells):
         why = " (not computed for multi-label classification)" if "exact_match" in data.metrics else ""
         parts.append(f'<p class="muted">Confusion matrix: {NA}{esc(why)}</p></section>')

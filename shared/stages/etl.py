@@ -25,7 +25,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from shared.dataset import manifest
 from shared.dataset.builder import TrainingSetBuilder
@@ -42,6 +41,7 @@ from shared.formats.vertex_import import LabelNames
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
+from shared.store.port import ObjectStore
 
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
@@ -210,7 +210,7 @@ def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:
 
 
 def _drop_labels(
-    store: Any,
+    store: ObjectStore,
     paths: RunPaths,
     chunks: int,
     labels: Mapping[str, int],
@@ -248,7 +248,7 @@ def _drop_labels(
         progress(index + 1)
 
 
-def _remove_stale_chunks(store: Any, paths: RunPaths, chunks: int) -> None:
+def _remove_stale_chunks(store: ObjectStore, paths: RunPaths, chunks: int) -> None:
     """A re-run over fewer rows must not leave chunks of the previous run behind."""
     for chunk_prefix in (paths.import_chunks, paths.manifest_chunks):
         for key in list(store.list(chunk_prefix)):

@@ -16,7 +16,7 @@ from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
-from shared.domain.run_record import InferencePhase, RunRecord, StageState
+from shared.domain.run_record import InferencePhase, JobKind, RunRecord, Stage, StageState
 from shared.evaluation import evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 from shared.metrics.summary import by_split, compact, headline, run_metrics
@@ -107,12 +107,12 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
             if r.watch and r.watch.ref == ref
             else watch_job(
                 r,
-                kind="batch_prediction",
+                kind=JobKind.BATCH_PREDICTION,
                 ref=ref,
-                next_stage="inference",
+                next_stage=Stage.INFERENCE,
                 now=ctx.now,
                 delay_s=delay,
-                started_by="inference",
+                started_by=Stage.INFERENCE,
             )
         )
         rr.release(r, "inference", ctx.owner, ctx.now, waiting_for="batch_prediction")

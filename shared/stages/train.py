@@ -105,8 +105,9 @@ def _import_dataset(ctx: StageContext, record: RunRecord) -> RunRecord | StageAn
 
         record, _ = ctx.update(started_import)
     status = backend.dataset_status(record.jobs[JobKind.DATASET_IMPORT])
-    if status.state is JobState.SUCCEEDED and status.result:
-        record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", status.result))
+    dataset = status.result
+    if status.state is JobState.SUCCEEDED and dataset:
+        record, _ = ctx.update(lambda r: r.jobs.__setitem__("dataset", dataset))
         return record
     if status.state.finished:
         ctx.update(lambda r: rr.forget_failed_job(r, JobKind.DATASET_IMPORT, ctx.now, status.error))
@@ -114,8 +115,8 @@ def _import_dataset(ctx: StageContext, record: RunRecord) -> RunRecord | StageAn
             f"dataset import {status.state.value}: {status.error or 'no reason given'}; re-run train to import again",
             link=status.link,
         )
-    ref = record.jobs[JobKind.DATASET_IMPORT]
-    _start_watch(ctx, kind=JobKind.DATASET_IMPORT, ref=ref, next_stage=Stage.TRAIN, done=False)
+    import_ref = record.jobs[JobKind.DATASET_IMPORT]
+    _start_watch(ctx, kind=JobKind.DATASET_IMPORT, ref=import_ref, next_stage=Stage.TRAIN, done=False)
     return StageAnswer(
         202, {"run_id": ctx.run_id, "stage": Stage.TRAIN, "outcome": "waiting", "for": JobKind.DATASET_IMPORT}
     )

@@ -18,7 +18,7 @@ def backoff_delay(services: Services, attempt: int) -> float:
 
 
 def watch_job(
-    record: RunRecord, *, kind: JobKind, ref: str, next_stage: Stage, now: float, delay_s: float, started_by: Stage
+    record: RunRecord, *, kind: JobKind, ref: str, next_stage: Stage, now: float, delay_s: float, started_by: str
 ) -> Watch:
     """Sets the run's watch (mutates the record; call inside a conditional update)."""
     record.watch = Watch(kind=kind, ref=ref, next_stage=next_stage, since=now, started_by=started_by)
@@ -58,4 +58,4 @@ def ensure_monitor(services: Services, record: RunRecord, *, lost_only: bool = T
         return rr.next_look(r, now, 0.0)
 
     _record, advanced = services.runs.update(record.run_id, advance)
-    return bool(advanced) and schedule_look(services, record.run_id, advanced)
+    return advanced is not None and schedule_look(services, record.run_id, advanced)

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import BinaryIO, cast
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 
 from shared.store.port import Generation, NotFound, PreconditionFailed, gs_uri, key_in_bucket
 

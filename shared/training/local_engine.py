@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,8 @@ class LocalEngineBackend:
             "bucket_name": self.store.bucket,
         }
 
-    def _status(self, ref: str, result: Any) -> JobStatus:
+    def _status(self, ref: str, result: Callable[[Path, dict[str, Any]], str | None]) -> JobStatus:
+        """The job's status; `result(folder, state)` names what a succeeded job made."""
         try:
             folder = self._folder(ref)
             state = job_folders.read_state(folder)

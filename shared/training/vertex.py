@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import cached_property
+from typing import TypedDict
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
@@ -91,7 +92,9 @@ _IMPORT_OPERATION = re.compile(r"(projects/[^/]+/locations/[^/]+/datasets/[^/]+)
 _RESOURCE = re.compile(r"projects/([^/]+)/locations/([^/]+)/([A-Za-z]+)/([^/@]+)(?:@.*)?")
 _CONSOLE_PAGES = {"trainingPipelines": "training", "batchPredictionJobs": "batch-predictions"}
 
-_PIPELINE_STATES: Mapping[PipelineState, JobState] = {
+# Keyed by int: proto-plus enums are IntEnums, and proto-plus ships no types, so mypy sees their members
+# as ints.
+_PIPELINE_STATES: Mapping[int, JobState] = {
     PipelineState.PIPELINE_STATE_UNSPECIFIED: JobState.PENDING,
     PipelineState.PIPELINE_STATE_QUEUED: JobState.QUEUED,
     PipelineState.PIPELINE_STATE_PENDING: JobState.PENDING,
@@ -104,7 +107,7 @@ _PIPELINE_STATES: Mapping[PipelineState, JobState] = {
 }
 # EXPIRED is a job Vertex gave up on: to the user it failed. PARTIALLY_SUCCEEDED wrote predictions for
 # most instances; the failed ones show in `progress`, and the inference stage reads what is there.
-_BATCH_STATES: Mapping[VertexJobState, JobState] = {
+_BATCH_STATES: Mapping[int, JobState] = {
     VertexJobState.JOB_STATE_UNSPECIFIED: JobState.PENDING,
     VertexJobState.JOB_STATE_QUEUED: JobState.QUEUED,
     VertexJobState.JOB_STATE_PENDING: JobState.PENDING,
@@ -118,6 +121,14 @@ _BATCH_STATES: Mapping[VertexJobState, JobState] = {
     VertexJobState.JOB_STATE_UPDATING: JobState.RUNNING,
     VertexJobState.JOB_STATE_PARTIALLY_SUCCEEDED: JobState.SUCCEEDED,
 }
+
+
+class _ClientKwargs(TypedDict):
+    """What every gapic client here is built with."""
+
+    credentials: Credentials | None
+    transport: str
+    client_options: ClientOptions
 
 
 class VertexRequestError(ValueError):
@@ -274,7 +285,7 @@ class VertexBackend:
     def _parent(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"
 
-    def _client_kwargs(self) -> dict[str, object]:
+    def _client_kwargs(self) -> _ClientKwargs:
         return {
             "credentials": self._credentials,
             "transport": "rest",
