@@ -19,6 +19,14 @@ def f1_score(tp: float, n_pred: float, n_gt: float) -> float:
     return ratio(2.0 * tp, n_pred + n_gt)
 
 
+def kept_points(n_points: int) -> np.ndarray:
+    """The indices a report keeps of an n_points curve: all, or CURVE_POINTS evenly spaced with both ends.
+    One definition, so a curve merged from shards thins exactly as the single pass does."""
+    if n_points <= CURVE_POINTS:
+        return np.arange(n_points)
+    return np.unique(np.round(np.linspace(0, n_points - 1, CURVE_POINTS)).astype(np.int64))
+
+
 @dataclass(frozen=True)
 class ThresholdCurve:
     """Counts at every distinct score, highest first: predicting "score >= threshold" gives tp of n_pred."""
@@ -70,9 +78,7 @@ class ThresholdCurve:
 
     def report(self) -> dict[str, list[float]]:
         """The curve for a report, thinned to at most CURVE_POINTS evenly spaced points (ends kept)."""
-        keep = np.arange(len(self.thresholds))
-        if len(keep) > CURVE_POINTS:
-            keep = np.unique(np.round(np.linspace(0, len(keep) - 1, CURVE_POINTS)).astype(np.int64))
+        keep = kept_points(len(self.thresholds))
         return {
             "recall": self.recall()[keep].tolist(),
             "precision": self.precision()[keep].tolist(),

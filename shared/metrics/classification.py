@@ -73,7 +73,7 @@ def evaluate_classification(
         top = by_name[np.argmax(scores[:, by_name], axis=1)] if n_classes else np.zeros(len(scores), int)
         top_score = scores[np.arange(len(scores)), top] if n_classes else np.zeros(len(scores))
         predicted = np.where(top_score >= confidence_threshold, top, -1)
-        gt = np.argmax(truth, axis=1)
+        gt = np.argmax(truth, axis=1) if n_classes else np.zeros(len(truth), int)
         correct = predicted == gt
         tp_per_class = np.bincount(gt[correct], minlength=n_classes)
         pred_per_class = np.bincount(predicted[predicted >= 0], minlength=n_classes)

@@ -38,14 +38,14 @@ BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
-class _Boxes:
+class Boxes:
     image: np.ndarray
     cls: np.ndarray
     xywh: np.ndarray  # COCO's x, y, w, h: the arithmetic below must see what COCOeval sees
     score: np.ndarray
 
 
-def _flatten(images: Sequence[ImageDetections], code: dict[str, int], *, predictions: bool) -> _Boxes:
+def flatten_boxes(images: Sequence[ImageDetections], code: dict[str, int], *, predictions: bool) -> Boxes:
     labels = [image.pred_labels if predictions else image.gt_labels for image in images]
     image = np.repeat(np.arange(len(images)), [len(lbs) for lbs in labels])
     cls = np.fromiter((code.get(lb, -1) for lbs in labels for lb in lbs), np.int64, len(image))
@@ -57,17 +57,17 @@ def _flatten(images: Sequence[ImageDetections], code: dict[str, int], *, predict
         np.concatenate([np.zeros(0)] + [image.pred_scores for image in images]) if predictions else np.zeros(len(image))
     )
     known = cls >= 0
-    return _Boxes(image=image[known], cls=cls[known], xywh=xywh[known], score=score[known])
+    return Boxes(image=image[known], cls=cls[known], xywh=xywh[known], score=score[known])
 
 
 @dataclass(frozen=True)
-class _Matches:
+class Matches:
     hit: np.ndarray  # (n_pred, T) matched at each IoU threshold
     gt_at_50: np.ndarray  # (n_pred,) index of the ground truth matched at IoU 0.5, or -1
     rank: np.ndarray  # (n_pred,) position in its (image, class) by descending score
 
 
-def _coco_matches(gt: _Boxes, pred: _Boxes, n_classes: int) -> _Matches:
+def coco_matches(gt: Boxes, pred: Boxes, n_classes: int) -> Matches:
     """COCOeval.evaluateImg for every (image, class) at once: detections one step at a time (in score order),
     all groups and all ten IoU thresholds together."""
     n_thresholds = len(IOU_THRESHOLDS)
@@ -110,7 +110,7 @@ def _coco_matches(gt: _Boxes, pred: _Boxes, n_classes: int) -> _Matches:
             block_gt[:, d] = np.where(matched[:, 0], gt_index[rows, chosen[:, 0]], -1)
         hit[p_items] = block_hit[p_slot, p_rank]
         gt_at_50[p_items] = block_gt[p_slot, p_rank]
-    return _Matches(hit=hit, gt_at_50=gt_at_50, rank=rank)
+    return Matches(hit=hit, gt_at_50=gt_at_50, rank=rank)
 
 
 def _interpolated_precision(hits: np.ndarray, n_gt: int) -> np.ndarray:
@@ -130,12 +130,12 @@ def _interpolated_precision(hits: np.ndarray, n_gt: int) -> np.ndarray:
     return out
 
 
-def _mean_present(values: np.ndarray) -> float | None:
+def mean_present(values: np.ndarray) -> float | None:
     present = values[values > -1]
     return float(np.mean(present)) if present.size else None
 
 
-def _confusion_matrix(gt: _Boxes, pred: _Boxes, matches: _Matches, above: np.ndarray, n_classes: int) -> np.ndarray:
+def _confusion_matrix(gt: Boxes, pred: Boxes, matches: Matches, above: np.ndarray, n_classes: int) -> np.ndarray:
     """Rows: ground-truth class, then background (false positives); columns: predicted class, then background
     (missed ground truth). Same-class matches are the ones behind precision/recall (diagonal = TP); what is
     left of an image is then matched across classes, greedily by descending IoU >= 0.5."""
@@ -186,9 +186,9 @@ def evaluate_detections(
         raise ValueError("classes must be distinct")
     n_classes = len(classes)
     code = {name: index for index, name in enumerate(classes)}
-    gt = _flatten(images, code, predictions=False)
-    pred = _flatten(images, code, predictions=True)
-    matches = _coco_matches(gt, pred, max(n_classes, 1))
+    gt = flatten_boxes(images, code, predictions=False)
+    pred = flatten_boxes(images, code, predictions=True)
+    matches = coco_matches(gt, pred, max(n_classes, 1))
 
     n_thresholds, n_recalls = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
     precision = -np.ones((n_thresholds, n_recalls, n_classes))
@@ -221,8 +221,8 @@ def evaluate_detections(
     best_f1, best_threshold = ThresholdCurve.of(pred.score, hit50, n_gt).best_f1()
     matrix = _confusion_matrix(gt, pred, matches, above, n_classes)
     return {
-        "map50": _mean_present(precision[0]),
-        "map50_95": _mean_present(precision),
+        "map50": mean_present(precision[0]),
+        "map50_95": mean_present(precision),
         "precision": ratio(tp, n_pred),
         "recall": ratio(tp, n_gt),
         "f1": f1_score(tp, n_pred, n_gt),

@@ -20,7 +20,7 @@ What is reproduced, for two boxes of positive area (the only ones that can overl
 
 The intersection of two boxes is a rectangle of four vertices, whose shoelace area is exactly
 ``fl(fl(dx) * fl(dy))`` whichever vertex comes first, so it needs no ring. Checked bit for bit against
-shapely 2.x (GEOS 3.14) in tests/metrics/test_metrics_sdk_iou.py.
+shapely 2.x (GEOS 3.14) in tests/metrics/test_sdk_iou.py.
 """
 
 from __future__ import annotations
