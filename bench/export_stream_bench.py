@@ -169,7 +169,7 @@ def main() -> None:
         child(*args.child)
         return
 
-    from tests.labelbox.fake_labelbox import running_fake_labelbox
+    from tests.platform.fake_labelbox import running_fake_labelbox
 
     started = time.perf_counter()
     stream = build_export(args.rows)

@@ -1,4 +1,7 @@
-"""A small demo model run (Labelbox's model-run export shape) shared by the core tests."""
+"""A small demo model run (Labelbox's model-run export shape) and its fixtures, shared by many test folders.
+
+`tests/conftest.py` makes `demo_template` and `demo` available everywhere; tests import `DemoRun` from here.
+"""
 
 from __future__ import annotations
 

@@ -315,3 +315,19 @@ def test_settings_repr_never_contains_a_secret() -> None:
 def test_config_error_never_contains_a_secret(tmp_path: Path) -> None:
     env = {**CLOUD, "GCP_PROJECT": "", "STAGE_LEASE_SECONDS": "x"}
     assert "GCP_PROJECT" in config_error(env)
+
+
+# -- bad rows (issue 15), 17. rare labels are dropped by default, and the setting can make them fail the run ---
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "drop"), ("drop", "drop"), ("fail", "fail")])
+def test_etl_rare_labels_setting(value: str | None, expected: str) -> None:
+    env = {
+        "WEBHOOK_SECRET": "a-webhook-secret-for-the-tests",
+        **{f"{s}_URL": f"http://127.0.0.1:9/{s}" for s in ("ETL", "TRAIN", "MONITOR", "INFERENCE")},
+    }
+    if value is not None:
+        env["ETL_RARE_LABELS"] = value
+    assert load_settings(env).etl.rare_labels == expected
+    with pytest.raises(ConfigError, match="ETL_RARE_LABELS must be one of drop, fail, got 'sometimes'"):
+        load_settings({**env, "ETL_RARE_LABELS": "sometimes"})

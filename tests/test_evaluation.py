@@ -13,7 +13,7 @@ from shared.domain.model_types import Task
 from shared.evaluation import Joined, chunk_by_rows, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictedBox, VertexPrediction, parse_prediction_line
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
 
 
 def _real_lines() -> list[dict]:

@@ -1,7 +1,8 @@
 """The run record under concurrent invocations, on the local folder and on a GCS emulator.
 
 Webhooks, hand-offs and Cloud Tasks deliver at least once, so several invocations do race on one record;
-none of their updates may be lost and only one of them may own a stage.
+none of their updates may be lost and only one of them may own a stage. And a busy or already-done claim
+changes nothing, so it must not cost a conditional write.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import TypeVar
 
 import pytest
 
+from shared.domain import run_record as rr
 from shared.domain.run_record import ClaimOutcome, RunRecord, StageState, claim, fail_run, new_run
 from shared.run_repository import RunNotFound, RunRepository, SecretLeak, record_key
 from shared.secret import Secret
 from shared.store.local_folder import LocalFolderStore
 from shared.store.port import ObjectStore
-from tests.store import race_workers
+from tests import race_workers
 
 RACERS = 20
 NOW = race_workers.NOW
@@ -220,3 +222,30 @@ def test_processes_racing_claims_on_a_folder_give_the_stage_to_exactly_one(
     record = repository.get("run-1")
     assert record is not None
     assert record.stages["etl"].owner == winners[0]
+
+
+# -- an update that changes nothing writes nothing -----------------------------------------------------------
+
+
+def test_an_update_that_changes_nothing_leaves_the_object_untouched(tmp_path: Path) -> None:
+    store = LocalFolderStore(tmp_path)
+    runs = RunRepository(store)
+    assert runs.create(
+        rr.new_run(
+            run_id="r1",
+            model_run_id="r1",
+            model_type="local_detector",
+            task="object_detection",
+            backend="local",
+            model_id=None,
+            now=1.0,
+        )
+    )
+    runs.update("r1", lambda r: rr.claim(r, "etl", "owner-a", 2.0, lease_s=60))
+    before = store.path(record_key("r1")).stat().st_mtime_ns, store.read_versioned(record_key("r1"))[1]
+
+    _record, outcome = runs.update("r1", lambda r: rr.claim(r, "etl", "owner-b", 3.0, lease_s=60))
+
+    assert outcome is rr.ClaimOutcome.BUSY
+    after = store.path(record_key("r1")).stat().st_mtime_ns, store.read_versioned(record_key("r1"))[1]
+    assert after == before

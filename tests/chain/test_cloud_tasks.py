@@ -17,7 +17,7 @@ from google.cloud import tasks_v2
 
 from shared.chain.cloud_tasks import CloudTasksChain
 from shared.chain.port import HandOffFailed
-from tests.vertex.offline import offline  # noqa: F401
+from tests.offline import offline  # noqa: F401
 
 MONITOR_URL = "https://europe-west4-lb-chain-project.cloudfunctions.net/monitor"
 STAGE_URLS = {

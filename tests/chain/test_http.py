@@ -4,75 +4,24 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from shared.chain.http import HttpHandOff
 from shared.chain.port import HandOffFailed
-
-HANG = -1  # a scripted "status" that never answers
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class ScriptedServer:
-    """Answers each POST with the next scripted status; records every request it got."""
-
-    script: list[int] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
-    got_request: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    url: str = ""
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.received.append(Received(self.path, dict(self.headers.items()), body))
-                status = server.script.pop(0) if server.script else 200
-                server.got_request.set()
-                if status == HANG:
-                    server.release.wait(10)
-                    return
-                payload = json.dumps({"status": status, "note": "scripted"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
+from tests.fakes import HANG, StageSink
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), scripted.handler())
-    httpd.daemon_threads = True
-    scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}/etl"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield scripted
-    scripted.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+def server() -> Iterator[StageSink]:
+    with StageSink() as sink:
+        yield sink
+
+
+def etl(sink: StageSink) -> str:
+    return sink.url + "etl"
 
 
 def hand_off(url: str, **kw: Any) -> HttpHandOff:
@@ -89,14 +38,14 @@ def closed_port_url() -> str:
 
 
 @pytest.mark.parametrize("status", [200, 202, 204, 409])
-def test_accepted_or_already_running_is_done(server: ScriptedServer, status: int) -> None:
+def test_accepted_or_already_running_is_done(server: StageSink, status: int) -> None:
     server.script = [status]
-    hand_off(server.url).hand_off("etl", "run-1")
+    hand_off(etl(server)).hand_off("etl", "run-1")
     assert len(server.received) == 1
 
 
-def test_body_is_exactly_the_run_id(server: ScriptedServer) -> None:
-    hand_off(server.url).hand_off("etl", "run-1")
+def test_body_is_exactly_the_run_id(server: StageSink) -> None:
+    hand_off(etl(server)).hand_off("etl", "run-1")
     (request,) = server.received
     assert request.path == "/etl"
     assert json.loads(request.body) == {"run_id": "run-1"}
@@ -105,27 +54,27 @@ def test_body_is_exactly_the_run_id(server: ScriptedServer) -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
-def test_server_errors_and_throttling_are_retried(server: ScriptedServer, status: int) -> None:
+def test_server_errors_and_throttling_are_retried(server: StageSink, status: int) -> None:
     server.script = [status, status, 200]
-    hand_off(server.url).hand_off("etl", "run-1")
+    hand_off(etl(server)).hand_off("etl", "run-1")
     assert len(server.received) == 3
     assert all(json.loads(r.body) == {"run_id": "run-1"} for r in server.received)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
-def test_refusal_fails_at_once_without_retry(server: ScriptedServer, status: int) -> None:
+def test_refusal_fails_at_once_without_retry(server: StageSink, status: int) -> None:
     server.script = [status, 200]
     with pytest.raises(HandOffFailed) as caught:
-        hand_off(server.url).hand_off("etl", "run-1")
+        hand_off(etl(server)).hand_off("etl", "run-1")
     assert len(server.received) == 1
     assert str(caught.value).startswith(f"etl refused run run-1: HTTP {status} ")
     assert "scripted" in str(caught.value)  # the callee's own explanation is kept
 
 
-def test_server_errors_until_the_last_attempt_fail(server: ScriptedServer) -> None:
+def test_server_errors_until_the_last_attempt_fail(server: StageSink) -> None:
     server.script = [503] * 3
     with pytest.raises(HandOffFailed, match=r"could not reach etl for run run-1 after 3 attempts \(HTTP 503\)"):
-        hand_off(server.url, attempts=3).hand_off("etl", "run-1")
+        hand_off(etl(server), attempts=3).hand_off("etl", "run-1")
     assert len(server.received) == 3
 
 
@@ -134,15 +83,15 @@ def test_connection_refused_everywhere_fails_after_every_attempt() -> None:
         hand_off(closed_port_url(), attempts=4).hand_off("etl", "run-1")
 
 
-def test_callee_that_keeps_working_counts_as_delivered(server: ScriptedServer) -> None:
+def test_callee_that_keeps_working_counts_as_delivered(server: StageSink) -> None:
     server.script = [HANG]
-    hand_off(server.url, accept_timeout_s=0.2).hand_off("etl", "run-1")  # returns, raises nothing
+    hand_off(etl(server), accept_timeout_s=0.2).hand_off("etl", "run-1")  # returns, raises nothing
     assert server.got_request.wait(5)
     assert len(server.received) == 1
     assert json.loads(server.received[0].body) == {"run_id": "run-1"}
 
 
-def test_unknown_stage_is_a_programming_error(server: ScriptedServer) -> None:
+def test_unknown_stage_is_a_programming_error(server: StageSink) -> None:
     with pytest.raises(KeyError):
-        hand_off(server.url).hand_off("train", "run-1")
+        hand_off(etl(server)).hand_off("train", "run-1")
     assert server.received == []

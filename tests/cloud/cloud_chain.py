@@ -40,7 +40,7 @@ from tests.cloud.google_tokens import DEFAULT_SERVICE_ACCOUNT, MetadataServer, T
 from tests.cloud.tasks_standin import CloudTasksStandIn, RetryPolicy
 from tests.cloud.vertex_standin import VertexStandIn
 from tests.deploy.function_envs import function_venv, staged_function, venv_python
-from tests.labelbox.fake_labelbox import FakeLabelbox
+from tests.platform.fake_labelbox import FakeLabelbox
 from tests.store.gcs_emulator import GcsEmulator
 
 FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")

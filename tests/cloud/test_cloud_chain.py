@@ -19,7 +19,7 @@ import pytest
 
 from shared.demo import _ids, create_demo_model_run
 from tests.cloud.cloud_chain import SA, CloudChain
-from tests.labelbox.fake_labelbox import FakeLabelbox, running_fake_labelbox_for_folder
+from tests.platform.fake_labelbox import FakeLabelbox, running_fake_labelbox_for_folder
 from tests.store.gcs_emulator import GcsEmulator
 
 SEED = 21

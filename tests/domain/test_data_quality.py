@@ -149,3 +149,78 @@ def test_single_label_answers_on_unassigned_rows_do_not_count() -> None:
             quality.keep(split, ["cat"])
     quality.keep(Split.UNASSIGNED, ["dog"])
     assert quality.vertex_problems() == ["single-label classification needs at least two different answers"]
+
+
+# -- bad rows (issue 15), 10. an unknown split value is kept unassigned, and named ---------------------------
+
+
+def test_unknown_split_values_reach_the_counts_with_bounded_examples() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    for i in range(30):
+        quality.warn("unknown split value", f"crow{i:03d}", "'VALIDATON'" if i % 2 else f"'weird-{i}'")
+    data = quality.to_dict()
+    assert data["warnings"] == {"unknown split value": 30}
+    shown = data["examples"]["unknown split value"]
+    assert len(shown) == 5 and "crow001: 'VALIDATON'" in shown
+    assert len([s for s in shown if "VALIDATON" in s]) == 1  # distinct details, not five of the same
+
+
+# -- bad rows (issue 15), 15. one reason per kind; the file names and URLs go to a bounded list of examples ---
+
+
+def test_examples_are_bounded_and_carry_no_query_string() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    for i in range(50):
+        quality.skip("image download failed (HTTP 403)", f"crow{i}", f"https://cdn.example/{i}.jpg?token=abc{i}")
+    quality.skip("image not found", "\x00bad id" + "x" * 300, "media/" + "y" * 500 + ".jpg")
+    data = quality.to_dict()
+    assert data["rows_skipped"] == {"image download failed (HTTP 403)": 50, "image not found": 1}
+    listed = data["examples"]["image download failed (HTTP 403)"]
+    assert listed == [f"crow{i}: https://cdn.example/{i}.jpg" for i in range(5)]
+    (odd,) = data["examples"]["image not found"]
+    assert "\x00" not in odd and len(odd) <= 300
+
+
+# -- bad rows (issue 15), 16. every reason reaches the model run's status metadata ---------------------------
+
+
+def test_status_metadata_names_every_one_of_twelve_reasons() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    reasons = [f"reason number {i}" for i in range(12)]
+    for n, reason in enumerate(reasons, 1):
+        for _ in range(n):
+            quality.skip(reason)
+    quality.drop_boxes(Counter({"box under 8 px": 2, "box outside the image": 1}))
+    summary = quality.summary()
+    for n, reason in enumerate(reasons, 1):
+        assert summary[f"skipped: {reason}"] == str(n)
+    assert summary["boxes dropped: box under 8 px"] == "2"
+    assert summary["boxes dropped: box outside the image"] == "1"
+    assert all(isinstance(k, str) and isinstance(v, str) and len(v) <= 1000 for k, v in summary.items())
+
+
+def test_status_metadata_stays_small_with_very_many_kinds() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    for i in range(200):
+        quality.skip(f"a reason with a very long text number {i} " + "z" * 400)
+    summary = quality.summary(run_record="gs://local-bucket/runs/r/run.json")
+    skipped_keys = [k for k in summary if k.startswith("skipped: ")]
+    assert 10 <= len(skipped_keys) <= 41
+    more = summary[f"skipped: ({200 - len(skipped_keys) + 1} more kinds)"]
+    assert "gs://local-bucket/runs/r/run.json" in more
+    assert all(len(k) <= 200 and len(v) <= 1000 for k, v in summary.items())
+    assert sum(len(k) + len(v) for k, v in summary.items()) <= 16_000
+
+
+# -- bad rows (issue 15), 17. rare labels are dropped by default, and the setting can make them fail the run ---
+
+
+def test_rare_labels_are_the_imported_labels_under_ten_images() -> None:
+    quality = DataQuality(Task.OBJECT_DETECTION)
+    for _ in range(10):
+        quality.keep(Split.TRAINING, ["cat", "cat"])
+    for _ in range(9):
+        quality.keep(Split.TEST, ["dog"])
+    for _ in range(30):
+        quality.keep(Split.UNASSIGNED, ["dog", "yak"])  # unassigned rows never train
+    assert quality.rare_labels() == {"dog": 9}

@@ -1,4 +1,4 @@
-"""A demo model run and a local chain of real functions on loopback, shared by the chain tests."""
+"""A demo model run and a local chain of real functions on loopback, shared by the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from shared.demo import _ids, create_demo_model_run
 from shared.local_chain import LocalChain
+from tests.fakes import StageSink
 
 
 @pytest.fixture(scope="module")
@@ -29,37 +30,8 @@ def webhook_chain(demo_data: tuple[Path, str]) -> Iterator[LocalChain]:
     chain.stop()
 
 
-class StageSink:
-    """A stand-in for a downstream stage: accepts every hand-off and remembers the bodies."""
-
-    def __init__(self) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        calls = self.calls = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
 def stage_sink() -> Iterator[StageSink]:
-    sink = StageSink()
-    yield sink
-    sink.close()
+    """A downstream stage that accepts every hand-off and remembers the bodies."""
+    with StageSink() as sink:
+        yield sink

@@ -9,7 +9,7 @@ import pytest
 
 from shared.demo import _ids, create_demo_model_run
 from shared.local_chain import LocalChain
-from tests.chain.conftest import StageSink
+from tests.fakes import StageSink
 
 IMAGES = 1200
 
@@ -75,6 +75,7 @@ def test_train_model_clicked_on_a_run_whose_etl_died_hands_etl_to_a_new_invocati
         record = chain.wait(model_run_id, until=lambda r: r["stages"]["etl"]["state"] == "succeeded", timeout_s=180)
         assert [e["event"] for e in record["events"] if e["stage"] == "etl"].count("taken_over") == 1
         assert record["data_quality"]["images_already_staged"] >= 20
+        assert stage_sink.got_request.wait(30)  # the hand-off follows the write that records the success
         assert stage_sink.calls == [{"run_id": model_run_id}]
         again = chain.webhook(model_run_id, "local_detector")  # a live run: nothing is started
         assert again.status_code == 200 and "in progress" in again.json()["message"]

@@ -156,6 +156,8 @@ def _box_line(**box: object) -> str:
         (_box_line(displayName="a", xMin=0.5, yMin=0, xMax=0.4, yMax=1), "no area"),
         (_box_line(displayName="a", xMin="x", yMin=0, xMax=1, yMax=1), "not a number"),
         (_box_line(displayName="a", xMin=0, yMin=0, xMax=1.5, yMax=1), "outside [0, 1]"),
+        ('{"imageGcsUri": "gs://b/x", "boundingBoxAnnotations": {"displayName": "a"}}', "not a list"),
+        ('{"imageGcsUri": "gs://b/x", "boundingBoxAnnotations": "box"}', "not a list"),
     ],
 )
 def test_bad_import_lines_say_what_is_wrong(line: str, reason: str) -> None:

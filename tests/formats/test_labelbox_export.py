@@ -1,4 +1,8 @@
-"""Labelbox model-run export rows -> Examples: what is kept, what is skipped and why."""
+"""Labelbox model-run export rows -> Examples: what is kept, what is skipped and why.
+
+At the end, the bad-row cases of issue 15 the conversion decides: rows whose boxes are all bad, unknown split
+values, unprintable or huge ids.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from shared.domain.examples import PixelBox, Split
 from shared.domain.model_types import Task
 from shared.formats.labelbox_export import Converted, Skipped, classification_question, example_from_row, split_of
 from shared.platform.local_model_run import LocalModelRuns
-from tests.core.conftest import DemoRun
+from tests.demo_run import DemoRun
 
 RUN = "11111111-2222-4333-8444-555555555555"
 MODEL = "cmodel0000000000000000000"
@@ -368,3 +372,77 @@ def test_object_detection_ignores_classifications_and_classification_ignores_box
     row = make_row(classifications=[radio("animal", "cat")])
     assert converted(row).example.labels == ()
     assert converted(row, Task.SINGLE_LABEL_CLASSIFICATION).example.boxes == ()
+
+
+# -- bad rows (issue 15), 9. a row whose boxes are all bad says why ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objects", "reason", "count"),
+    [
+        ([box("cat", 1, 1, 0, 10), box("cat", 1, 1, -5, 10)], "box with zero or negative size", 2),
+        ([box("cat", 1, 1, math.nan, 10)], "box with malformed coordinates", 1),
+        ([box("cat", "left", "top", "wide", "tall")], "box with malformed coordinates", 1),
+        ([box("cat", 1, 1, math.inf, 10), box("cat", "x", 1, 2, 3)], "box with malformed coordinates", 2),
+    ],
+)
+def test_row_whose_boxes_are_all_bad_for_one_reason_is_skipped_naming_it(
+    objects: list[Any], reason: str, count: int
+) -> None:
+    result = skipped(make_row(objects=objects))
+    assert result.reason == f"row without usable bounding boxes ({reason})"
+    assert result.dropped_boxes == Counter({reason: count})
+
+
+def test_row_whose_boxes_are_bad_for_several_reasons_is_skipped_and_every_box_counted() -> None:
+    result = skipped(make_row(objects=[box("cat", 1, 1, 0, 10), box("cat", 1, 1, math.nan, 10)]))
+    assert result.reason == "row without usable bounding boxes (several box problems)"
+    assert result.dropped_boxes == Counter({"box with zero or negative size": 1, "box with malformed coordinates": 1})
+
+
+def test_row_with_no_box_at_all_says_so() -> None:
+    assert skipped(make_row(objects=[])).reason == "row without bounding boxes"
+
+
+# -- bad rows (issue 15), 10. an unknown split value is kept unassigned, and named ---------------------------
+
+
+def test_unknown_split_value_is_kept_unassigned_with_a_warning() -> None:
+    result = converted(make_row(run_extra={"split": "VALIDATON"}))
+    assert result.example.split is Split.UNASSIGNED
+    assert result.warnings == (("unknown split value", "'VALIDATON'"),)
+    assert converted(make_row(run_extra={"split": "validation"})).warnings == ()
+
+
+def test_unknown_split_value_takes_the_platforms_split_when_it_has_one() -> None:
+    fallback = {"cdatarow000000000000000001": Split.TEST}
+    result = converted(make_row(run_extra={"split": "VALIDATON"}), split_fallback=fallback)
+    assert result.example.split is Split.TEST
+    assert [reason for reason, _ in result.warnings] == ["unknown split value"]
+
+
+# -- bad rows (issue 15), 13. unprintable and huge ids are named, not reported as an exception ---------------
+
+
+@pytest.mark.parametrize(
+    ("data_row_id", "reason"),
+    [
+        ("cabc\x00def", "data row id is not printable"),
+        ("cabc\ndef", "data row id is not printable"),
+        ("\ud800", "data row id is not printable"),
+        ("c" * 5000, "data row id longer than 1024 characters"),
+    ],
+)
+def test_unusable_ids_are_skipped_with_a_reason_that_names_the_problem(data_row_id: str, reason: str) -> None:
+    result = convert(make_row(data_row_id=data_row_id))
+    assert isinstance(result, Skipped) and result.reason == reason
+
+
+def test_an_id_of_1024_printable_characters_is_fine() -> None:
+    assert isinstance(convert(make_row(data_row_id="é" * 1024)), Converted)
+
+
+def test_boxes_are_kept_as_given_when_the_row_is_fine() -> None:
+    # a guard for the changes above: a good row converts as before, with no warnings
+    result = converted(make_row(objects=[box("cat", 10, 20, 30, 40)]))
+    assert result.example.boxes == (PixelBox("cat", 10, 20, 30, 40),) and result.warnings == ()

@@ -18,8 +18,8 @@ from shared.platform import export_stream
 from shared.platform.labelbox_adapter import LabelboxPlatform
 from shared.platform.port import PlatformError
 from shared.secret import Secret
-from tests.labelbox.fake_labelbox import FakeLabelbox, running_fake_labelbox
-from tests.labelbox.test_labelbox_adapter import MODEL_ID, MODEL_RUN_ID, make_rows
+from tests.platform.fake_labelbox import FakeLabelbox, running_fake_labelbox
+from tests.platform.test_labelbox_adapter import MODEL_ID, MODEL_RUN_ID, make_rows
 
 # two-, three- and four-byte characters, so cuts land inside them
 TEXT = "Größe · 東京の通り · 🚗🚕 · "

@@ -26,7 +26,7 @@ from shared.platform.port import (
     PlatformError,
 )
 from shared.secret import Secret
-from tests.labelbox.fake_labelbox import (
+from tests.platform.fake_labelbox import (
     FAKE_SIGNATURE,
     FakeLabelbox,
     running_fake_labelbox,

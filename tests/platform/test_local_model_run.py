@@ -20,7 +20,7 @@ from shared.platform.port import (
     ModelRunStatus,
     PlatformError,
 )
-from tests.core.conftest import DemoRun
+from tests.demo_run import DemoRun
 
 
 def platform(demo: DemoRun) -> LocalModelRuns:

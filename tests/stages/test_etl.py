@@ -1,7 +1,10 @@
-"""The ETL stage fed bad rows (issue 15), run in-process on a real folder store and a real local model run.
+"""The ETL stage, run in-process on a real folder store and a real local model run.
 
-Each test starts from a small demo model run, spoils some rows the way a user's export might, runs the
-stage, and checks what the run record, the chunk files and the model run's status say.
+First its course on a 20-image demo: the chunk files and the manifest, one hand-off to train, an export
+that is still running (handed to monitor) or that failed, and re-runs; the platform and the chain are the
+recording fakes of `tests/fakes.py`. Then bad rows (issue 15): each test starts from a 60-image demo model
+run, spoils some rows the way a user's export might, runs the stage, and checks what the run record, the
+chunk files and the model run's status say.
 """
 
 from __future__ import annotations
@@ -9,42 +12,26 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.bootstrap import build_services
-from shared.config import load_settings
 from shared.demo import create_demo_model_run
 from shared.domain import run_record as rr
 from shared.platform.local_model_run import LocalModelRuns
+from shared.platform.port import ExportState
 from shared.services import Services
-from shared.stages.etl import run_etl
-from shared.stages.runner import StageAnswer, StageCall, run_stage
-from shared.store.local_folder import LocalFolderStore
+from shared.stages.runner import StageAnswer
+from tests.demo_run import DemoRun
+from tests.fakes import RecordingChain, RecordingModelRuns
+from tests.stages.world import call, create_run, services_for
 
+DEMO_IMAGES = 20  # the `demo` fixture's (tests/demo_run.py)
 IMAGES = 60
 SEED = 11
-MODEL_TYPES = {
-    "object_detection": "local_detector",
-    "single_label_classification": "local_single_label_classifier",
-    "multi_label_classification": "local_multi_label_classifier",
-}
-
-
-class NoChain:
-    """Records hand-offs; ETL never schedules."""
-
-    def __init__(self) -> None:
-        self.handoffs: list[str] = []
-
-    def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
-        self.handoffs.append(stage)
-
-    def schedule(self, stage: str, run_id: str, *, delay_s: float, attempt: int) -> bool:
-        raise AssertionError("ETL on a local export never waits")
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +55,12 @@ class World:
         (self.folder / "export.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def run(self, task: str = "object_detection", **env: str) -> tuple[StageAnswer, Services]:
-        settings = load_settings(
-            {
-                "CHAIN_MODE": "local",
-                "LOCAL_DATA_DIR": str(self.tmp),
-                "WEBHOOK_SECRET": "a-webhook-secret-for-the-stage-tests",
-                "ETL_COPY_CONCURRENCY": "4",
-                **{f"{s}_URL": f"http://127.0.0.1:9/{s}" for s in ("ETL", "TRAIN", "MONITOR", "INFERENCE")},
-                **env,
-            }
-        )
-        services = build_services(
-            settings,
-            store=LocalFolderStore(self.tmp / "bucket"),
-            platform=LocalModelRuns(self.root),
-            chain=NoChain(),
-        )
-        record = rr.new_run(
-            run_id=self.model_run_id,
-            model_run_id=self.model_run_id,
-            model_type=MODEL_TYPES[task],
-            task=task,
-            backend="local",
-            model_id=None,
-            now=services.clock(),
-        )
-        services.runs.create(record)
-        return run_stage(services, StageCall(self.model_run_id, force=True), "etl", run_etl), services
+        chain = RecordingChain()
+        services = services_for(self.tmp, LocalModelRuns(self.root), chain=chain, ETL_COPY_CONCURRENCY="4", **env)
+        create_run(services, self.model_run_id, task=task)
+        answer = call(services, "etl", self.model_run_id, force=True)
+        assert chain.schedules == []  # ETL on a local export never waits
+        return answer, services
 
     def lines(self, kind: str) -> list[dict[str, Any]]:
         folder = self.tmp / "bucket" / "runs" / self.model_run_id / "etl"
@@ -133,6 +99,129 @@ def _objects(row: dict[str, Any]) -> list[dict[str, Any]]:
 def _succeeded(answer: StageAnswer) -> dict[str, Any]:
     assert answer.status == 200 and answer.body["outcome"] == "succeeded", answer.body
     return answer.body["data_quality"]
+
+
+# -- the stage's course: chunks and manifest, one hand-off, an export that waits or fails --------------------
+
+
+@dataclass
+class Flow:
+    services: Services
+    platform: RecordingModelRuns
+    chain: RecordingChain
+    run_id: str
+
+    def etl(self, **flags: Any) -> StageAnswer:
+        return call(self.services, "etl", self.run_id, **flags)
+
+    def record(self) -> rr.RunRecord:
+        record = self.services.runs.get(self.run_id)
+        assert record is not None
+        return record
+
+    def keys(self, kind: str) -> list[str]:
+        return sorted(k for k in self.services.store.list(f"runs/{self.run_id}/etl/") if f"/{kind}-" in k)
+
+    def lines(self, kind: str) -> list[dict[str, Any]]:
+        store = self.services.store
+        return [json.loads(line) for key in self.keys(kind) for line in store.read(key).splitlines() if line]
+
+
+@pytest.fixture
+def flow(tmp_path: Path, demo: DemoRun) -> Callable[..., Flow]:
+    """A run just created by the webhook on the 20-image demo; `flow(**env)` sets the stage's settings."""
+
+    def make(**env: str) -> Flow:
+        platform, chain = RecordingModelRuns(demo.root), RecordingChain()
+        services = services_for(tmp_path, platform, chain=chain, **env)
+        create_run(services, demo.model_run_id, model_id=demo.model_id)
+        return Flow(services, platform, chain, demo.model_run_id)
+
+    return make
+
+
+def test_etl_writes_chunks_and_manifest_and_hands_off_to_train_once(flow: Callable[..., Flow]) -> None:
+    f = flow(ETL_CHUNK_ROWS="8")
+    answer = f.etl()
+    quality = _succeeded(answer)
+    assert quality["rows_kept"] == DEMO_IMAGES
+    chunks = [f"runs/{f.run_id}/etl/{kind}-{i:05d}.jsonl" for kind in ("manifest", "vertex_import") for i in range(3)]
+    assert f.keys("manifest") + f.keys("vertex_import") == chunks  # 20 rows in blocks of 8
+    manifest = f.lines("manifest")  # every kept row; the import lines only the rows that train or evaluate
+    assert len(manifest) == DEMO_IMAGES and {m["split"] for m in manifest} >= {"training", "validation", "test"}
+    assigned = [m["data_row_id"] for m in manifest if m["split"] != "unassigned"]
+    assert [line["dataItemResourceLabels"]["data_row_id"] for line in f.lines("vertex_import")] == assigned
+    assert all(m["image_uri"].startswith(f"gs://local-bucket/runs/{f.run_id}/images/") for m in manifest)
+    record = f.record()
+    assert record.stages["etl"].state is rr.StageState.SUCCEEDED
+    assert record.artifacts["import_jsonl"] == f"gs://local-bucket/runs/{f.run_id}/etl/vertex_import-*.jsonl"
+    assert record.artifacts["manifest"] == f"gs://local-bucket/runs/{f.run_id}/etl/manifest-*.jsonl"
+    assert record.artifacts["etl_chunks"] == "3" and set(json.loads(record.artifacts["label_map"]).values())
+    assert f.chain.handoffs == [("train", f.run_id)] and f.chain.schedules == []
+    assert f.platform.exports_started == [f.run_id]
+    last = f.platform.statuses(f.run_id)[-1]
+    assert last["status"] == "PREPARING_DATA" and last["metadata"]["import_jsonl"] == record.artifacts["import_jsonl"]
+
+    again = f.etl()  # a duplicate delivery of the same call
+    assert again.status == 200 and again.body["outcome"] == "already_done"
+    assert f.chain.handoffs == [("train", f.run_id)]  # handed off nothing more
+    assert f.platform.exports_started == [f.run_id]  # and exported nothing more
+
+
+def test_an_export_still_running_is_handed_to_monitor_and_the_stage_released(flow: Callable[..., Flow]) -> None:
+    f = flow(ETL_EXPORT_WAIT_S="0")
+    f.platform.export_state = ExportState.RUNNING
+    answer = f.etl()
+    assert answer.status == 202 and answer.body["outcome"] == "waiting" and answer.body["for"] == "export"
+    record = f.record()
+    assert record.watch is not None
+    assert (record.watch.kind, record.watch.next_stage, record.watch.started_by) == ("export", "etl", "etl")
+    assert record.watch.ref == record.artifacts["export_task"]
+    assert record.stages["etl"].state is rr.StageState.PENDING and record.stages["etl"].owner is None
+    assert f.chain.schedules == [("monitor", f.run_id, record.watch.look)]  # one look, scheduled for later
+    assert f.chain.delays == [pytest.approx(f.services.settings.monitor.initial_delay_s, abs=1)]
+    assert f.chain.handoffs == [] and f.keys("manifest") == []
+
+    f.platform.export_state = None  # the export is done: the look hands the run back to ETL
+    assert call(f.services, "monitor", f.run_id, look=record.watch.look).body["outcome"] == "handed_off"
+    assert f.chain.handoffs == [("etl", f.run_id)]
+    _succeeded(f.etl())
+    assert f.platform.exports_started == [f.run_id]  # the same export, read once it was ready
+    assert f.chain.handoffs == [("etl", f.run_id), ("train", f.run_id)]
+
+
+def test_a_failed_export_fails_the_run_with_the_platforms_reason_and_a_re_run_exports_again(
+    flow: Callable[..., Flow],
+) -> None:
+    f = flow()
+    f.platform.export_state, f.platform.export_error = ExportState.FAILED, "the export task ran out of quota"
+    answer = f.etl()
+    assert answer.status == 200 and answer.body["outcome"] == "failed"
+    assert "the Labelbox export failed: the export task ran out of quota" in answer.body["error"]
+    record = f.record()
+    assert record.status is rr.RunStatus.FAILED and record.stages["etl"].state is rr.StageState.FAILED
+    assert record.error is not None and record.error.startswith("etl failed: the Labelbox export failed")
+    assert "export_task" not in record.artifacts  # forgotten: a re-run must not read the failed export
+    last = f.platform.statuses(f.run_id)[-1]
+    assert last["status"] == "FAILED" and "ran out of quota" in last["error_message"]
+    assert f.chain.handoffs == []
+
+    f.platform.export_state = None
+    _succeeded(f.etl())  # a plain re-run of the failed stage: no force needed
+    assert f.platform.exports_started == [f.run_id, f.run_id]  # a new export
+    assert f.record().status is rr.RunStatus.RUNNING and f.chain.handoffs == [("train", f.run_id)]
+
+
+def test_a_forced_re_run_starts_a_new_export_and_hands_off_anew(flow: Callable[..., Flow]) -> None:
+    f = flow()
+    _succeeded(f.etl())
+    _succeeded(f.etl(force=True))
+    assert f.platform.exports_started == [f.run_id, f.run_id]
+    assert f.chain.handoffs == [("train", f.run_id)] * 2  # the forced run hands off again: train decides
+    assert len(set(f.chain.keys)) == 2  # under a new name, so a transport that de-duplicates delivers it
+
+
+# -- bad rows (issue 15) ---------------------------------------------------------------------------------------
 
 
 def test_the_demo_itself_has_no_skips_and_no_warnings(world: World) -> None:

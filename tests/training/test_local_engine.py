@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import psutil
@@ -16,8 +17,9 @@ from shared.domain.model_types import Task
 from shared.engine import job_folders
 from shared.engine.images import decode_image
 from shared.engine.model import load_checkpoint
-from shared.engine.predict import Predictor
-from shared.training.local_engine import LocalEngineBackend
+from shared.engine.predict import PredictionJob, Predictor
+from shared.engine.train import TrainSettings
+from shared.training.local_engine import PREDICTION_SETTINGS, TRAIN_SETTINGS, LocalEngineBackend
 from shared.training.port import DatasetRequest, JobState, JobStatus, PredictionRequest, TrainingRequest
 from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
 
@@ -287,3 +289,14 @@ def test_a_second_start_with_the_same_key_finds_the_job_the_first_one_launched(d
     assert again == first
     assert len(list((tmp_path / "engine" / "jobs").iterdir())) == 1
     wait(engine.training_status, first.ref)
+
+
+def test_the_adapter_knows_exactly_the_engine_settings_it_may_override() -> None:
+    fixed_by_the_job = {"task", "import_uri", "seed", "max_steps", "train_seconds", "display_name"}
+    assert {f.name for f in fields(TrainSettings)} - fixed_by_the_job == TRAIN_SETTINGS
+    assert {f.name for f in fields(PredictionJob)} - {
+        "instances_uri",
+        "output_dir_uri",
+        "confidence_threshold",
+        "max_predictions",
+    } == PREDICTION_SETTINGS

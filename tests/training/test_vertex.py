@@ -40,7 +40,7 @@ from shared.domain.model_types import Task
 from shared.training import port
 from shared.training.port import DatasetRequest, JobRef, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend, VertexRequestError
-from tests.vertex.offline import offline  # noqa: F401
+from tests.offline import offline  # noqa: F401
 
 PROJECT = "lb-chain-project"
 REGION = "europe-west4"

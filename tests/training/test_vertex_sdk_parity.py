@@ -33,7 +33,7 @@ from shared.domain.model_types import Task
 from shared.training import vertex as vertex_module
 from shared.training.port import DatasetRequest, PredictionRequest, TrainingRequest
 from shared.training.vertex import VertexBackend
-from tests.vertex.offline import offline  # noqa: F401
+from tests.offline import offline  # noqa: F401
 
 PROJECT = "lb-chain-project"
 REGION = "us-central1"
