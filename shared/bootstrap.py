@@ -56,8 +56,17 @@ def _local_adapters(settings: Settings) -> dict[str, Factory]:
 
     def chain(svc: Services) -> Chain:
         from shared.chain.loopback import LoopbackChain
+        from shared.stages.runner import fail_undelivered
 
-        return LoopbackChain(settings.stage_urls, local.schedule_dir)
+        return LoopbackChain(
+            settings.stage_urls,
+            local.schedule_dir,
+            answer_timeout_s=settings.function_timeout_s,
+            max_concurrent=local.concurrent_calls,
+            redeliveries=local.call_retries,
+            first_retry_s=local.call_first_retry_s,
+            on_give_up=lambda stage, body, why: fail_undelivered(svc, stage, body, why),
+        )
 
     return {"store": store, "runs": _runs, "platform": platform, "backend": backend, "chain": chain}
 

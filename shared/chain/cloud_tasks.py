@@ -75,10 +75,11 @@ class CloudTasksChain:
         self._api_endpoint = api_endpoint
         self._dispatch_deadline = timedelta(seconds=dispatch_deadline_s)
 
-    def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
+    def hand_off(self, stage: str, run_id: str, *, key: str, shard: int | None = None) -> None:
         """Queues the call for now; a create Cloud Tasks refuses for good is a HandOffFailed."""
         try:
-            self._create(stage, run_id, name_key=f"handoff:{key}", delay_s=0.0, body=stage_body(run_id))
+            body = stage_body(run_id, shard=shard)
+            self._create(stage, run_id, name_key=f"handoff:{key}", delay_s=0.0, body=body)
         except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as exc:
             raise HandOffFailed(
                 f"could not queue the call of {stage} for run {run_id} ({type(exc).__name__}: {exc.message})",

@@ -1,8 +1,8 @@
 """The chain port.
 
-A stage call carries only `{"run_id": ...}` (a scheduled monitor look adds its number, `"look"`): no
-key, no URL, no configuration travels between functions, so any stage can be re-run by hand with one
-curl.
+A stage call carries only `{"run_id": ...}` (a scheduled monitor look adds its number, `"look"`; a call
+of one shard of a stage's work, its index, `"shard"`): no key, no URL, no configuration travels between
+functions, so any stage, or any one shard of it, can be re-run by hand with one curl.
 """
 
 from __future__ import annotations
@@ -11,19 +11,26 @@ from typing import Protocol
 
 
 class HandOffFailed(RuntimeError):
-    """The next stage could not be reached after every retry."""
+    """A stage call was not taken: the stage could not be reached, failed, or refused it.
 
-    def __init__(self, message: str, *, stage: str) -> None:
+    `final`: the stage said the call itself is wrong (a 4xx), so repeating it cannot help; `busy`: another
+    invocation holds the stage (409), which finishes the work itself, so giving up on it loses nothing."""
+
+    def __init__(self, message: str, *, stage: str, final: bool = False, busy: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
+        self.final = final
+        self.busy = busy
 
 
 class Chain(Protocol):
-    def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
-        """Calls `stage` now with `{"run_id": run_id}`, at least once; raises HandOffFailed.
+    def hand_off(self, stage: str, run_id: str, *, key: str, shard: int | None = None) -> None:
+        """Calls `stage` now with `{"run_id": run_id}` (and `"shard"`, when given), at least once, through
+        a queue that retries until the stage answers 2xx; raises HandOffFailed when it cannot be queued.
 
-        `key` names the hand-off (which stage handed off, which attempt): where the transport can
-        de-duplicate (Cloud Tasks task names), a repeat of the same key is delivered once."""
+        `key` names the hand-off (which stage handed off, which attempt, which shard): the queue keeps
+        the names it has seen (Cloud Tasks for about a day, the local schedule likewise), so a repeat of
+        the same key is delivered once."""
         ...
 
     def schedule(self, stage: str, run_id: str, *, delay_s: float, attempt: int) -> bool:
@@ -33,8 +40,10 @@ class Chain(Protocol):
         ...
 
 
-def stage_body(run_id: str, *, look: int | None = None) -> dict[str, object]:
+def stage_body(run_id: str, *, look: int | None = None, shard: int | None = None) -> dict[str, object]:
     body: dict[str, object] = {"run_id": run_id}
     if look is not None:
         body["look"] = look
+    if shard is not None:
+        body["shard"] = shard
     return body

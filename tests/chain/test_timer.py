@@ -110,15 +110,84 @@ def test_a_failed_delivery_is_retried_with_backoff_then_given_up_and_logged_not_
             gave_up.set()
         raise HandOffFailed(f"could not reach {stage} for run {body['run_id']} (ConnectionError)", stage=stage)
 
-    scheduler = make(unreachable, redeliveries=2, redelivery_delay_s=0.01)
+    told: list[tuple[str, dict[str, object], str]] = []
+    scheduler = make(unreachable, redeliveries=2, first_retry_s=0.01, on_give_up=lambda *call: told.append(call))
     with caplog.at_level(logging.WARNING, logger="shared.chain.timer"):
         assert scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
         assert gave_up.wait(WAIT)
         scheduler.stop()
     assert tries == ["monitor"] * 3  # the first delivery and two redeliveries
     assert "delivering again" in caplog.text
-    assert "failed for good after 2 redeliveries: could not reach monitor for run run-1" in caplog.text
+    assert "gave up a call of monitor after 3 deliveries: could not reach monitor for run run-1" in caplog.text
     assert scheduler.pending() == []
+    ((stage, body, why),) = told  # the chain is told, so it can fail the run with a message
+    assert (stage, body) == ("monitor", {"run_id": "run-1", "look": 1})
+    assert why.endswith("gave up after 3 deliveries")
+
+
+def test_a_refused_call_is_given_up_at_once(make) -> None:
+    tries: list[str] = []
+    told = threading.Event()
+
+    def refused(stage: str, body: Mapping[str, object]) -> None:
+        tries.append(stage)
+        raise HandOffFailed("etl answered run run-1 with HTTP 400: bad", stage=stage, final=True)
+
+    scheduler = make(refused, redeliveries=5, first_retry_s=0.01, on_give_up=lambda *call: told.set())
+    scheduler.schedule_call("etl", {"run_id": "run-1"}, key="handoff:etl", delay_s=0)
+    assert told.wait(WAIT)
+    assert tries == ["etl"]
+
+
+def test_a_call_the_stage_kept_refusing_as_busy_is_dropped_without_failing_the_run(make) -> None:
+    tries: list[str] = []
+    done = threading.Event()
+
+    def busy(stage: str, body: Mapping[str, object]) -> None:
+        tries.append(stage)
+        if len(tries) == 2:
+            done.set()
+        raise HandOffFailed("etl answered run run-1 with HTTP 409: busy", stage=stage, busy=True)
+
+    told: list[object] = []
+    scheduler = make(busy, redeliveries=1, first_retry_s=0.01, on_give_up=lambda *call: told.append(call))
+    scheduler.schedule_call("etl", {"run_id": "run-1"}, key="handoff:etl", delay_s=0)
+    assert done.wait(WAIT)
+    scheduler.stop()
+    assert tries == ["etl", "etl"] and told == []  # the invocation holding the stage does the work
+
+
+def test_a_hand_off_is_named_by_its_key_and_carries_its_body(make) -> None:
+    deliver = Deliveries(count=2)
+    scheduler = make(deliver)
+    assert scheduler.schedule_call("etl", {"run_id": "run-1", "shard": 0}, key="etl:shard:0", delay_s=0)
+    assert not scheduler.schedule_call("etl", {"run_id": "run-1", "shard": 0}, key="etl:shard:0", delay_s=0)
+    assert scheduler.schedule_call("etl", {"run_id": "run-1", "shard": 1}, key="etl:shard:1", delay_s=0)
+    assert deliver.done.wait(WAIT)
+    assert sorted(b["shard"] for b in deliver.bodies) == [0, 1]  # type: ignore[type-var]
+
+
+def test_a_process_delivers_at_most_max_concurrent_calls_at_once(make) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0, "done": 0}
+    finished = threading.Event()
+
+    def slow(stage: str, body: Mapping[str, object]) -> None:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        threading.Event().wait(0.05)
+        with lock:
+            state["now"] -= 1
+            state["done"] += 1
+            if state["done"] == 9:
+                finished.set()
+
+    scheduler = make(slow, max_concurrent=3)
+    for shard in range(9):
+        scheduler.schedule_call("etl", {"run_id": "run-1", "shard": shard}, key=f"etl:shard:{shard}", delay_s=0)
+    assert finished.wait(WAIT)
+    assert 1 <= state["peak"] <= 3
 
 
 def test_a_redelivery_that_succeeds_stops_retrying(make) -> None:
@@ -131,7 +200,7 @@ def test_a_redelivery_that_succeeds_stops_retrying(make) -> None:
             raise HandOffFailed("monitor answered HTTP 500", stage=stage)
         delivered.set()
 
-    scheduler = make(flaky, redeliveries=5, redelivery_delay_s=0.01)
+    scheduler = make(flaky, redeliveries=5, first_retry_s=0.01)
     scheduler.schedule("monitor", "run-1", delay_s=0, attempt=1)
     assert delivered.wait(WAIT)
     scheduler.stop()
