@@ -47,6 +47,9 @@ class LocalSettings:
     model_runs_dir: Path
     engine_dir: Path
     schedule_dir: Path
+    concurrent_calls: int  # stage calls each function process delivers at once (a queue's concurrency)
+    call_retries: int  # deliveries of a call not taken, after the first, before it is given up
+    call_first_retry_s: float  # the first retry's delay; each later one doubles, up to a minute
     engine_train_seconds: float
     engine_seed: int
     engine_device: str
@@ -106,7 +109,8 @@ class EtlSettings:
     copy_concurrency: int
     max_image_bytes: int
     max_image_pixels: int
-    chunk_rows: int
+    chunk_rows: int  # rows staged at once within a shard
+    shard_rows: int  # rows per shard: one shard is one stage invocation
     export_wait_s: float
     rare_labels: str  # "drop": labels under Vertex's minimum images leave the training set; "fail"
 
@@ -116,6 +120,7 @@ class PredictSettings:
     confidence_threshold: float
     max_predictions: int
     on_training: bool
+    shard_rows: int  # held-out rows per inference delivery shard (one invocation each)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class Settings:
     max_webhook_bytes: int
     stage_lease_seconds: float
     function_timeout_s: float
+    shard_attempts: int  # a shard that crashes this many times fails the run (one that fails for good, at once)
     monitor: MonitorSettings
     etl: EtlSettings
     predict: PredictSettings
@@ -322,6 +328,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
             engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
             schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
+            concurrent_calls=int(r.number("LOCAL_CONCURRENT_CALLS", 8, low=1, high=256, integer=True)),
+            call_retries=int(r.number("LOCAL_CALL_RETRIES", 8, low=0, high=100, integer=True)),
+            call_first_retry_s=r.number("LOCAL_CALL_FIRST_RETRY_S", 1.0, low=0.01, high=3600),
             engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
             engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
             engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
@@ -350,6 +359,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_webhook_bytes=int(r.number("MAX_WEBHOOK_BYTES", 65_536, low=256, high=10_485_760, integer=True)),
         stage_lease_seconds=r.number("STAGE_LEASE_SECONDS", 120.0, low=1, high=86_400),
         function_timeout_s=r.number("FUNCTION_TIMEOUT_S", 540.0, low=10, high=3600),
+        shard_attempts=int(r.number("SHARD_ATTEMPTS", 3, low=1, high=100, integer=True)),
         monitor=MonitorSettings(
             initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 5.0 if local_default else 60.0, low=0.1, high=86_400),
             max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
@@ -360,7 +370,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             copy_concurrency=int(r.number("ETL_COPY_CONCURRENCY", 16, low=1, high=256, integer=True)),
             max_image_bytes=int(r.number("ETL_MAX_IMAGE_BYTES", 30 * 2**20, low=1, high=2**31, integer=True)),
             max_image_pixels=int(r.number("ETL_MAX_IMAGE_PIXELS", 100_000_000, low=1, high=2**40, integer=True)),
-            chunk_rows=int(r.number("ETL_CHUNK_ROWS", 5_000, low=1, high=1_000_000, integer=True)),
+            chunk_rows=int(r.number("ETL_CHUNK_ROWS", 1_000, low=1, high=1_000_000, integer=True)),
+            shard_rows=int(r.number("ETL_SHARD_ROWS", 10_000, low=1, high=1_000_000, integer=True)),
             export_wait_s=r.number("ETL_EXPORT_WAIT_S", 30.0, low=0, high=3_600),
             rare_labels=r.choice("ETL_RARE_LABELS", "drop", ("drop", "fail")),
         ),
@@ -368,6 +379,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             confidence_threshold=r.number("PREDICT_CONFIDENCE_THRESHOLD", 0.3, low=0.0, high=1.0),
             max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
             on_training=r.flag("PREDICT_ON_TRAINING", False),
+            shard_rows=int(r.number("INFERENCE_SHARD_ROWS", 10_000, low=1, high=1_000_000, integer=True)),
         ),
         vertex=vertex,
         local=local,

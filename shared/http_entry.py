@@ -13,11 +13,12 @@ from shared.bootstrap import services
 from shared.domain.run_record import RunRecord
 from shared.services import Services
 from shared.stages.runner import StageAnswer, StageCall, StageContext, run_stage
+from shared.stages.shards import ShardWork, run_shard
 from shared.webhook import Rejected, valid_run_id, verify_signature
 
 log = logging.getLogger(__name__)
 MAX_STAGE_BODY = 4096
-STAGE_CALL_KEYS = frozenset({"run_id", "force", "look"})
+STAGE_CALL_KEYS = frozenset({"run_id", "force", "look", "shard"})
 
 
 def answer(status: int, body: dict[str, Any]) -> flask.Response:
@@ -46,7 +47,8 @@ def require_method(request: flask.Request, method: str) -> None:
 
 def parse_stage_call(request: flask.Request) -> StageCall:
     """`{"run_id": "...", "force": false}`: the only thing that travels between stages (a scheduled
-    monitor look adds its number, `"look"`, so a stale look can tell it is stale).
+    monitor look adds its number, `"look"`, so a stale look can tell it is stale; a call of one shard of
+    a stage's work adds the shard's index, `"shard"`).
 
     The body is read as JSON whatever its Content-Type (curl's default is form-encoded; Cloud Tasks
     sends what it was given); keys other than these are refused, since this API is ours."""
@@ -61,13 +63,15 @@ def parse_stage_call(request: flask.Request) -> StageCall:
     force = payload.get("force", False)
     if not isinstance(force, bool):
         raise Rejected(400, "force must be true or false")
-    look = payload.get("look")
-    if look is not None and (isinstance(look, bool) or not isinstance(look, int) or look < 0):
-        raise Rejected(400, "look must be a whole number when given")
+    look, shard = payload.get("look"), payload.get("shard")
+    for name, value in (("look", look), ("shard", shard)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise Rejected(400, f"{name} must be a whole number when given")
     unknown = sorted(set(payload) - STAGE_CALL_KEYS)
     if unknown:  # our own API: a misspelt flag ("forced") must not be ignored silently
-        raise Rejected(400, f"unknown keys {', '.join(repr(k[:40]) for k in unknown[:5])}; a stage takes run_id, force")
-    return StageCall(valid_run_id(payload["run_id"]), force=force, look=look)
+        listed = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise Rejected(400, f"unknown keys {listed}; a stage takes run_id, force (and shard, look from the chain)")
+    return StageCall(valid_run_id(payload["run_id"]), force=force, look=look, shard=shard)
 
 
 def signed_endpoint(
@@ -96,8 +100,10 @@ def stage_endpoint(
     work: Callable[[StageContext], StageAnswer],
     *,
     on_done: Callable[[Services, RunRecord], dict[str, Any]] | None = None,
+    shard_work: ShardWork | None = None,
 ) -> Callable[[flask.Request], Any]:
-    """An HTTP handler that runs `work` as `stage` for the run named in the body."""
+    """An HTTP handler that runs `work` as `stage` for the run named in the body, or, for a call that
+    names a shard, `shard_work` on that shard of the stage's work."""
     svc = services(stage)  # validates the configuration and builds the ports when the function starts
 
     def handle(request: flask.Request) -> flask.Response:
@@ -105,7 +111,12 @@ def stage_endpoint(
             call = parse_stage_call(request)
         except Rejected as exc:
             return answer(exc.status, {"error": exc.message})
-        result = run_stage(svc, call, stage, work, on_done=on_done)
+        if call.shard is None:
+            result = run_stage(svc, call, stage, work, on_done=on_done)
+        elif shard_work is None:
+            result = StageAnswer(400, {"error": f"{stage} has no shards; call it with run_id only"})
+        else:
+            result = run_shard(svc, call, stage, shard_work)
         return answer(result.status, result.body)
 
     handle.__name__ = stage

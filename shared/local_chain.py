@@ -33,6 +33,7 @@ import requests
 FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SECONDS_VAR = "LOCAL_ENGINE_TRAIN_SECONDS"
+DEMO_SHARD_ROWS = {"ETL_SHARD_ROWS": 100, "INFERENCE_SHARD_ROWS": 25}  # 300 rows: 3 ETL, 3 delivery shards
 DEMO_TRAIN_SECONDS = 90.0
 _TRAIN_SECONDS_RANGE = (1.0, 86_400.0)  # what shared.config accepts for LOCAL_ENGINE_TRAIN_SECONDS
 
@@ -291,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 return 0
+    for variable, rows in DEMO_SHARD_ROWS.items():  # the demo runs in shards too, as a big run would
+        if variable not in os.environ:
+            chain.env[variable] = str(rows)
     model_run_id, _model_id = _ids(args.seed)
     folder = create_demo_model_run(args.data_dir / "model_runs", images=args.images, seed=args.seed)
     print(f"demo model run: {folder} ({args.images} images)")

@@ -1,6 +1,6 @@
 """Loads and conditionally updates run records in the object store.
 
-Every update is read-modify-write with a generation precondition, retried with jittered backoff on
+Every update is read-modify-write with a generation precondition (`store.conditional`), retried on
 conflict: the mutation runs again on the fresh record, so it must be a pure function of the record.
 Before any write the serialised record is checked for secret values, so a secret cannot reach the
 bucket even if a bug put one into an error message.
@@ -9,7 +9,6 @@ bucket even if a bug put one into an error message.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -17,6 +16,7 @@ from typing import TypeVar
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import RunRecord
 from shared.secret import Secret, holds_secret
+from shared.store.conditional import update_object
 from shared.store.port import NO_OBJECT, NotFound, ObjectStore, PreconditionFailed
 
 T = TypeVar("T")
@@ -83,21 +83,14 @@ class RunRepository:
         `mutate` may raise to abort without writing; its return value is passed back to the caller. A mutation
         that leaves the record as it was writes nothing.
         """
-        key = record_key(run_id)
-        for attempt in range(self._max_attempts):
-            try:
-                data, generation = self.store.read_versioned(key)
-            except NotFound:
-                raise RunNotFound(run_id) from None
-            record = RunRecord.from_dict(json.loads(data))
-            result = mutate(record)
-            encoded = self._encode(record)
-            if encoded == data:  # nothing changed (a busy or done claim): no write, so no conflict either
-                return record, result
-            try:
-                self.store.write(key, encoded, content_type="application/json", if_generation=generation)
-            except PreconditionFailed:
-                time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)) * random.random())
-                continue
-            return record, result
-        raise RuntimeError(f"run record {run_id}: gave up after {self._max_attempts} conflicting writes")
+        try:
+            return update_object(
+                self.store,
+                record_key(run_id),
+                decode=lambda data: RunRecord.from_dict(json.loads(data)),
+                encode=self._encode,
+                mutate=mutate,
+                max_attempts=self._max_attempts,
+            )
+        except NotFound:
+            raise RunNotFound(run_id) from None

@@ -97,21 +97,50 @@ class ScriptedBackend:
 # -- the chain ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HandedOff:
+    stage: str
+    run_id: str
+    key: str
+    shard: int | None = None
+
+    @property
+    def internal(self) -> bool:
+        """A call of a stage's own fan-out or fan-in, which the stage tests' world delivers itself."""
+        return self.shard is not None or ":fan-in:" in self.key
+
+
 class RecordingChain:
-    """Hand-offs and scheduled looks, recorded; a repeat of the same (stage, run, attempt) look is refused."""
+    """Hand-offs and scheduled looks, recorded; a repeat of the same (stage, run, attempt) look is refused.
+
+    `handoffs` and `keys` list the hand-offs from one stage to another; a stage's calls of its own
+    shards and fan-in wait in `calls` until `take` delivers them (as a queue would)."""
 
     def __init__(self) -> None:
-        self.handoffs: list[tuple[str, str]] = []
-        self.keys: list[str] = []
+        self.calls: list[HandedOff] = []
         self.schedules: list[tuple[str, str, int]] = []
         self.delays: list[float] = []
         self._named: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
 
-    def hand_off(self, stage: str, run_id: str, *, key: str) -> None:
+    @property
+    def handoffs(self) -> list[tuple[str, str]]:
+        return [(c.stage, c.run_id) for c in self.calls if not c.internal]
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key for c in self.calls if not c.internal]
+
+    def hand_off(self, stage: str, run_id: str, *, key: str, shard: int | None = None) -> None:
         with self._lock:
-            self.handoffs.append((stage, run_id))
-            self.keys.append(key)
+            self.calls.append(HandedOff(stage, run_id, key, shard))
+
+    def take_internal(self) -> list[HandedOff]:
+        """Removes and returns the shard and fan-in calls made so far, in order."""
+        with self._lock:
+            taken = [c for c in self.calls if c.internal]
+            self.calls = [c for c in self.calls if not c.internal]
+            return taken
 
     def schedule(self, stage: str, run_id: str, *, delay_s: float, attempt: int) -> bool:
         with self._lock:

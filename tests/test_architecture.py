@@ -33,7 +33,17 @@ ADAPTERS = {
 }
 ADAPTER_PACKAGES = ("shared.engine", "shared.gcp")  # the local engine and the Google client helpers
 SDKS = ("google", "labelbox", "lbox", "requests", "urllib3", "grpc", "torch", "functions_framework", "flask", "psutil")
-STAGE_HELPERS = {"shared.stages.runner", "shared.stages.watch", "shared.stages.upload"}
+STAGE_HELPERS = {
+    "shared.stages.runner",
+    "shared.stages.watch",
+    "shared.stages.upload",
+    "shared.stages.shards",
+    "shared.stages.inference_plan",
+    "shared.stages.inference_split",
+    "shared.stages.inference_outcome",
+    "shared.stages.inference_delivery",
+    "shared.stages.inference_fan_in",
+}
 
 
 def module_name(path: Path) -> str:

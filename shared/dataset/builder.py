@@ -1,17 +1,17 @@
-"""Export rows -> training rows, one block at a time: the conversion ETL runs and its benchmark measures.
+"""A shard's converted rows -> training rows: what an ETL shard runs, and its benchmark measures.
 
-A block goes through in two steps around the image copies, which are the caller's I/O: `examples`
-parses the rows (counting what it skips, and any data row id seen before), then `training_rows` turns
-each example whose image was staged into its manifest row and Vertex import line, against the image's
-real size. What is counted goes into the builder's `DataQuality`.
+The split (`export_shards`) has already converted the export rows and decided what every shard must
+agree on (label names, the question, which rows repeat an earlier id). A shard skips its repeats,
+stages its images, then `training_rows` turns each row whose image was staged into its manifest row
+and Vertex import line, against the image's real size. What is counted goes into the builder's
+`DataQuality`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from shared.dataset.image_staging import NotStaged, StagedImage
@@ -19,7 +19,7 @@ from shared.dataset.manifest import ManifestRow
 from shared.dataset.training_set import training_row
 from shared.domain.data_quality import DataQuality
 from shared.domain.model_types import Task
-from shared.formats.labelbox_export import Converted, SplitFallback, classification_question, example_from_row
+from shared.formats.labelbox_export import Converted
 from shared.formats.vertex_import import LabelNames
 
 DUPLICATE_ID = "duplicate data row id"
@@ -28,7 +28,7 @@ SIZE_DIFFERS = "declared size differs from the image"
 
 @dataclass
 class Block:
-    """One block's output: the lines of its import chunk and manifest chunk, and how its images went."""
+    """One block's output: its import lines and manifest rows, and how its images went."""
 
     import_lines: list[dict[str, Any]] = field(default_factory=list)
     manifest_rows: list[ManifestRow] = field(default_factory=list)
@@ -36,53 +36,20 @@ class Block:
 
 
 class TrainingSetBuilder:
-    def __init__(self, task: Task, model_run_id: str, *, split_fallback: SplitFallback | None = None) -> None:
+    def __init__(self, task: Task, names: LabelNames) -> None:
         self.task = task
-        self.model_run_id = model_run_id
         self.quality = DataQuality(task)
-        self.names = LabelNames()
-        self.question: str | None = None  # classification: the question the first labelled row answers
-        self._split_fallback = split_fallback
-        self._seen: set[str] = set()  # the first row of an id wins; about 100 bytes a row
+        self.names = names
 
-    def example_blocks(self, rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Converted]]:
-        """The examples of the next `size` rows at a time. Each row is converted as it arrives and
-        dropped: a block holds its examples, never its raw export rows (nested dicts are most of the
-        memory, and keeping 5000 of them made the garbage collector take half of ETL's time)."""
-        iterator = iter(rows)
-        while True:
-            before = self.quality.rows_seen
-            block = self.examples(islice(iterator, size))
-            if self.quality.rows_seen == before:
-                return
-            yield block
-
-    def examples(self, block: Iterable[Mapping[str, Any]]) -> list[Converted]:
-        converted: list[Converted] = []
-        quality = self.quality
-        for row in block:
-            quality.rows_seen += 1
-            if self.task.is_classification and self.question is None:
-                self.question = classification_question(row, model_run_id=self.model_run_id, task=self.task)
-            result = example_from_row(
-                row,
-                model_run_id=self.model_run_id,
-                task=self.task,
-                split_fallback=self._split_fallback,
-                question=self.question,
-            )
-            row_id = result.example.data_row_id if isinstance(result, Converted) else result.data_row_id
-            if row_id is not None:
-                if row_id in self._seen:
-                    quality.skip(DUPLICATE_ID, row_id)
-                    continue
-                self._seen.add(row_id)
-            if isinstance(result, Converted):
-                converted.append(result)
+    def without_repeats(self, rows: Sequence[Converted], repeats: set[int]) -> list[Converted]:
+        """The rows of a shard less those whose data row id an earlier row had (counted)."""
+        kept = []
+        for position, item in enumerate(rows):
+            if position in repeats:
+                self.quality.skip(DUPLICATE_ID, item.example.data_row_id)
             else:
-                quality.skip(result.reason, result.data_row_id, result.detail)
-                quality.drop_boxes(result.dropped_boxes, result.data_row_id)
-        return converted
+                kept.append(item)
+        return kept
 
     def training_rows(self, converted: Sequence[Converted], staged: Sequence[StagedImage | NotStaged]) -> Block:
         out = Block()

@@ -1,9 +1,10 @@
 """Copies data-row images into the run's folder of the bucket, where Vertex (or the local engine) reads them.
 
-Images land at `runs/<run>/images/<name>.<ext>`, where the name is the data row id when it looks like
-a Labelbox id and an encoding of it otherwise (`object_stem`), so no id can place an object outside its
-run's folder. Nothing parses an id back out of a name: predictions join to rows through the staged
-image's URI, which the manifest records. Copies run with bounded concurrency and retries, stream
+Images land at `runs/<run>/images/<shard>/<name>.<ext>`, in the folder of the ETL shard whose manifest
+chunk lists the row, where the name is the data row id when it looks like a Labelbox id and an encoding
+of it otherwise (`object_stem`), so no id can place an object outside its run's folder. Nothing parses
+an id back out of a name: predictions join to rows through the staged image's URI, which the manifest
+records (the folder only routes a prediction to its shard). Copies run with bounded concurrency and retries, stream
 through a temporary file (never a whole image set in memory) and stop at a size limit. The header is
 checked first (format, and the pixel count against decompression bombs), then the image is decoded in
 full, so a truncated or corrupt file is refused here instead of being dropped by the engine or failed
@@ -144,9 +145,11 @@ class ImageStager:
         max_bytes: int,
         max_pixels: int,
         concurrency: int,
+        shard: int = 0,
         attempts: int = 3,
     ) -> None:
         self.store = store
+        self.shard = shard
         self.platform = platform
         self.run_id = run_id
         self.model_run_id = model_run_id
@@ -170,7 +173,7 @@ class ImageStager:
         return list(self._pool.map(self.stage, examples))
 
     def key_for(self, example: Example, ext: str) -> str:
-        return RunPaths(self.run_id).image(object_stem(example.data_row_id), ext)
+        return RunPaths(self.run_id).image(object_stem(example.data_row_id), ext, self.shard)
 
     def _guess_ext(self, example: Example) -> str:
         if example.mime_type in _EXT_BY_MIME:

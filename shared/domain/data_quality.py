@@ -80,6 +80,15 @@ class DataQuality:
     def _example(self, reason: str, data_row_id: str | None, detail: str | None) -> None:
         if data_row_id is None and detail is None:
             return
+        listed = self.examples.get(reason, ())
+        if len(listed) >= MAX_EXAMPLES:
+            return  # full: not worth making it showable
+        shown_id = None if data_row_id is None else _shown(data_row_id, EXAMPLE_ID_CHARS)
+        shown_detail = None if detail is None else _shown(without_query(detail), EXAMPLE_DETAIL_CHARS)
+        self._add_example(reason, shown_id, shown_detail)
+
+    def _add_example(self, reason: str, shown_id: str | None, shown_detail: str | None) -> None:
+        """Adds an example already made showable, within the bounds."""
         listed = self.examples.get(reason)
         if listed is None:
             if len(self.examples) >= MAX_EXAMPLE_REASONS:
@@ -87,8 +96,6 @@ class DataQuality:
             listed = self.examples[reason] = []
         if len(listed) >= MAX_EXAMPLES:
             return
-        shown_id = None if data_row_id is None else _shown(data_row_id, EXAMPLE_ID_CHARS)
-        shown_detail = None if detail is None else _shown(without_query(detail), EXAMPLE_DETAIL_CHARS)
         if shown_detail is not None and any(d == shown_detail for _, d in listed):
             return  # five different values tell more than the same one five times
         listed.append((shown_id, shown_detail))
@@ -145,6 +152,60 @@ class DataQuality:
         if not self.rows_kept:
             problems.append("no usable rows at all; see the skip reasons")
         return problems
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything counted, losslessly, for `from_state`: how a shard's counts reach the fan-in."""
+        return {
+            "task": self.task.value,
+            "rows_seen": self.rows_seen,
+            "rows_kept": self.rows_kept,
+            "boxes_kept": self.boxes_kept,
+            "rows_skipped": dict(self.rows_skipped),
+            "boxes_dropped": dict(self.boxes_dropped),
+            "warnings": dict(self.warnings),
+            "labels_dropped": dict(self.labels_dropped),
+            "images_per_split": dict(self.images_per_split),
+            "per_class_per_split": {k: dict(v) for k, v in self.per_class_per_split.items()},
+            "boxes_per_class": dict(self.boxes_per_class),
+            "examples": {reason: [list(e) for e in listed] for reason, listed in self.examples.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DataQuality:
+        quality = cls(
+            Task(state["task"]),
+            rows_seen=state["rows_seen"],
+            rows_kept=state["rows_kept"],
+            boxes_kept=state["boxes_kept"],
+            rows_skipped=Counter(state["rows_skipped"]),
+            boxes_dropped=Counter(state["boxes_dropped"]),
+            warnings=Counter(state["warnings"]),
+            labels_dropped=dict(state["labels_dropped"]),
+            images_per_split=Counter(state["images_per_split"]),
+            boxes_per_class=Counter(state["boxes_per_class"]),
+        )
+        for label, by_split in state["per_class_per_split"].items():
+            quality.per_class_per_split[label].update(by_split)
+        quality.examples = {reason: [(e[0], e[1]) for e in listed] for reason, listed in state["examples"].items()}
+        return quality
+
+    def merge(self, other: DataQuality) -> None:
+        """Adds another part's counts (a shard's, in shard order); examples are kept up to the same bounds,
+        the earlier part's first, so the merged counts read as one pass over the rows would."""
+        self.rows_seen += other.rows_seen
+        self.rows_kept += other.rows_kept
+        self.boxes_kept += other.boxes_kept
+        self.rows_skipped.update(other.rows_skipped)
+        self.boxes_dropped.update(other.boxes_dropped)
+        self.warnings.update(other.warnings)
+        self.labels_dropped.update(other.labels_dropped)
+        self.images_per_split.update(other.images_per_split)
+        self.boxes_per_class.update(other.boxes_per_class)
+        for label, by_split in other.per_class_per_split.items():
+            self.per_class_per_split[label].update(by_split)
+        for reason, listed in other.examples.items():
+            for row_id, detail in listed:
+                self._add_example(reason, row_id, detail)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 IMPORT_CHUNK = "vertex_import-{:05d}.jsonl"
 MANIFEST_CHUNK = "manifest-{:05d}.jsonl"
+SHARD = "{:05d}"
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,41 @@ class RunPaths:
         return self.manifest_chunks + "*.jsonl"
 
     @property
+    def etl_plan(self) -> str:
+        """What ETL's split decided for every shard: label names, the classification question, counts."""
+        return f"{self.etl}plan.json"
+
+    def export_part(self, shard: int) -> str:
+        """A shard's rows of the export, converted: what the shard stages and turns into its chunk."""
+        return f"{self.etl}export/part-{SHARD.format(shard)}.jsonl"
+
+    def export_duplicates(self, shard: int) -> str:
+        """The positions, within the shard's part, of rows whose data row id an earlier row had."""
+        return f"{self.etl}export/duplicates-{SHARD.format(shard)}.json"
+
+    @property
     def images(self) -> str:
         return f"{self.root}images/"
 
-    def image(self, stem: str, ext: str) -> str:
-        return f"{self.images}{stem}.{ext}"
+    def image(self, stem: str, ext: str, shard: int) -> str:
+        """A staged image, in its ETL shard's folder: a prediction's image URI names the manifest chunk
+        (the shard) that holds its row, so inference can route predictions without a table of all rows."""
+        return f"{self.images}{SHARD.format(shard)}/{stem}.{ext}"
+
+    def shard_of_image(self, key: str) -> int | None:
+        """The ETL shard whose folder holds the staged image `key`, or None for a key that is not one."""
+        if not key.startswith(self.images):
+            return None
+        folder, slash, _name = key[len(self.images) :].partition("/")
+        return int(folder) if slash and len(folder) == 5 and folder.isdigit() else None
+
+    # -- shards of any stage ----------------------------------------------------------------------
+
+    def shard_state(self, stage: str, shard: int) -> str:
+        return f"{self.root}shards/{stage}/state-{SHARD.format(shard)}.json"
+
+    def shard_result(self, stage: str, shard: int) -> str:
+        return f"{self.root}shards/{stage}/result-{SHARD.format(shard)}.json"
 
     # -- training and inference -------------------------------------------------------------------
 
@@ -84,3 +115,46 @@ class RunPaths:
     @property
     def prediction_output(self) -> str:
         return f"{self.root}inference/output"
+
+    # -- inference delivery, in shards ------------------------------------------------------------
+
+    def manifest_chunk_index(self, key: str) -> int | None:
+        """The index of the manifest chunk `key`, or None for a key that is not one."""
+        if not key.startswith(self.manifest_chunks) or not key.endswith(".jsonl"):
+            return None
+        digits = key[len(self.manifest_chunks) : -len(".jsonl")]
+        return int(digits) if len(digits) == 5 and digits.isdigit() else None
+
+    @property
+    def inference_delivery(self) -> str:
+        """Everything inference's delivery shards share: the plan, and per split of the work its routed
+        prediction lines, metrics partials and report candidates."""
+        return f"{self.root}inference/delivery/"
+
+    @property
+    def inference_plan(self) -> str:
+        """How the held-out rows were cut into delivery shards, and where their prediction lines went."""
+        return f"{self.inference_delivery}plan.json"
+
+    def inference_split(self, generation: int) -> str:
+        """The objects of one split of the delivery: a new split never reads an older one's files."""
+        return f"{self.inference_delivery}g{SHARD.format(generation)}/"
+
+    def inference_part(self, generation: int, chunk: int | None, part: int) -> str:
+        """One object of the prediction lines routed to manifest chunk `chunk` (None: the lines that
+        name no held-out row, which shard 0 counts)."""
+        folder = "stray" if chunk is None else f"chunk-{SHARD.format(chunk)}"
+        return f"{self.inference_split(generation)}routed/{folder}/part-{SHARD.format(part)}.jsonl"
+
+    def metric_partial(self, generation: int, shard: int, split: str) -> str:
+        """A delivery shard's metrics partial of one split (`shared.metrics.merged`), for the fan-in."""
+        return f"{self.inference_split(generation)}metrics/{split}-{SHARD.format(shard)}.part"
+
+    def report_candidates(self, generation: int, shard: int) -> str:
+        """A delivery shard's candidates for the report's samples (its first rows by data row id)."""
+        return f"{self.inference_split(generation)}samples/samples-{SHARD.format(shard)}.json"
+
+    def upload_marker(self, name: str) -> str:
+        """Written once the platform took the prediction import `name`: a re-delivery skips that chunk.
+        Outside any split, so a forced re-split uploads nothing twice either."""
+        return f"{self.root}inference/uploads/{name}.json"

@@ -146,6 +146,8 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     uploads: dict[str, Any] = field(default_factory=dict)
     handoffs: list[str] = field(default_factory=list)
+    # stage -> its `ShardSet` (shared/domain/shards.py) as a dict, for a stage that fans out
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
     watch: Watch | None = None
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -214,6 +216,17 @@ def restart(record: RunRecord, now: float) -> None:
     record.job_keys = {}
     record.uploads = {}
     record.metrics = {}
+    # Each stage's shard numbering survives (as an empty, finished set of the old life): the restarted
+    # run's split is a newer generation, so no shard done before the restart counts as done after it.
+    record.shards = {
+        stage: {
+            "count": 0,
+            "generation": data.get("generation", 0),
+            "restarts": data.get("restarts", 0),
+            "finished": True,
+        }
+        for stage, data in record.shards.items()
+    }
     record.stages = {name: StageRecord() for name in CHAIN_STAGES}
     record.log(now, Stage.MODEL_RUN, "restarted", restarts=record.restarts)
 

@@ -1,22 +1,24 @@
 """ETL: the model run's export -> Vertex import JSONL, staged images and a row manifest in the bucket.
 
-The export is started once and its task recorded, so a re-run reads the same export. ETL waits for it
-at most ETL_EXPORT_WAIT_S (and never past its own function timeout), heartbeating as it polls; an
-export still running then is handed to `monitor` like any long job, and `monitor` calls ETL again
-once it is ready. So a slow export never outlives the function and never leaves the stage running
-under a dead owner.
+In three calls of the stage, so that no invocation grows with the run (a million rows is about 100
+shards) and shards run in parallel, as many at once as the queue allows:
 
-Rows are streamed from the export and handled in blocks of `etl_chunk_rows`: each block's images are
-staged concurrently, and its import lines and manifest lines are written as one chunk file each, so
-memory stays flat however many rows the run holds. The manifest (one line per kept row, including the
-unassigned rows that do not train) is what `inference` joins predictions and ground truth through.
+1. Split (a plain call): the export is started once and its task recorded, so a re-run reads the same
+   export. ETL waits for it at most ETL_EXPORT_WAIT_S (and never past its function timeout); an export
+   still running then is handed to `monitor`, which calls ETL again once it is ready. The ready export
+   is streamed once: each row converted (bad rows counted), the converted rows written in shard files
+   of ETL_SHARD_ROWS, and what every shard must agree on written to the plan (`export_shards`). Then
+   one call per shard is handed off and the stage waits (pending) for its shards (`shards.py`).
+2. Shards (`{"run_id": ..., "shard": i}`, in parallel): each stages its rows' images, in blocks of
+   ETL_CHUNK_ROWS copied concurrently, and writes its chunk of the import JSONL and of the manifest
+   (one line per kept row, including the unassigned rows that do not train: `inference` joins
+   predictions and ground truth through it), and its counts. The last shard to finish hands off:
+3. Fan-in (a plain call once every shard is done): the counts are merged; labels with too few images
+   for Vertex, known only now, are dropped (ETL_RARE_LABELS=drop, the default) from the few chunks
+   that hold them; the rules over the whole set (every split non-empty, Vertex's minimums) are
+   checked; and the run moves on to `train`, once.
 
-Bad rows are counted by kind, with a few examples each (`DataQuality`). Two things need the whole
-export: a data row id seen twice (the first row is kept; the ids seen are held in a set, about 100
-bytes a row: 100 MB for a million rows), and labels with too few images for Vertex, known only once
-every row is counted. With ETL_RARE_LABELS=drop (the default) those labels are taken out in a second
-pass over the chunk files, one chunk at a time, and the kept rows counted again; with `fail`, or when
-dropping leaves nothing Vertex can train on, the stage fails and says why.
+A re-run before the fan-in redoes only the unfinished shards; a forced re-run exports and splits anew.
 """
 
 from __future__ import annotations
@@ -24,24 +26,31 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any, TypeVar
 
 from shared.dataset import manifest
-from shared.dataset.builder import TrainingSetBuilder
+from shared.dataset.builder import Block, TrainingSetBuilder
+from shared.dataset.export_shards import EtlPlan, ExportSplitter, read_part
 from shared.dataset.image_staging import ImageStager
 from shared.dataset.manifest import ManifestRow, jsonl, read_jsonl
 from shared.dataset.training_set import import_line_without
 from shared.domain import run_record as rr
+from shared.domain import shards as sh
 from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.domain.examples import Split
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
-from shared.formats.vertex_import import LabelNames
+from shared.domain.shards import ShardSet
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.stages.shards import ShardContext, fan_out, shard_states, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
-from shared.store.port import ObjectStore
+from shared.store.port import NotFound, ObjectStore
+
+T = TypeVar("T")
 
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
@@ -106,21 +115,65 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
 
 
 def run_etl(ctx: StageContext) -> StageAnswer:
-    services, settings = ctx.services, ctx.services.settings
-    ready = _export_ready(ctx)
-    if isinstance(ready, StageAnswer):
-        return ready
-    export_task, export = ready
+    """The plain call: split (once the export is ready), fan out the unfinished shards, or fan in."""
     record = ctx.record()
-    task = Task(record.task)
-    store = services.store
-    paths = RunPaths(record.run_id)
-    builder = TrainingSetBuilder(task, record.model_run_id, split_fallback=_SplitLookup(ctx, record.model_run_id))
-    quality, names = builder.quality, builder.names
-    chunk = 0
-    status_set = False
-    copies: Counter[str] = Counter()
+    shards = sh.shards_of(record, Stage.ETL)
+    if ctx.force or shards is None or shards.splitting or shards.restarts != record.restarts:
+        ready = _export_ready(ctx)
+        if isinstance(ready, StageAnswer):
+            return ready
+        shards = _split(ctx, *ready)
+    if not shards.finished:
+        return wait_for_shards(ctx, fan_out(ctx))
+    return _fan_in(ctx, shards)
 
+
+def _split(ctx: StageContext, export_task: str, export: ExportStatus) -> ShardSet:
+    """Streams the export once into shard files and the plan; records the shards."""
+    services, settings = ctx.services, ctx.services.settings
+    record, started = ctx.update(lambda r: sh.start_split(r, Stage.ETL, ctx.now))
+    ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
+    paths = RunPaths(record.run_id)
+    splitter = ExportSplitter(
+        services.store,
+        paths,
+        task=Task(record.task),
+        model_run_id=record.model_run_id,
+        shard_rows=settings.etl.shard_rows,
+        split_fallback=_SplitLookup(ctx, record.model_run_id),
+    )
+    for seen in splitter.add_rows(services.platform.read_export(record.model_run_id, export_task)):
+        ctx.heartbeat(rows_read=seen, shards_written=splitter.shards)
+    if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
+        splitter.quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
+    plan = splitter.finish(started.generation, export_errors=list(export.row_error_samples))
+    if not plan.rows:
+        raise StageFailed("the model run's export is empty: add labeled data rows to the model run")
+    _record, shards = ctx.update(
+        lambda r: sh.end_split(
+            r, Stage.ETL, started.generation, rows=plan.rows, first_rows=plan.first_rows, now=ctx.now
+        )
+    )
+    return shards
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while block := list(islice(iterator, size)):
+        yield block
+
+
+def run_etl_shard(ctx: ShardContext) -> dict[str, Any]:
+    """One shard: stage its rows' images and write its chunk of the import JSONL and of the manifest."""
+    services, settings = ctx.services, ctx.services.settings
+    record, store, paths = ctx.record, ctx.services.store, RunPaths(ctx.run_id)
+    plan = EtlPlan.read(store, paths)
+    if plan.generation != ctx.shards.generation:  # a new split is being written: deliver again later
+        raise RuntimeError(f"the plan is of split {plan.generation}, the shard of split {ctx.shards.generation}")
+    rows, repeats = read_part(store, paths, ctx.index)
+    builder = TrainingSetBuilder(Task(record.task), plan.names())
+    rows = builder.without_repeats(rows, repeats)
+    out = Block()
     with ImageStager(
         store,
         services.platform,
@@ -129,74 +182,113 @@ def run_etl(ctx: StageContext) -> StageAnswer:
         max_bytes=settings.etl.max_image_bytes,
         max_pixels=settings.etl.max_image_pixels,
         concurrency=settings.etl.copy_concurrency,
+        shard=ctx.index,
     ) as stager:
-        rows = services.platform.read_export(record.model_run_id, export_task)
-        for converted in builder.example_blocks(rows, settings.etl.chunk_rows):
-            if not status_set:  # the export is ready: from here on we prepare data
-                ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
-                status_set = True
-            done = builder.training_rows(converted, stager.stage_many([c.example for c in converted]))
-            copies.update(done.copies)
-            store.write(paths.import_chunk(chunk), jsonl(done.import_lines), content_type="application/jsonl")
-            manifest.write_chunk(store, paths, chunk, done.manifest_rows)
-            chunk += 1
-            ctx.heartbeat(rows_seen=quality.rows_seen, rows_kept=quality.rows_kept, chunks=chunk, **copies)
+        for block in _batches(rows, settings.etl.chunk_rows):
+            done = builder.training_rows(block, stager.stage_many([c.example for c in block]))
+            out.import_lines.extend(done.import_lines)
+            out.manifest_rows.extend(done.manifest_rows)
+            out.copies.update(done.copies)
+            ctx.heartbeat(rows_staged=len(out.manifest_rows), **out.copies)
+    ctx.heartbeat(every_s=0)  # still the owner: only the owner writes the shard's chunk
+    store.write(paths.import_chunk(ctx.index), jsonl(out.import_lines), content_type="application/jsonl")
+    manifest.write_chunk(store, paths, ctx.index, out.manifest_rows)
+    quality = builder.quality
+    return {"quality": quality.to_state(), "copies": dict(out.copies), "rows_kept": quality.rows_kept}
 
-    _remove_stale_chunks(store, paths, chunk)
-    if export.row_errors:  # rows Labelbox itself could not export: counted, with a few of its messages
-        quality.rows_skipped[EXPORT_ERROR_REASON] += export.row_errors
-    rare = quality.rare_labels() if settings.etl.rare_labels == "drop" else {}
+
+def _fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
+    """Every shard is done: merge the counts, drop rare labels, check the whole set, hand off to train."""
+    services, settings = ctx.services, ctx.services.settings
+    record, store, paths = ctx.record(), ctx.services.store, RunPaths(ctx.run_id)
+    plan = EtlPlan.read(store, paths)
+    task = Task(record.task)
+    results = [_shard_result(ctx, i) for i in range(shards.count)]
+    merged = _merged(plan, results)
+    rare = _rare_labels(ctx, merged, shards) if settings.etl.rare_labels == "drop" else {}
     if rare:
-        _drop_labels(
-            store,
-            paths,
-            chunk,
-            rare,
-            task=task,
-            names=names,
-            quality=quality,
-            progress=lambda n: ctx.heartbeat(dropping_rare_labels=f"{n}/{chunk} chunks"),
-        )
-    report = {**quality.to_dict(), **copies}
-    if export.row_error_samples:
-        report["export_error_samples"] = list(export.row_error_samples)
+        states = shard_states(services)
+        for i, result in enumerate(results):
+            if set(rare) & (set(result["quality"]["per_class_per_split"]) | set(result.get("labels_dropped", ()))):
+
+                def save(updated: dict[str, Any], i: int = i) -> None:
+                    states.write_result(ctx.run_id, Stage.ETL, i, updated)
+
+                results[i] = _drop_labels(store, paths, i, result, rare, task=task, plan=plan, save=save)
+            ctx.heartbeat(dropping_rare_labels=f"{i + 1}/{shards.count} shards")
+        merged = _merged(plan, results)
+        merged.labels_dropped = dict(rare)
+    _remove_stale_chunks(store, paths, shards.count)
+    copies: Counter[str] = Counter()
+    for result in results:
+        copies.update(result["copies"])
+    report = {**merged.to_dict(), **copies}
+    if plan.export_errors:
+        report["export_error_samples"] = list(plan.export_errors)
     artifacts = {
         "import_jsonl": store.uri(paths.import_pattern),  # Vertex accepts wildcards; so does the engine
         "manifest": store.uri(paths.manifest_pattern),
         "images": store.uri(paths.images),
-        "etl_chunks": str(chunk),
+        "etl_chunks": str(shards.count),
     }
-    label_map = {vertex: feature for vertex, feature in names.to_feature().items() if feature not in rare}
+    label_map = {vertex: feature for feature, vertex in plan.label_names.items() if feature not in rare}
 
     def record_results(r: rr.RunRecord) -> None:
         r.data_quality = report
         r.artifacts.update(artifacts)
         r.artifacts["label_map"] = json.dumps(label_map, sort_keys=True)
-        if builder.question:
-            r.artifacts["classification_question"] = builder.question
+        if plan.question:
+            r.artifacts["classification_question"] = plan.question
 
     ctx.update(record_results)
-    if not status_set:
-        raise StageFailed("the model run's export is empty: add labeled data rows to the model run")
     run_record = services.runs.uri(record.run_id)
-    problems = quality.vertex_problems()
+    problems = merged.vertex_problems()
     if problems:  # the counts reach the model run before the failure does: they say what to fix
         services.platform.update_status(
             record.model_run_id,
             ModelRunStatus.PREPARING_DATA,
-            metadata={**quality.summary(run_record), "run_record": run_record},
+            metadata={**merged.summary(run_record), "run_record": run_record},
         )
         raise StageFailed(_not_usable(problems, rare))
 
     services.platform.update_status(
         record.model_run_id,
         ModelRunStatus.PREPARING_DATA,
-        metadata={**quality.summary(run_record), "import_jsonl": artifacts["import_jsonl"], "run_record": run_record},
+        metadata={**merged.summary(run_record), "import_jsonl": artifacts["import_jsonl"], "run_record": run_record},
     )
-    ctx.succeed(Stage.TRAIN, rows_kept=quality.rows_kept)
+    round_ = f"g{shards.generation}" if shards.generation > 1 else ""  # a forced re-split hands off anew
+    ctx.succeed(Stage.TRAIN, round_=round_, rows_kept=merged.rows_kept, shards=shards.count)
     return StageAnswer(
         200, {"run_id": record.run_id, "stage": Stage.ETL, "outcome": "succeeded", "data_quality": report}
     )
+
+
+def _rare_labels(ctx: StageContext, merged: DataQuality, shards: ShardSet) -> dict[str, int]:
+    """The labels under Vertex's minimum, decided once per split and recorded before any is dropped, so
+    a fan-in run again after a kill drops the same labels and reports the counts they had."""
+    key = f"etl_rare_labels:g{shards.generation}"
+    stored = ctx.record().artifacts.get(key)
+    if stored is not None:
+        return dict(json.loads(stored))
+    rare = merged.rare_labels()
+    if rare:
+        ctx.update(lambda r: r.artifacts.__setitem__(key, json.dumps(rare, sort_keys=True)))
+    return rare
+
+
+def _shard_result(ctx: StageContext, index: int) -> dict[str, Any]:
+    try:
+        return shard_states(ctx.services).read_result(ctx.run_id, Stage.ETL, index)
+    except NotFound:  # done in the record but its result is gone: only a re-run of that shard helps
+        raise StageFailed(f"shard {index} is marked done but its result is missing; re-run etl with force") from None
+
+
+def _merged(plan: EtlPlan, results: Sequence[Mapping[str, Any]]) -> DataQuality:
+    """The split's counts and every shard's, in shard order: as one pass over the export would count."""
+    merged = DataQuality.from_state(plan.quality)
+    for result in results:
+        merged.merge(DataQuality.from_state(result["quality"]))
+    return merged
 
 
 def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:
@@ -212,40 +304,51 @@ def _not_usable(problems: list[str], dropped: Mapping[str, int]) -> str:
 def _drop_labels(
     store: ObjectStore,
     paths: RunPaths,
-    chunks: int,
+    index: int,
+    result: Mapping[str, Any],
     labels: Mapping[str, int],
     *,
     task: Task,
-    names: LabelNames,
-    quality: DataQuality,
-    progress: Callable[[int], None] = lambda n: None,
-) -> None:
-    """Takes `labels` out of every written chunk, one chunk at a time, and counts the kept rows again.
+    plan: EtlPlan,
+    save: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Takes `labels` out of one shard's chunks and counts its kept rows again; returns its new result.
 
     A detection image whose only boxes were of these labels leaves the training set, and so does a
     single-label row answering one of them; a multi-label row only loses that answer. The manifest is
     rewritten alike, so inference neither predicts nor scores a class the model never learned.
+
+    The new counts are stored (with the labels they dropped) before the chunks are rewritten, and are
+    worked out from the chunks only when not stored yet: a fan-in killed half-way and run again counts
+    what the original chunks held, while the rewrite itself is idempotent.
     """
     features = set(labels)
-    display = {names.to_vertex[f] for f in features if f in names.to_vertex}
-    quality.labels_dropped = dict(labels)
-    quality.clear_kept()
-    for index in range(chunks):
-        kept: list[ManifestRow] = []
-        for row in manifest.read_chunk(store, paths, index):
-            new, boxes_removed = row.without(features)
-            if boxes_removed:
-                quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), row.data_row_id)
-            if new is None:
+    dropped_marker = sorted(features)
+    display = {plan.label_names[f] for f in features if f in plan.label_names}
+    kept: list[ManifestRow] = []
+    quality = DataQuality.from_state(result["quality"])
+    fresh = result.get("labels_dropped") != dropped_marker
+    if fresh:
+        quality.clear_kept()
+    for row in manifest.read_chunk(store, paths, index):
+        new, boxes_removed = row.without(features)
+        if fresh and boxes_removed:
+            quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), row.data_row_id)
+        if new is None:
+            if fresh:
                 quality.skip(ROW_OF_DROPPED_LABELS, row.data_row_id)
-                continue
+            continue
+        if fresh:
             quality.keep(new.split, [b[0] for b in new.boxes] if task is Task.OBJECT_DETECTION else new.labels)
-            kept.append(new)
-        manifest.write_chunk(store, paths, index, kept)
-        import_key = paths.import_chunk(index)
-        lines = [out for line in read_jsonl(store, import_key) if (out := import_line_without(line, display))]
-        store.write(import_key, jsonl(lines), content_type="application/jsonl")
-        progress(index + 1)
+        kept.append(new)
+    updated = {**result, "quality": quality.to_state(), "labels_dropped": dropped_marker}
+    if fresh:
+        save(updated)
+    manifest.write_chunk(store, paths, index, kept)
+    import_key = paths.import_chunk(index)
+    lines = [out for line in read_jsonl(store, import_key) if (out := import_line_without(line, display))]
+    store.write(import_key, jsonl(lines), content_type="application/jsonl")
+    return updated
 
 
 def _remove_stale_chunks(store: ObjectStore, paths: RunPaths, chunks: int) -> None:

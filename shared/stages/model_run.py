@@ -7,7 +7,8 @@ conditional create makes exactly one delivery the run's creator, and only the cr
 "Train model" clicked again on a run that exists (Labelbox sends no `force`):
 - FAILED: the run resumes from the stage that failed, keeping everything done before it;
 - RUNNING: nothing starts, unless nothing is working on it: a stage whose invocation died is handed
-  to a new one (which takes it over), and a lost monitor look is scheduled again;
+  to a new one (which takes it over), a stage whose shards have all been silent past a lease fans
+  out again to the unfinished ones, and a lost monitor look is scheduled again;
 - COMPLETE: nothing starts; the answer says how to train again (a new model run, or `"force": true`).
 `"force": true` restarts a finished run from the beginning.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from shared.chain.port import HandOffFailed
 from shared.domain import run_record as rr
 from shared.domain.run_record import RunRecord, RunStatus, Stage
+from shared.domain.shards import stalled_shards
 from shared.platform.port import ModelRunNotFound, ModelRunStatus, PlatformError
 from shared.services import Services
 from shared.stages.runner import StageAnswer, fail
@@ -88,6 +90,10 @@ def _again(services: Services, request: TrainingRequest, existing: RunRecord) ->
         if stalled:  # the stage's invocation died: the click hands it to a new one, which takes it over
             key = f"{stalled}:nudge:{existing.restarts}:{len(existing.events)}"
             return _hand_off(services, existing, stalled, key=key, resumed=True)
+        sharded = stalled_shards(existing, now, lease_s=services.settings.stage_lease_seconds)
+        if sharded:  # shards silent past a lease: the stage fans out again, to its unfinished shards
+            key = f"{sharded}:nudge-shards:{existing.restarts}:{len(existing.events)}"
+            return _hand_off(services, existing, sharded, key=key, resumed=True)
         if ensure_monitor(services, existing):  # the scheduled look was lost: look now
             return StageAnswer(200, {**summary, "message": "run in progress; its lost monitor look was rescheduled"})
         working = [name for name, s in existing.stages.items() if s.state.value == "running"]

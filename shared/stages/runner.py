@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from shared.chain.port import HandOffFailed
 from shared.domain import run_record as rr
-from shared.domain.run_record import ClaimOutcome, LostOwnership, RunRecord
+from shared.domain.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus
 from shared.platform.port import ModelRunStatus, cut_message
 from shared.run_repository import RunNotFound
 from shared.services import Services
@@ -51,6 +51,7 @@ class StageCall:
     run_id: str
     force: bool = False
     look: int | None = None  # the number of a scheduled monitor look
+    shard: int | None = None  # one shard of the stage's work (a fan-out's call)
 
 
 @dataclass
@@ -103,13 +104,15 @@ class StageContext:
             record.model_run_id, status, metadata={k: str(v) for k, v in metadata.items()}
         )
 
-    def succeed(self, next_stage: str | None = None, **detail: Any) -> None:
+    def succeed(self, next_stage: str | None = None, *, round_: str = "", **detail: Any) -> None:
         """Marks the stage succeeded and hands the run to `next_stage`, once.
 
         Success and the hand-off are recorded in one conditional write, so a duplicate invocation finds
-        both and repeats neither; a forced re-run hands off again and lets the next stage decide.
+        both and repeats neither; a forced re-run hands off again and lets the next stage decide. A stage
+        whose work spans calls (a fan-in after shards) names its `round_` (the split), so that the call
+        finishing a forced re-run's round hands off anew though it is not itself forced.
         """
-        key = f"{next_stage}:from:{self.stage}"
+        key = f"{next_stage}:from:{self.stage}" + (f":{round_}" if round_ else "")
 
         def mutate(record: RunRecord) -> bool:
             rr.succeed(record, self.stage, self.owner, self.now, **detail)
@@ -215,6 +218,24 @@ def fail(
     except LostOwnership:
         return
     _mirror_failure(services, record, stage, text)
+
+
+def fail_undelivered(services: Services, stage: str, body: Mapping[str, object], why: str) -> None:
+    """The queue gave up a call of `stage`: a running run fails, saying what to do; any other is left."""
+    run_id = str(body.get("run_id", ""))
+    record = services.runs.get(run_id) if run_id else None
+    if record is None or record.status is not RunStatus.RUNNING:
+        return
+    what = f"shard {body['shard']} of {stage}" if body.get("shard") is not None else stage
+    fail(
+        services,
+        run_id,
+        stage,
+        services.scrub(
+            f"the call of {what} was not delivered ({why}); once {stage} is running, click Train model "
+            f"again or re-run it with curl"
+        ),
+    )
 
 
 def fail_job(services: Services, run_id: str, watcher: str, message: str, *, owner: str, link: str | None) -> str:

@@ -230,7 +230,11 @@ class CloudChain:
         return requests.get(f"http://127.0.0.1:{self.ports['models']}/", headers=sign(b"", self.secret), timeout=30)
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:
-        blob = self.storage.bucket(self.bucket).get_blob(f"runs/{run_id}/run.json")
+        return self.read_json(f"runs/{run_id}/run.json")
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        """A JSON object in the emulated bucket (a run record, a shard's state), or None."""
+        blob = self.storage.bucket(self.bucket).get_blob(key)
         return None if blob is None else json.loads(blob.download_as_bytes())
 
     def wait(

@@ -62,7 +62,13 @@ def completed(
         tmp_path_factory.mktemp("cloud-chain"),
         gcs_emulator,
         labelbox,
-        env={"ETL_EXPORT_WAIT_S": "0", "STAGE_LEASE_SECONDS": "20"},
+        # ETL in 3 shards and delivery in 2 or 3: fan-out and fan-in run as tasks, as in a big run
+        env={
+            "ETL_EXPORT_WAIT_S": "0",
+            "STAGE_LEASE_SECONDS": "20",
+            "ETL_SHARD_ROWS": "20",
+            "INFERENCE_SHARD_ROWS": "8",
+        },
         vertex_options={"fail_instances": (f"/{failed_row}.jpg",), "training_polls": 3},
     )
     with chain:
@@ -103,6 +109,8 @@ def test_a_signed_webhook_reaches_complete_with_predictions_metrics_and_status_i
     assert sum(record["data_quality"]["failed_predictions"].values()) == 1
     assert 0 < record["metrics"]["summary"]["map50"] <= 1
     assert labelbox.configs[-1]["metrics"]["map50"] == record["metrics"]["summary"]["map50"]
+    assert record["shards"]["etl"]["count"] == 3 and record["shards"]["inference"]["count"] >= 2
+    assert all(record["shards"][stage]["finished"] for stage in ("etl", "inference"))
 
 
 @pytest.mark.slow

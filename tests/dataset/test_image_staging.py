@@ -31,6 +31,7 @@ from tests.demo_run import DemoRun
 from tests.fakes import RecordingModelRuns
 
 RUN_ID = "run-1"
+SHARD = 3  # an ETL shard: its images have a folder of their own
 
 
 def examples(demo: DemoRun) -> list[Example]:
@@ -59,6 +60,7 @@ def stager(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         concurrency=4,
+        shard=SHARD,
         attempts=attempts,
     )
 
@@ -108,12 +110,12 @@ def test_images_are_staged_under_the_run_with_their_size(demo_template: DemoRun,
     assert len(staged) == len(todo)
     for example, image in zip(todo, staged, strict=True):
         assert isinstance(image, StagedImage), image
-        key = f"runs/{RUN_ID}/images/{example.data_row_id}.jpg"
+        key = f"runs/{RUN_ID}/images/{SHARD:05d}/{example.data_row_id}.jpg"
         assert image == StagedImage(key, f"gs://local-bucket/{key}", 160, 160, "image/jpeg", copied=True)
         assert (tmp_path / "bucket" / key).read_bytes() == media_path(demo_template, example).read_bytes()
-    assert sorted(p.name for p in (tmp_path / "bucket" / "runs" / RUN_ID / "images").iterdir()) == sorted(
-        f"{e.data_row_id}.jpg" for e in todo
-    )
+    assert sorted(
+        p.name for p in (tmp_path / "bucket" / "runs" / RUN_ID / "images" / f"{SHARD:05d}").iterdir()
+    ) == sorted(f"{e.data_row_id}.jpg" for e in todo)
 
 
 def test_second_run_reuses_every_object_without_rewriting_it(demo_template: DemoRun, tmp_path: Path) -> None:
@@ -155,7 +157,7 @@ def test_png_is_detected_from_its_content_whatever_the_mime_type_says(demo: Demo
     assert example.mime_type == "image/jpeg" and example.media_url.endswith(".jpg")
     media_path(demo, example).write_bytes(image_bytes("PNG"))
     staged = stage_one(demo, example, tmp_path / "bucket")
-    key = f"runs/{RUN_ID}/images/{example.data_row_id}.png"
+    key = f"runs/{RUN_ID}/images/{SHARD:05d}/{example.data_row_id}.png"
     # the image's own size (40x30), not the 160x160 the export declares for it
     assert staged == StagedImage(
         key, f"gs://local-bucket/{key}", 40, 30, "image/png", copied=True, declared_size=(160, 160)
@@ -331,7 +333,7 @@ def test_no_id_leaves_the_runs_images_folder(demo: DemoRun, tmp_path: Path, data
     staged = stage_one(demo, example, tmp_path / "bucket")
     assert isinstance(staged, StagedImage)
     folder, _, name = staged.key.rpartition("/")
-    assert folder == f"runs/{RUN_ID}/images"
+    assert folder == f"runs/{RUN_ID}/images/{SHARD:05d}"  # the shard's folder, whatever the id
     assert name.startswith("~") and name.endswith(".jpg") and "/" not in name and ".." not in name
     files = [p.relative_to(tmp_path / "bucket").as_posix() for p in (tmp_path / "bucket").rglob("*") if p.is_file()]
     assert files == [staged.key]
@@ -340,7 +342,9 @@ def test_no_id_leaves_the_runs_images_folder(demo: DemoRun, tmp_path: Path, data
 def test_cuid_ids_keep_their_readable_name(demo_template: DemoRun, tmp_path: Path) -> None:
     example = examples(demo_template)[0]
     staged = stage_one(demo_template, example, tmp_path / "bucket")
-    assert isinstance(staged, StagedImage) and staged.key == f"runs/{RUN_ID}/images/{example.data_row_id}.jpg"
+    assert (
+        isinstance(staged, StagedImage) and staged.key == f"runs/{RUN_ID}/images/{SHARD:05d}/{example.data_row_id}.jpg"
+    )
 
 
 def test_different_ids_never_share_a_key(demo_template: DemoRun, tmp_path: Path) -> None:

@@ -37,10 +37,14 @@ def _uploaded(model_run_dir: Path) -> dict[str, bytes]:
 def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice(tmp_path: Path) -> None:
     create_demo_model_run(tmp_path / "model_runs", images=150, seed=3)
     model_run_id, _ = _ids(3)
-    with LocalChain(tmp_path, env={"LOCAL_ENGINE_TRAIN_SECONDS": "25", **FAST_MONITOR}) as chain:
+    env = {"LOCAL_ENGINE_TRAIN_SECONDS": "25", "ETL_SHARD_ROWS": "50", "INFERENCE_SHARD_ROWS": "10", **FAST_MONITOR}
+    with LocalChain(tmp_path, env=env) as chain:
         assert chain.webhook(model_run_id, "local_detector").status_code == 202
         record = chain.wait(model_run_id, timeout_s=500)
         assert record["status"] == "complete", record.get("error")
+        assert record["shards"]["etl"]["count"] == 3 and record["shards"]["etl"]["finished"]  # ETL in 3 shards
+        assert record["shards"]["inference"]["count"] >= 2 and record["shards"]["inference"]["finished"]
+        assert [e["event"] for e in record["events"] if e["stage"] == "etl"].count("shards_done") == 1
         folder = chain.model_run_dir(model_run_id)
 
         statuses = [s["status"] for s in chain.statuses(model_run_id)]
@@ -78,11 +82,14 @@ def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice
         before = _uploaded(folder)
         again = chain.call_stage("inference", model_run_id)
         assert again.status_code == 200 and again.json()["outcome"] == "already_done"
-        forced = chain.call_stage("inference", model_run_id, force=True)
-        assert forced.status_code == 200 and forced.json()["outcome"] == "complete", forced.text
+        forced = chain.call_stage("inference", model_run_id, force=True)  # splits anew, in shards again
+        assert forced.status_code == 202 and forced.json()["for"] == "shards", forced.text
+        record = chain.wait(
+            model_run_id,
+            until=lambda r: r["shards"]["inference"]["generation"] == 2 and r["status"] == "complete",
+            timeout_s=120,
+        )
         assert _uploaded(folder) == before
-        record = chain.run_record(model_run_id)
-        assert record["status"] == "complete"
         assert sum(c["accepted"] for c in record["uploads"]["chunks"].values()) == len(predictions) + len(metrics)
 
 

@@ -93,12 +93,13 @@ def test_twenty_concurrent_duplicate_deliveries_make_one_run_and_one_etl(
     assert sum(not r.json()["duplicate"] for r in responses) == 1
     record = webhook_chain.wait(
         model_run_id,
-        until=lambda r: r["stages"]["etl"]["state"] != "running" and r["stages"]["etl"]["attempts"] > 0,
+        until=lambda r: r["stages"]["etl"]["state"] in ("succeeded", "failed"),
         timeout_s=120,
     )
     assert _runs(data) == [model_run_id]
-    etl_starts = [e for e in record["events"] if e["stage"] == "etl" and e["event"] == "started"]
-    assert len(etl_starts) == 1
+    etl_events = [e["event"] for e in record["events"] if e["stage"] == "etl"]
+    assert etl_events.count("splitting") == 1 and etl_events.count("fan_out") == 1  # one ETL, in 3 shards
+    assert etl_events.count("shard_done") == 3 and etl_events.count("shards_done") == 1
     assert record["stages"]["etl"]["state"] == "succeeded"
     statuses = [s["status"] for s in webhook_chain.statuses(model_run_id)]
     assert statuses[:2] == ["EXPORTING_DATA", "PREPARING_DATA"]
@@ -123,17 +124,20 @@ def test_twenty_concurrent_duplicate_deliveries_make_one_run_and_one_etl(
         assert set(line) == {"imageGcsUri", "boundingBoxAnnotations", "dataItemResourceLabels"}
         data_row_id = line["dataItemResourceLabels"]["data_row_id"]
         assert line["dataItemResourceLabels"]["aiplatform.googleapis.com/ml_use"] == split_of[data_row_id]
-        assert line["imageGcsUri"] == f"gs://local-bucket/runs/{model_run_id}/images/{data_row_id}.jpg"
+        assert line["imageGcsUri"].startswith(f"gs://local-bucket/runs/{model_run_id}/images/0000")
+        assert line["imageGcsUri"].endswith(f"/{data_row_id}.jpg")  # in its shard's folder
         for box in line["boundingBoxAnnotations"]:
             assert 0 <= box["xMin"] < box["xMax"] <= 1 and 0 <= box["yMin"] < box["yMax"] <= 1
             assert box["displayName"] in {"circle", "square", "triangle"}
-    images = list((bucket / "runs" / model_run_id / "images").iterdir())
+    images = list((bucket / "runs" / model_run_id / "images").glob("*/*.jpg"))
     assert len(images) == record["data_quality"]["rows_kept"] == len(export)
+    assert sorted({p.parent.name for p in images}) == ["00000", "00001", "00002"]
 
     # the hand-off to train could not be delivered: the run says so, with a message a user can act on
     failed = webhook_chain.wait(model_run_id, timeout_s=120)
     assert failed["status"] == "failed"
-    assert "train" in failed["error"] and "curl" in failed["error"]
+    assert "the call of train was not delivered" in failed["error"]
+    assert "once train is running, click Train model again or re-run it with curl" in failed["error"]
     assert webhook_chain.statuses(model_run_id)[-1]["status"] == "FAILED"
 
 
@@ -144,15 +148,15 @@ def test_train_model_clicked_again_on_a_failed_run_resumes_from_the_failed_stage
     failed = webhook_chain.wait(model_run_id, timeout_s=120)  # the run the previous test left failed at train
     assert failed["status"] == "failed" and failed["stages"]["train"]["state"] == "failed"
     again = webhook_chain.webhook(model_run_id, "local_detector")  # Labelbox sends no force
-    # the resume hands the run to train, which this chain still cannot reach: the answer says so
-    assert again.status_code == 502, again.text
-    assert "could not reach train" in again.json()["error"]
-    record = webhook_chain.run_record(model_run_id)
+    assert again.status_code == 202, again.text
+    assert again.json()["message"] == "run resumed from train"
+    # the resume queues the hand-off to train, which this chain still cannot reach: the run fails again
+    record = webhook_chain.wait(model_run_id, timeout_s=120)
     resumed = [e for e in record["events"] if e["event"] == "run_resumed" and e["stage"] == "model_run"]
     assert resumed and resumed[-1]["detail"]["from_stage"] == "train"
     # ETL's work is kept: it ran once, and still only once
-    assert len([e for e in record["events"] if e["stage"] == "etl" and e["event"] == "started"]) == 1
-    assert record["status"] == "failed" and "train" in record["error"] and record["resumes"] == 1
+    assert len([e for e in record["events"] if e["stage"] == "etl" and e["event"] == "splitting"]) == 1
+    assert record["status"] == "failed" and "train was not delivered" in record["error"] and record["resumes"] == 1
 
 
 def test_a_signed_webhook_for_a_model_run_that_does_not_exist_is_a_404_and_writes_nothing(

@@ -141,12 +141,12 @@ def flow(tmp_path: Path, demo: DemoRun) -> Callable[..., Flow]:
 
 
 def test_etl_writes_chunks_and_manifest_and_hands_off_to_train_once(flow: Callable[..., Flow]) -> None:
-    f = flow(ETL_CHUNK_ROWS="8")
+    f = flow(ETL_SHARD_ROWS="8")
     answer = f.etl()
     quality = _succeeded(answer)
     assert quality["rows_kept"] == DEMO_IMAGES
     chunks = [f"runs/{f.run_id}/etl/{kind}-{i:05d}.jsonl" for kind in ("manifest", "vertex_import") for i in range(3)]
-    assert f.keys("manifest") + f.keys("vertex_import") == chunks  # 20 rows in blocks of 8
+    assert f.keys("manifest") + f.keys("vertex_import") == chunks  # 20 rows in shards of 8
     manifest = f.lines("manifest")  # every kept row; the import lines only the rows that train or evaluate
     assert len(manifest) == DEMO_IMAGES and {m["split"] for m in manifest} >= {"training", "validation", "test"}
     assigned = [m["data_row_id"] for m in manifest if m["split"] != "unassigned"]
@@ -278,7 +278,9 @@ def test_a_path_in_a_data_row_id_stays_inside_the_runs_images(world: World) -> N
     assert [p.name for p in outside] == ["run.json"]
     assert len([p for p in files if images in p.parents]) == IMAGES
     manifest = {line["data_row_id"]: line for line in world.lines("manifest")}
-    assert manifest["../../etc/passwd"]["image_uri"].startswith(f"gs://local-bucket/runs/{world.model_run_id}/images/~")
+    assert manifest["../../etc/passwd"]["image_uri"].startswith(
+        f"gs://local-bucket/runs/{world.model_run_id}/images/00000/~"
+    )
 
 
 # -- 13. unusable ids are named -------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from shared.config import load_settings
 from shared.domain import run_record as rr
 from shared.platform.port import LabelingPlatform
 from shared.services import Services
-from shared.stages.etl import run_etl
-from shared.stages.inference import run_inference
+from shared.stages.etl import run_etl, run_etl_shard
+from shared.stages.inference import run_inference, run_inference_shard
 from shared.stages.monitor import run_monitor
 from shared.stages.runner import StageAnswer, StageCall, run_stage
+from shared.stages.shards import ShardWork, run_shard
 from shared.stages.train import run_train, train_already_done
 from shared.store.local_folder import LocalFolderStore
+from tests.fakes import RecordingChain
 
 MODEL_TYPES = {
     "object_detection": "local_detector",
@@ -29,6 +31,7 @@ STAGES = {
     "monitor": (run_monitor, None),
     "inference": (run_inference, None),
 }
+SHARD_WORK: dict[str, ShardWork] = {"etl": run_etl_shard, "inference": run_inference_shard}
 
 
 def services_for(
@@ -70,6 +73,21 @@ def create_run(
 
 
 def call(services: Services, stage: str, run_id: str, **flags: Any) -> StageAnswer:
-    """One invocation of `stage`, as its function's HTTP entry point makes it."""
+    """One invocation of `stage`, as its function's HTTP entry point makes it; with a recording chain,
+    also the calls of the stage's shards and its fan-in that it hands off (as the queue would deliver
+    them), returning the last plain call's answer."""
     work, on_done = STAGES[stage]
-    return run_stage(services, StageCall(run_id, **flags), stage, work, on_done=on_done)
+    answer = run_stage(services, StageCall(run_id, **flags), stage, work, on_done=on_done)
+    chain = services.chain
+    while isinstance(chain, RecordingChain) and (pending := chain.take_internal()):
+        for handed in pending:
+            if handed.shard is not None:
+                shard_call(services, handed.stage, handed.run_id, handed.shard)
+            else:
+                answer = run_stage(services, StageCall(handed.run_id), handed.stage, *STAGES[handed.stage][:1])
+    return answer
+
+
+def shard_call(services: Services, stage: str, run_id: str, shard: int) -> StageAnswer:
+    """One invocation of shard `shard` of `stage`."""
+    return run_shard(services, StageCall(run_id, shard=shard), stage, SHARD_WORK[stage])
