@@ -9,6 +9,7 @@ from shared.domain.model_types import Task
 from shared.metrics.classification import evaluate_classification
 from shared.metrics.detection_map import evaluate_detections
 from shared.metrics.detections import ClassificationItem, ImageDetections
+from shared.metrics.merged import Opener, merge_classification, merge_detections
 
 SPLIT_FIGURES = ("map50", "map50_95", "precision", "recall", "f1", "accuracy", "exact_match", "macro_f1", "images")
 
@@ -48,8 +49,25 @@ def by_split(
             [i for i in classifications if split_of[i.image_id] == split],
             threshold,
         )
-        out[split] = {k: full[k] for k in SPLIT_FIGURES if k in full}
+        out[split] = split_figures(full)
     return out
+
+
+def split_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures `by_split` keeps of one split's full metrics."""
+    return {k: metrics[k] for k in SPLIT_FIGURES if k in metrics}
+
+
+def merged_run_metrics(task: Task, partials: Sequence[Opener], threshold: float) -> dict[str, Any]:
+    """`run_metrics` of the rows of every stored partial together (shards' partials, see `merged`):
+    each opener opens one partial. With none at all, the figures of no rows, as `run_metrics` gives."""
+    if not partials:
+        return run_metrics(task, [], [], threshold)
+    if task is Task.OBJECT_DETECTION:
+        return merge_detections(partials, threshold)
+    return merge_classification(
+        partials, multi_label=task is Task.MULTI_LABEL_CLASSIFICATION, confidence_threshold=threshold
+    )
 
 
 def headline(metrics: Mapping[str, Any], task: Task) -> dict[str, str]:

@@ -3,7 +3,8 @@ the images come through `image_of`, so the caller decides where they are read fr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.dataset.manifest import ManifestRow
@@ -22,6 +23,72 @@ def _boxes(detections: ImageDetections) -> list[SampleItem]:
     ]
 
 
+@dataclass(frozen=True)
+class SampleCandidate:
+    """A row the report may show, with what it shows for it, but not yet its image: delivery shards each
+    pick their first rows (by data row id) and the fan-in keeps the first of all, reading only those
+    images."""
+
+    row: ManifestRow
+    ground_truth: list[SampleItem]
+    predictions: list[SampleItem]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "row": self.row.to_json(),
+            "ground_truth": [_item_json(i) for i in self.ground_truth],
+            "predictions": [_item_json(i) for i in self.predictions],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SampleCandidate:
+        return cls(
+            ManifestRow.from_json(data["row"]),
+            [_item_of(i) for i in data["ground_truth"]],
+            [_item_of(i) for i in data["predictions"]],
+        )
+
+
+def _item_json(item: SampleItem) -> dict[str, Any]:
+    return {"kind": "box" if isinstance(item, SampleBox) else "label", **asdict(item)}
+
+
+def _item_of(data: Mapping[str, Any]) -> SampleItem:
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return SampleBox(**fields) if data["kind"] == "box" else SampleLabel(**fields)
+
+
+def sample_candidates(
+    evaluated: Evaluated, rows: Sequence[ManifestRow], *, threshold: float, samples: int = REPORT_SAMPLES
+) -> list[SampleCandidate]:
+    """The first `samples` rows (by data row id), each with exactly what was uploaded for it: the boxes
+    after the threshold and the per-image cap, or the answers above the threshold."""
+    by_id = {row.data_row_id: row for row in rows}
+    uploaded = {d.image_id: d for d in evaluated.uploaded}
+    items = {i.image_id: i for i in evaluated.classifications}
+    out = []
+    for data_row_id in sorted(by_id)[:samples]:
+        row = by_id[data_row_id]
+        truth: list[SampleItem]
+        shown: list[SampleItem]
+        if row.data_row_id in uploaded:
+            truth = [SampleBox(b[0], b[1], b[2], b[3], b[4]) for b in row.boxes]
+            shown = _boxes(uploaded[data_row_id])
+        else:
+            scores = items[data_row_id].scores if data_row_id in items else {}
+            ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+            truth = [SampleLabel(label) for label in row.labels]
+            shown = [SampleLabel(label, float(score)) for label, score in ranked if score >= threshold]
+        out.append(SampleCandidate(row, truth, shown))
+    return out
+
+
+def chosen_samples(candidates: Iterable[SampleCandidate], samples: int = REPORT_SAMPLES) -> list[SampleCandidate]:
+    """The first `samples` of every shard's candidates by data row id: the rows one pass would show,
+    since each shard's candidates are its own first rows."""
+    return sorted(candidates, key=lambda c: c.row.data_row_id)[:samples]
+
+
 def report_data(
     record: RunRecord,
     metrics: Mapping[str, Any],
@@ -35,27 +102,32 @@ def report_data(
 ) -> ReportData:
     """The first `samples` held-out rows (by data row id) are shown, each with exactly what was uploaded
     for it: the boxes after the threshold and the per-image cap, or the answers above the threshold."""
-    by_id = {row.data_row_id: row for row in rows}
-    uploaded = {d.image_id: d for d in evaluated.uploaded}
-    items = {i.image_id: i for i in evaluated.classifications}
-    shown_samples = []
-    for data_row_id in sorted(by_id)[:samples]:
-        row = by_id[data_row_id]
-        truth: list[SampleItem]
-        shown: list[SampleItem]
-        if row.data_row_id in uploaded:
-            truth = [SampleBox(b[0], b[1], b[2], b[3], b[4]) for b in row.boxes]
-            shown = _boxes(uploaded[data_row_id])
-        else:
-            scores = items[data_row_id].scores if data_row_id in items else {}
-            ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-            truth = [SampleLabel(label) for label in row.labels]
-            shown = [SampleLabel(label, float(score)) for label, score in ranked if score >= threshold]
-        shown_samples.append(
-            ReportSample(
-                data_row_id, image_of(row.image_uri), row.mime_type, row.width, row.height, truth, shown, row.split
-            )
+    chosen = sample_candidates(evaluated, rows, threshold=threshold, samples=samples)
+    return report_data_of_samples(record, metrics, chosen, image_of=image_of, finished_at=finished_at)
+
+
+def report_data_of_samples(
+    record: RunRecord,
+    metrics: Mapping[str, Any],
+    chosen: Sequence[SampleCandidate],
+    *,
+    image_of: Callable[[str], bytes],
+    finished_at: str,
+) -> ReportData:
+    """The report of a finished run showing the `chosen` samples, their images read through `image_of`."""
+    shown_samples = [
+        ReportSample(
+            c.row.data_row_id,
+            image_of(c.row.image_uri),
+            c.row.mime_type,
+            c.row.width,
+            c.row.height,
+            c.ground_truth,
+            c.predictions,
+            c.row.split,
         )
+        for c in chosen
+    ]
     return ReportData(
         run_id=record.run_id,
         model_run_id=record.model_run_id,

@@ -1,9 +1,20 @@
 """Inference: batch prediction on the held-out rows, then everything back into the model run.
 
 First call: write the instances file and start batch prediction, which `monitor` watches like training.
-Second call (from `monitor`, when the job is done): read every output file, join predictions to data
-rows, upload predictions with per-row diagnostics in chunks (each recorded as it succeeds, so a re-run
-never uploads a chunk twice), compute run-level metrics, write the report, and mark the run COMPLETE.
+Then, in shards, so that no invocation grows with the run (a million held-out rows is a hundred shards):
+
+1. Split (the call from `monitor` when the job is done): the job's output is streamed once and every
+   line routed to the manifest chunk of its row (`inference_split`); the held-out rows are cut into
+   delivery shards of INFERENCE_SHARD_ROWS (`inference_plan`), one call each is handed off, and the
+   stage waits (pending) for its shards (`shards.py`).
+2. Shards (`{"run_id": ..., "shard": i}`, in parallel, `inference_delivery`): each joins its rows to
+   their predictions, uploads them with per-row diagnostics in marked chunks (a re-delivery never
+   uploads a chunk twice), and stores a metrics partial per split and its report candidates.
+3. Fan-in (a plain call once every shard is done, `inference_fan_in`): the partials are merged into the
+   run-level metrics, the report written, and the run marked COMPLETE.
+
+A re-run before the fan-in redoes only the unfinished shards; a forced re-run splits anew (and uploads
+nothing already uploaded).
 """
 
 from __future__ import annotations
@@ -14,34 +25,28 @@ from collections.abc import Iterator
 
 from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
+from shared.domain import shards as sh
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
-from shared.domain.run_record import InferencePhase, JobKind, RunRecord, Stage, StageState
-from shared.evaluation import evaluate_rows, join_predictions
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
-from shared.metrics.summary import by_split, compact, headline, run_metrics
+from shared.domain.run_record import InferencePhase, JobKind, RunRecord, Stage
 from shared.platform.port import ModelRunStatus
-from shared.report import render_report
-from shared.report.assemble import report_data
 from shared.services import Services
+from shared.stages.inference_delivery import run_inference_shard
+from shared.stages.inference_fan_in import fan_in
+from shared.stages.inference_split import current_split, predicted_splits, split_delivery
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
-from shared.stages.upload import upload_predictions
+from shared.stages.shards import fan_out, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training.labels import resource_labels
 from shared.training.port import JobState, PredictionRequest
 
+__all__ = ["held_out_rows", "run_inference", "run_inference_shard"]  # the shard work, for the entry point
+
 SCAN_CONFIDENCE = 0.01  # batch prediction keeps low-confidence boxes so the PR curves and mAP are whole
 
 
-def _predicted_splits(services: Services) -> set[str]:
-    splits = {"validation", "test"}
-    if services.settings.predict.on_training:
-        splits.add("training")
-    return splits
-
-
 def held_out_rows(services: Services, run_id: str) -> Iterator[ManifestRow]:
-    wanted = _predicted_splits(services)
+    wanted = set(predicted_splits(services))
     for row in read_manifest(services.store, run_id):
         if row.split in wanted:
             yield row
@@ -123,103 +128,12 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
     return StageAnswer(202, {**base, "outcome": "waiting", "for": "batch_prediction", "job": ref})
 
 
-# The files of a batch prediction's output directory: AutoML writes `predictions_00001.jsonl` and, for
-# instances it could not predict, `errors_00001.jsonl`; custom models write `prediction.results-*` and
-# `prediction.errors_stats-*`. Every one is read: an error line names the instance that failed.
-OUTPUT_FILE_PREFIXES = ("predictions", "prediction.results", "errors", "prediction.errors")
-
-
-def _read_outputs(services: Services, output_uri: str) -> Iterator[VertexPrediction | PredictionLineError]:
-    """Every line of every output file in the job's output directory."""
-    prefix = services.store.key_from_uri(output_uri.rstrip("/") + "/")
-    for key in services.store.list(prefix):
-        if not key.rsplit("/", 1)[-1].startswith(OUTPUT_FILE_PREFIXES):
-            continue
-        with services.store.open_read(key) as stream:
-            for line in stream:
-                if line.strip():
-                    yield parse_prediction_line(line)
-
-
 def _deliver(ctx: StageContext, record: RunRecord) -> StageAnswer:
-    services, settings = ctx.services, ctx.services.settings
-    task = Task(record.task)
-    rows = {row.image_uri: row for row in held_out_rows(services, ctx.run_id)}
-    joined = join_predictions(rows, _read_outputs(services, record.artifacts["prediction_output"]))
-    if joined.failed_reasons:  # shown with the data-quality counts in the report, the config and the record
-        record.data_quality["failed_predictions"] = dict(joined.failed_reasons)
-    feature_for = json.loads(record.artifacts.get("label_map") or "{}")
-    evaluated = evaluate_rows(
-        list(rows.values()),
-        joined,
-        task=task,
-        feature_for=feature_for,
-        question=record.artifacts.get("classification_question"),
-        confidence_threshold=settings.predict.confidence_threshold,
-        max_predictions=settings.predict.max_predictions,
-        uuid_seed=f"{ctx.run_id}:{record.restarts}",
-    )
-    threshold = settings.predict.confidence_threshold
-    metrics = run_metrics(task, evaluated.detections, evaluated.classifications, threshold)
-    split_of = {row.data_row_id: row.split.value for row in rows.values()}
-    metrics["by_split"] = by_split(task, evaluated.detections, evaluated.classifications, split_of, threshold)
-    uploads = upload_predictions(ctx, record, evaluated)
-
-    report_key = RunPaths(ctx.run_id).report
-    data = report_data(
-        record,
-        metrics,
-        evaluated,
-        list(rows.values()),
-        image_of=lambda uri: services.store.read(services.store.key_from_uri(uri)),
-        threshold=threshold,
-        finished_at=rr.iso(services.clock()),
-    )
-    services.store.write(report_key, render_report(data).encode(), content_type="text/html")
-    report_uri = services.store.uri(report_key)
-    summary = headline(metrics, task)
-    services.platform.update_config(
-        record.model_run_id,
-        {
-            "chain": {
-                "run_id": ctx.run_id,
-                "backend": record.backend,
-                "model_type": record.model_type,
-                "model": record.jobs.get("model"),
-                "report": report_uri,
-            },
-            "metrics": compact(metrics),
-            "data_quality": record.data_quality,
-        },
-    )
-
-    def finish(r: RunRecord) -> None:
-        r.metrics.update({"summary": metrics, "prediction_problems": dict(joined.problems)})
-        if joined.failed_reasons:
-            r.data_quality["failed_predictions"] = dict(joined.failed_reasons)
-        r.artifacts["report"] = report_uri
-        r.uploads.update(uploads)
-        monitor = r.stage("monitor")
-        if monitor.state is StageState.PENDING and monitor.attempts:
-            monitor.state = StageState.SUCCEEDED
-        rr.succeed(r, "inference", ctx.owner, ctx.now, predictions=evaluated.prediction_count)
-        rr.complete_run(r, ctx.now)
-
-    ctx.services.runs.update(ctx.run_id, finish)
-    services.platform.update_status(
-        record.model_run_id,
-        ModelRunStatus.COMPLETE,
-        metadata={
-            **summary,
-            "report": report_uri,
-            "predictions_uploaded": str(uploads["accepted"]),
-            "rows_with_predictions": str(evaluated.predicted_rows),
-            "upload_errors": str(uploads["rejected"]),
-            "prediction_problems": str(sum(joined.problems.values())),
-            "failed_predictions": str(len(joined.failed)),
-            **{f"failed: {reason}"[:100]: str(n) for reason, n in joined.failed_reasons.most_common(5)},
-        },
-    )
-    return StageAnswer(
-        200, {"run_id": ctx.run_id, "stage": "inference", "outcome": "complete", **summary, "report": report_uri}
-    )
+    """The batch job is done: split its output into delivery shards (once per split), fan them out and
+    wait; the plain call made once every shard is done fans in."""
+    shards = sh.shards_of(record, Stage.INFERENCE)
+    if ctx.force or shards is None or not current_split(ctx.services, record, shards):
+        shards = split_delivery(ctx, record)
+    if not shards.finished:
+        return wait_for_shards(ctx, fan_out(ctx))
+    return fan_in(ctx, shards)

@@ -97,13 +97,14 @@ class GcsStore:
         blob.chunk_size = CHUNK_SIZE  # files over 8 MiB go resumable, one chunk in memory at a time
         blob.upload_from_filename(path, content_type=content_type or _DEFAULT_CONTENT_TYPE)
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str, *, read_ahead: int | None = None) -> BinaryIO:
         """Streams the version that exists now: a later overwrite makes the stream fail, never mix versions."""
         meta = self._bucket.get_blob(_checked(key))
         if meta is None:
             raise NotFound(key)
         # A fresh handle without the media link, so every chunk request names the generation.
-        return cast(BinaryIO, self._blob(key, generation=meta.generation).open("rb", chunk_size=CHUNK_SIZE))
+        blob = self._blob(key, generation=meta.generation)
+        return cast(BinaryIO, blob.open("rb", chunk_size=read_ahead or CHUNK_SIZE))
 
     def size(self, key: str) -> int | None:
         blob = self._bucket.get_blob(_checked(key))

@@ -113,9 +113,9 @@ class LocalFolderStore:
 
         self._replace(target, copy)
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str, *, read_ahead: int | None = None) -> BinaryIO:
         try:
-            return open(self.path(key), "rb")
+            return open(self.path(key), "rb", buffering=read_ahead or -1)
         except _NO_OBJECT_ERRORS:
             raise NotFound(key) from None
 

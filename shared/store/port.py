@@ -60,8 +60,9 @@ class ObjectStore(Protocol):
         """Copies a local file into the store (streamed, not read whole into memory)."""
         ...
 
-    def open_read(self, key: str) -> BinaryIO:
-        """A binary stream of the object, for reading large objects without loading them."""
+    def open_read(self, key: str, *, read_ahead: int | None = None) -> BinaryIO:
+        """A binary stream of the object, for reading large objects without loading them. `read_ahead`
+        bounds what the stream buffers (a merge holds a hundred streams open at once)."""
         ...
 
     def size(self, key: str) -> int | None:

@@ -164,7 +164,7 @@ def test_the_second_call_uploads_in_recorded_chunks_writes_the_report_and_comple
     assert float(answer.body["map50"]) == pytest.approx(1.0)  # the predictions were the ground truth
 
     chunks = (len(held_out) + 1) // 2
-    names = [f"lbchain-{f.run_id}-r0-{i:05d}" for i in range(chunks)]
+    names = [f"lbchain-{f.run_id}-r0-s00000-{i:03d}" for i in range(chunks)]
     assert [name for name, _rows in f.platform.uploads] == names
     uploaded = f.platform.uploaded(f.run_id)
     assert sum(rows for _name, rows in f.platform.uploads) == len(uploaded)
