@@ -41,10 +41,10 @@ SECRETS = {"LABELBOX_API_KEY": f"lb-key-{SECRET_MARKER}-7f3a9c0d", "WEBHOOK_SECR
 FUNCTIONS: dict[str, dict[str, Any]] = {
     "models": {"name": "models", "gen": "--no-gen2", "timeout": "30s", "memory": "256MB", "public": True},
     "model_run": {"name": "model_run", "gen": "--no-gen2", "timeout": "60s", "memory": "256MB", "public": True},
-    "etl": {"name": "lbc-etl", "gen": "--gen2", "timeout": "3600s", "memory": "2Gi", "public": False},
+    "etl": {"name": "lbc-etl", "gen": "--gen2", "timeout": "540s", "memory": "2Gi", "public": False},
     "train": {"name": "lbc-train", "gen": "--gen2", "timeout": "540s", "memory": "1Gi", "public": False},
     "monitor": {"name": "lbc-monitor", "gen": "--no-gen2", "timeout": "120s", "memory": "512MB", "public": False},
-    "inference": {"name": "lbc-inference", "gen": "--gen2", "timeout": "3600s", "memory": "2Gi", "public": False},
+    "inference": {"name": "lbc-inference", "gen": "--gen2", "timeout": "540s", "memory": "2Gi", "public": False},
 }
 REQUIREMENTS = {
     "models": "functions-framework\nFlask\n",

@@ -7,21 +7,7 @@ import pytest
 from shared.domain import run_record as rr
 from shared.domain import shards as sh
 from shared.domain.run_record import ClaimOutcome, RunRecord, StageState
-
-T0 = 1_700_000_000.0
-LEASE = 60.0
-
-
-def new() -> RunRecord:
-    return rr.new_run(
-        run_id="run-1",
-        model_run_id="run-1",
-        model_type="local_detector",
-        task="object_detection",
-        backend="local",
-        model_id="cmodel",
-        now=T0,
-    )
+from tests.domain.test_run_record import LEASE, T0, new
 
 
 def split(record: RunRecord, first_rows: list[int], rows: int) -> sh.ShardSet:
