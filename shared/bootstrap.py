@@ -49,6 +49,7 @@ def _local_adapters(settings: Settings) -> dict[str, Factory]:
             svc.store,
             local.engine_dir,
             train_seconds=local.engine_train_seconds,
+            max_steps=local.engine_max_steps,
             seed=local.engine_seed,
             device=local.engine_device,
             bucket_dir=local.bucket_dir,

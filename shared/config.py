@@ -51,6 +51,7 @@ class LocalSettings:
     call_retries: int  # deliveries of a call not taken, after the first, before it is given up
     call_first_retry_s: float  # the first retry's delay; each later one doubles, up to a minute
     engine_train_seconds: float
+    engine_max_steps: int | None  # train exactly this many steps (repeatable), instead of for a wall time
     engine_seed: int
     engine_device: str
 
@@ -303,6 +304,13 @@ def _vertex_settings(r: _Reader) -> VertexSettings:
     )
 
 
+def _optional_steps(r: _Reader) -> int | None:
+    """LOCAL_ENGINE_STEPS: unset trains for LOCAL_ENGINE_TRAIN_SECONDS of wall time instead."""
+    if not r.env.get("LOCAL_ENGINE_STEPS", "").strip():
+        return None
+    return int(r.number("LOCAL_ENGINE_STEPS", 1, low=1, high=10**7, integer=True))
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Builds the validated settings, or raises ConfigError naming every missing or wrong variable."""
     env = os.environ if env is None else env
@@ -332,6 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             call_retries=int(r.number("LOCAL_CALL_RETRIES", 8, low=0, high=100, integer=True)),
             call_first_retry_s=r.number("LOCAL_CALL_FIRST_RETRY_S", 1.0, low=0.01, high=3600),
             engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
+            engine_max_steps=_optional_steps(r),
             engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
             engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,9 +43,11 @@ class ScriptedBackend:
         self.prediction_state = JobState.RUNNING
         self.error: str | None = None
         self.deadline_s: float | None = None
+        self.deadline_settings: list[dict[str, object]] = []  # the run settings each deadline was asked with
         self.trainings: dict[str, str] = {}  # job key -> pipeline
         self.predictions: dict[str, str] = {}  # job key -> batch prediction job
         self.prediction_requests: list[PredictionRequest] = []
+        self.training_requests: list[TrainingRequest] = []
 
     def start_dataset_import(self, request: DatasetRequest) -> JobRef:
         self.calls.append("start_dataset_import")
@@ -57,6 +59,7 @@ class ScriptedBackend:
 
     def start_training(self, request: TrainingRequest) -> JobRef:
         self.calls.append(f"start_training {request.dataset}")
+        self.training_requests.append(request)
         ref = self.trainings.setdefault(request.job_key, f"pipelines/{41 + len(self.trainings) + 1}")
         return JobRef(ref, link=f"https://console.example/{ref}")
 
@@ -74,7 +77,8 @@ class ScriptedBackend:
     def cancel_training(self, ref: str) -> None:
         self.calls.append(f"cancel_training {ref}")
 
-    def training_deadline_s(self, task: Task) -> float | None:
+    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+        self.deadline_settings.append(dict(settings))
         return self.deadline_s
 
     def start_batch_prediction(self, request: PredictionRequest) -> JobRef:

@@ -148,6 +148,8 @@ class RunRecord:
     handoffs: list[str] = field(default_factory=list)
     # stage -> its `ShardSet` (shared/domain/shards.py) as a dict, for a stage that fans out
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the run's own settings, resolved from the model run's config at the start and frozen (run_settings.py)
+    settings: dict[str, Any] = field(default_factory=dict)
     watch: Watch | None = None
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -216,6 +218,7 @@ def restart(record: RunRecord, now: float) -> None:
     record.job_keys = {}
     record.uploads = {}
     record.metrics = {}
+    record.settings = {}  # a restart is a new start: the config is read again
     # Each stage's shard numbering survives (as an empty, finished set of the old life): the restarted
     # run's split is a newer generation, so no shard done before the restart counts as done after it.
     record.shards = {

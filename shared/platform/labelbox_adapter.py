@@ -461,6 +461,12 @@ class LabelboxPlatform:
         with self._calling(f"status update of model run {model_run_id} to {status.value}", model_run_id=model_run_id):
             model_run.update_status(status.value, metadata=values or None, error_message=message)
 
+    def get_config(self, model_run_id: str) -> dict[str, Any]:
+        model_run = self._model_run(model_run_id)
+        with self._calling(f"config read of model run {model_run_id}", model_run_id=model_run_id):
+            config = model_run.get_config()
+        return dict(config) if isinstance(config, Mapping) else {}
+
     def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
         model_run = self._model_run(model_run_id)
         with self._calling(f"config update of model run {model_run_id}", model_run_id=model_run_id):

@@ -9,7 +9,8 @@ model run"):
         splits.json           optional {data_row_id: "TRAINING" | ...}, like model_run_data_rows()
         media/...             images that rows point at with relative `row_data` paths
         status.ndjson         written here: one line per status update, in order
-        config.json           written here: the latest update_config
+        config.json           optional: the model run's config (its "train" object sets the run's
+                              settings); the chain adds its results under "chain"
         predictions/<name>.ndjson   written here: each prediction import, as uploaded
 
 An export needs no wait here: `start_export` names a task derived from the model run id, which is
@@ -160,6 +161,18 @@ class LocalModelRuns:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def get_config(self, model_run_id: str) -> dict[str, Any]:
+        path = self.folder(model_run_id) / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlatformError(f"the model run's config.json is not JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise PlatformError("the model run's config.json must hold a JSON object")
+        return config
 
     def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
         write_json_atomically(self.folder(model_run_id) / "config.json", config)

@@ -117,7 +117,13 @@ class LabelingPlatform(Protocol):
         """Sets the model run's training status; the error message is cut to 255 characters."""
         ...
 
-    def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None: ...
+    def get_config(self, model_run_id: str) -> dict[str, Any]:
+        """The model run's config (Labelbox's training metadata); {} when it has none."""
+        ...
+
+    def update_config(self, model_run_id: str, config: Mapping[str, Any]) -> None:
+        """Replaces the model run's config: callers merge into what `get_config` returned."""
+        ...
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
         """Imports prediction and metric rows (Labelbox NDJSON) and waits for the import to finish."""

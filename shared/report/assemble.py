@@ -12,6 +12,7 @@ from shared.domain.run_record import RunRecord
 from shared.evaluation import Evaluated
 from shared.metrics.detections import ImageDetections
 from shared.report.data import ReportData, ReportSample, SampleBox, SampleItem, SampleLabel
+from shared.run_settings import RunSettings
 
 REPORT_SAMPLES = 24
 
@@ -137,7 +138,11 @@ def report_data_of_samples(
         status="complete",
         created_at=record.created_at,
         finished_at=finished_at,
-        training={**record.metrics.get("training", {}), **{f"job_{k}": v for k, v in record.jobs.items()}},
+        training={
+            **record.metrics.get("training", {}),
+            **{f"job_{k}": v for k, v in record.jobs.items()},
+            **(RunSettings.from_dict(record.settings).shown() if record.settings else {}),
+        },
         data_quality=record.data_quality,
         metrics=metrics,
         samples=shown_samples,

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, TypeVar
 
+from shared import run_settings
 from shared.dataset import manifest
 from shared.dataset.builder import Block, TrainingSetBuilder
 from shared.dataset.export_shards import EtlPlan, ExportSplitter, read_part
@@ -40,11 +41,11 @@ from shared.domain import run_record as rr
 from shared.domain import shards as sh
 from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.domain.examples import Split
-from shared.domain.model_types import Task
+from shared.domain.model_types import Backend, Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
 from shared.domain.shards import ShardSet
-from shared.platform.port import ExportState, ExportStatus, ModelRunStatus
+from shared.platform.port import ExportState, ExportStatus, ModelRunStatus, PlatformError
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import ShardContext, fan_out, shard_states, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
@@ -117,6 +118,8 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
 def run_etl(ctx: StageContext) -> StageAnswer:
     """The plain call: split (once the export is ready), fan out the unfinished shards, or fan in."""
     record = ctx.record()
+    if not record.settings:  # before anything is exported or staged: a bad config fails at once
+        _freeze_settings(ctx, record)
     shards = sh.shards_of(record, Stage.ETL)
     if ctx.force or shards is None or shards.splitting or shards.restarts != record.restarts:
         ready = _export_ready(ctx)
@@ -128,11 +131,35 @@ def run_etl(ctx: StageContext) -> StageAnswer:
     return _fan_in(ctx, shards)
 
 
+def _freeze_settings(ctx: StageContext, record: rr.RunRecord) -> None:
+    """Reads the model run's config once and freezes the run's settings into the record."""
+    services = ctx.services
+    try:
+        config = services.platform.get_config(record.model_run_id)
+    except PlatformError as exc:
+        raise StageFailed(f"could not read the model run's config: {exc}") from None
+    task, backend = Task(record.task), Backend(record.backend)
+    try:
+        resolved = run_settings.resolve(
+            config, run_settings.deployment_defaults(services.settings, task, backend), task=task, backend=backend
+        )
+    except run_settings.RunConfigError as exc:
+        raise StageFailed(f"{exc}; fix the model run's config and click Train model again") from None
+
+    def freeze(r: rr.RunRecord) -> None:
+        if not r.settings:
+            r.settings = resolved.to_dict()
+            r.log(ctx.now, Stage.ETL, "settings", from_config=list(resolved.from_config))
+
+    ctx.update(freeze)
+
+
 def _split(ctx: StageContext, export_task: str, export: ExportStatus) -> ShardSet:
     """Streams the export once into shard files and the plan; records the shards."""
     services, settings = ctx.services, ctx.services.settings
     record, started = ctx.update(lambda r: sh.start_split(r, Stage.ETL, ctx.now))
-    ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id))
+    shown = run_settings.of_record(services.settings, record).shown()
+    ctx.set_status(ModelRunStatus.PREPARING_DATA, run_record=services.runs.uri(record.run_id), **shown)
     paths = RunPaths(record.run_id)
     splitter = ExportSplitter(
         services.store,

@@ -23,6 +23,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 
+from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain import shards as sh
@@ -77,7 +78,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
             if not count:
                 raise StageFailed("no validation or test rows to predict on: assign rows to those splits")
             services.store.upload_file(key, tmp.name, content_type="application/jsonl")
-        settings = services.settings
+        settings = run_settings.of_record(services.settings, record)
         record, job_key = ctx.update(lambda r: rr.intend_launch(r, "batch_prediction", ctx.now))
         job = services.backend.start_batch_prediction(
             PredictionRequest(
@@ -86,8 +87,8 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
                 model=record.jobs["model"],
                 instances_uri=services.store.uri(key),
                 output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
-                confidence_threshold=min(SCAN_CONFIDENCE, settings.predict.confidence_threshold),
-                max_predictions=settings.predict.max_predictions,
+                confidence_threshold=min(SCAN_CONFIDENCE, settings.confidence_threshold),
+                max_predictions=settings.max_predictions,
                 labels=resource_labels(services.settings, record),
                 display_name=f"lb-predict-{record.model_run_id}"[:120],
                 job_key=job_key,

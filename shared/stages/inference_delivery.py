@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_chunk
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
@@ -46,7 +47,8 @@ def run_inference_shard(ctx: ShardContext) -> dict[str, Any]:
     joined = join_predictions(by_uri, shard_lines(store, paths, plan, ctx.index, by_uri, others))
     ctx.heartbeat(rows=len(by_uri), predictions_joined=len(joined.predictions))
     task, restarts = Task(record.task), ctx.shards.restarts
-    threshold = settings.predict.confidence_threshold
+    frozen = run_settings.of_record(settings, record)
+    threshold = frozen.confidence_threshold
     held_out = list(by_uri.values())
     evaluated = evaluate_rows(
         held_out,
@@ -55,7 +57,7 @@ def run_inference_shard(ctx: ShardContext) -> dict[str, Any]:
         feature_for=json.loads(record.artifacts.get("label_map") or "{}"),
         question=record.artifacts.get("classification_question"),
         confidence_threshold=threshold,
-        max_predictions=settings.predict.max_predictions,
+        max_predictions=frozen.max_predictions,
         uuid_seed=f"{ctx.run_id}:{restarts}",
     )
     uploads = upload_chunks(

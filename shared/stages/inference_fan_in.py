@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from shared import run_settings
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
@@ -65,7 +66,7 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
     """Merges the shards' results; writes the report, the config and the status; completes the run."""
     services, settings = ctx.services, ctx.services.settings
     store, record = services.store, ctx.record()
-    task, threshold = Task(record.task), settings.predict.confidence_threshold
+    task, threshold = Task(record.task), run_settings.of_record(settings, record).confidence_threshold
     totals = DeliveryTotals.of([_outcome(ctx, i) for i in range(shards.count)])
     ctx.heartbeat(every_s=0, merging=f"{shards.count} shards")
     metrics = merged_metrics(store, task, totals, threshold)
@@ -84,20 +85,20 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
     store.write(report_key, render_report(data).encode(), content_type="text/html")
     report_uri = store.uri(report_key)
     summary = headline(metrics, task)
-    services.platform.update_config(
-        record.model_run_id,
-        {
-            "chain": {
-                "run_id": ctx.run_id,
-                "backend": record.backend,
-                "model_type": record.model_type,
-                "model": record.jobs.get("model"),
-                "report": report_uri,
-            },
-            "metrics": compact(metrics),
-            "data_quality": record.data_quality,
-        },
-    )
+    frozen = run_settings.of_record(settings, record)
+    results = {
+        "run_id": ctx.run_id,
+        "backend": record.backend,
+        "model_type": record.model_type,
+        "model": record.jobs.get("model"),
+        "report": report_uri,
+        "settings": frozen.to_dict(),
+        "metrics": compact(metrics),
+        "data_quality": record.data_quality,
+    }
+    # the user's own keys (their "train" settings, their tracking) stay as they are now, edits included
+    current = services.platform.get_config(record.model_run_id)
+    services.platform.update_config(record.model_run_id, run_settings.merged_results(current, results))
 
     def finish(r: RunRecord) -> None:
         r.metrics.update({"summary": metrics, "prediction_problems": dict(totals.problems)})
@@ -124,6 +125,7 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
             "prediction_problems": str(sum(totals.problems.values())),
             "failed_predictions": str(totals.failed),
             **{f"failed: {reason}"[:100]: str(n) for reason, n in totals.failed_reasons.most_common(5)},
+            **frozen.shown(),
         },
     )
     return StageAnswer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import run_settings
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_record import JobKind, RunRecord, Stage, Watch
@@ -53,7 +54,8 @@ def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[floa
     nothing."""
     settings = ctx.services.settings
     if watch.kind is JobKind.TRAINING:
-        deadline = ctx.services.backend.training_deadline_s(Task(record.task))
+        training = run_settings.of_record(settings, record).training
+        deadline = ctx.services.backend.training_deadline_s(Task(record.task), training)
         if deadline is not None:
             return deadline + settings.monitor.training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
     return settings.monitor.max_wait_s, "MONITOR_MAX_WAIT_S"

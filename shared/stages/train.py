@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import run_settings
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_record import JobKind, RunRecord, RunStatus, Stage, TrainPhase
@@ -133,6 +134,7 @@ def _start_training(ctx: StageContext, record: RunRecord) -> StageAnswer:
             labels=resource_labels(services.settings, record),
             display_name=f"lb-{record.model_run_id}"[:120],
             job_key=key,
+            settings=run_settings.of_record(services.settings, record).training,
         )
     )
 

@@ -35,6 +35,7 @@ JOBS = SCHEME + "jobs/"
 # the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
 TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
 PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file"})
+RUN_TRAIN_SETTINGS = ("batch_size", "learning_rate", "input_size")  # what a run's config may set of them
 JOB_START_MARGIN_S = 600.0  # starting the process, loading data, validating and saving around the budget
 PROGRESS_KEYS = (
     "step",
@@ -187,18 +188,27 @@ class LocalEngineBackend:
             "display_name": request.display_name,
             "labels": dict(request.labels),
             "seed": self.seed,
-            "train_seconds": self.train_seconds,
-            "max_steps": self.max_steps,
-            "settings": self.train_settings,
+            **self._budget(request.settings),
+            "settings": self.train_settings
+            | {k: request.settings[k] for k in RUN_TRAIN_SETTINGS if k in request.settings},
         }
         return self._launch(job_folders.job_id_for("train", request.run_id, request.job_key), spec)
 
     def training_status(self, ref: str) -> JobStatus:
         return self._status(ref, lambda folder, _state: f"{JOBS}{folder.name}/{job_folders.CHECKPOINT}")
 
-    def training_deadline_s(self, task: Task) -> float | None:
+    def _budget(self, settings: Mapping[str, object]) -> dict[str, Any]:
+        """Steps or wall time: the run's own when its settings say (a run's steps or seconds replace the
+        deployment's), else the engine's."""
+        if "steps" in settings or "train_seconds" in settings:
+            seconds = settings.get("train_seconds") or self.train_seconds
+            return {"max_steps": settings.get("steps"), "train_seconds": float(seconds)}  # type: ignore[arg-type]
+        return {"max_steps": self.max_steps, "train_seconds": self.train_seconds}
+
+    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
         """Wall-time training stops at its budget; step-bounded training has no time bound."""
-        return None if self.max_steps is not None else self.train_seconds + JOB_START_MARGIN_S
+        budget = self._budget(settings)
+        return None if budget["max_steps"] is not None else budget["train_seconds"] + JOB_START_MARGIN_S
 
     def cancel_training(self, ref: str) -> None:
         job_folders.cancel(self._folder(ref))

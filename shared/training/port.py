@@ -70,6 +70,8 @@ class TrainingRequest:
     labels: Mapping[str, str]  # resource labels: every backend resource is findable by run
     display_name: str
     job_key: str  # names this launch: a second start with the same key returns the first one's job
+    # the run's training settings (run_settings.KEYS of this backend), frozen at the run's start
+    settings: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,9 @@ class TrainingBackend(Protocol):
 
     def cancel_training(self, ref: str) -> None: ...
 
-    def training_deadline_s(self, task: Task) -> float | None:
-        """The longest a training of `task` can run within its budget, or None when it has no time bound."""
+    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+        """The longest a training of `task` with the run's `settings` can run within its budget, or None
+        when it has no time bound."""
         ...
 
     def start_batch_prediction(self, request: PredictionRequest) -> JobRef: ...

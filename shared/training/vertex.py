@@ -188,14 +188,14 @@ def check_budget(task: Task, model_type: str, budget_milli_node_hours: int) -> N
 
 def training_pipeline(request: TrainingRequest, vertex: VertexSettings) -> TrainingPipeline:
     """The TrainingPipeline `AutoMLImageTrainingJob.run` sends, with Labelbox's split as filter splits."""
-    model_type = model_type_for(request.task, vertex)
-    budget = vertex.budget_milli_node_hours(request.task)
+    model_type = str(request.settings.get("model_type") or model_type_for(request.task, vertex))
+    budget = int(request.settings.get("budget_milli_node_hours") or vertex.budget_milli_node_hours(request.task))  # type: ignore[call-overload]
     check_budget(request.task, model_type, budget)
     prediction_type = "classification" if request.task.is_classification else "object_detection"
     inputs: dict[str, object] = {
         "modelType": model_type,
         "budgetMilliNodeHours": budget,
-        "disableEarlyStopping": False,
+        "disableEarlyStopping": request.settings.get("early_stopping", True) is False,
     }
     if request.task.is_classification:
         inputs["multiLabel"] = request.task is Task.MULTI_LABEL_CLASSIFICATION
@@ -393,8 +393,9 @@ class VertexBackend:
             return JobStatus(state=state, error=pipeline.error.message or fallback, progress=progress, link=link)
         return JobStatus(state=state, progress=progress, link=link)
 
-    def training_deadline_s(self, task: Task) -> float | None:
-        return self.vertex.training_wall_time_s(task)
+    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+        budget = settings.get("budget_milli_node_hours")
+        return self.vertex.training_wall_time_s(task) if budget is None else float(budget) / 1000 * 3600  # type: ignore[arg-type]
 
     def cancel_training(self, ref: str) -> None:
         """Cancelling a pipeline that has already ended is a no-op, as a repeated cancel must be."""

@@ -37,6 +37,17 @@ def _held_out(folder: Path) -> dict[str, str]:
     return out
 
 
+RUN_CONFIG = {
+    "train": {
+        "model_type": "CLOUD_1",
+        "budget_milli_node_hours": 24000,
+        "early_stopping": False,
+        "max_predictions": 50,
+    },
+    "experiment": "budget sweep 2",
+}
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("cloud-demo")
@@ -49,6 +60,7 @@ def labelbox(demo: tuple[Path, str]) -> Iterator[FakeLabelbox]:
     folder, _ = demo
     # the export is still IN_PROGRESS at ETL's first looks, as a big one would be
     with running_fake_labelbox_for_folder(folder, export_in_progress_polls=3) as fake:
+        fake.training_metadata = dict(RUN_CONFIG)  # the model run was created with a config
         yield fake
 
 
@@ -108,7 +120,9 @@ def test_a_signed_webhook_reaches_complete_with_predictions_metrics_and_status_i
     assert metric_rows == held_out - {failed_row}
     assert sum(record["data_quality"]["failed_predictions"].values()) == 1
     assert 0 < record["metrics"]["summary"]["map50"] <= 1
-    assert labelbox.configs[-1]["metrics"]["map50"] == record["metrics"]["summary"]["map50"]
+    written = labelbox.configs[-1]
+    assert written["chain"]["metrics"]["map50"] == record["metrics"]["summary"]["map50"]
+    assert {k: v for k, v in written.items() if k != "chain"} == RUN_CONFIG  # the user's keys, untouched
     assert record["shards"]["etl"]["count"] == 3 and record["shards"]["inference"]["count"] >= 2
     assert all(record["shards"][stage]["finished"] for stage in ("etl", "inference"))
 
@@ -149,6 +163,13 @@ def test_vertex_received_one_labelled_dataset_training_and_batch_job_from_the_ru
         assert labels["lb_chain"] == "e2e" and labels["lb_model_run"] == model_run_id.lower()
         assert labels["lb_job"]
     assert record["jobs"]["training"] == pipeline["name"] and pipeline["name"].startswith("projects/123456789/")
+    # the model run's own settings, read through the SDK, in the exact training request
+    assert pipeline["trainingTaskInputs"] == {
+        "modelType": "CLOUD_1",
+        "budgetMilliNodeHours": 24000,
+        "disableEarlyStopping": True,
+    }
+    assert batch["modelParameters"]["maxPredictions"] == 50
     assert {r.identity for r in chain.vertex.requests} == {SA}  # every call carried the runtime account's token
 
 

@@ -72,7 +72,7 @@ def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice
         assert not {r["metricName"] for r in metrics} & {"iou", "precision", "recall", "f1"}
 
         config = json.loads((folder / "config.json").read_text())
-        assert 0 <= config["metrics"]["map50"] <= 1 and "per_class" in config["metrics"]
+        assert 0 <= config["chain"]["metrics"]["map50"] <= 1 and "per_class" in config["chain"]["metrics"]
         report = tmp_path / "bucket" / "runs" / model_run_id / "report.html"
         html = report.read_text()
         for section in ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples"):

@@ -367,6 +367,7 @@ class FakeLabelbox:
             "GetMetadataOntologyBetaPyApi": lambda op: {"customMetadataOntology": []},
             "setPipelineStatusPyApi": self._set_pipeline_status,
             "updateModelRunConfigPyApi": self._update_config,
+            "ModelRunPyApi": self._get_config,
             "createMEAPredictionImportByFilePyApi": self._create_import,
             "getModelErrorAnalysisPredictionImportPyApi": self._get_import,
         }
@@ -603,6 +604,10 @@ class FakeLabelbox:
         if data.get("metadata"):
             self.pipeline["metadata"] = {**self.pipeline.get("metadata", {}), **data["metadata"]}
         return {"updateTrainingPipeline": {"status": data["status"]}}
+
+    def _get_config(self, op: Operation) -> dict[str, Any]:
+        self._check_run(op.variables["modelRunId"])
+        return {"modelRun": {"trainingMetadata": self.training_metadata or None}}
 
     def _update_config(self, op: Operation) -> dict[str, Any]:
         self._check_run(op.variables["modelRunId"])

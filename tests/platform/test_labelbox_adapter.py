@@ -304,6 +304,15 @@ def test_update_status_goes_to_the_experimental_endpoint_with_a_cut_message(fake
     assert fake.pipeline["metadata"] == {"etl_rows": "7", "stage": "train"}
 
 
+def test_get_config_reads_the_model_runs_training_metadata_through_the_sdk(fake: FakeLabelbox) -> None:
+    platform = platform_for(fake)
+    assert platform.get_config(MODEL_RUN_ID) == {}  # a model run without a config
+    fake.training_metadata = {"train": {"budget_milli_node_hours": 40000}, "notes": "sweep 3"}
+    assert platform.get_config(MODEL_RUN_ID) == {"train": {"budget_milli_node_hours": 40000}, "notes": "sweep 3"}
+    op = fake.named("ModelRunPyApi")[-1]
+    assert op.variables == {"modelRunId": MODEL_RUN_ID}
+
+
 def test_update_config_sends_the_config(fake: FakeLabelbox) -> None:
     config = {"model_type": "bounding_box", "budget_milli_node_hours": 20000, "labels": ["car"]}
 

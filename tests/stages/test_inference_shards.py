@@ -193,7 +193,10 @@ def test_sharded_delivery_equals_one_pass(
     assert metadata["failed_predictions"] == "1" and metadata["prediction_problems"] == "5"
     assert metadata["rows_with_predictions"] == str(evaluated.predicted_rows)
     assert metadata["predictions_uploaded"] == str(len(f.platform.uploaded(f.run_id)))
-    assert json.loads((f.platform.folder(f.run_id) / "config.json").read_text())["metrics"]["map50"] == metrics["map50"]
+    assert (
+        json.loads((f.platform.folder(f.run_id) / "config.json").read_text())["chain"]["metrics"]["map50"]
+        == metrics["map50"]
+    )
 
     # the same rows uploaded as one pass would (same import ids), in chunks named by shard
     expected = [row for data_row_id in sorted(evaluated.upload_rows) for row in evaluated.upload_rows[data_row_id]]

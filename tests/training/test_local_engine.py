@@ -6,8 +6,9 @@ import json
 import os
 import signal
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,7 +20,7 @@ from shared.engine.images import decode_image
 from shared.engine.model import load_checkpoint
 from shared.engine.predict import PredictionJob, Predictor
 from shared.engine.train import TrainSettings
-from shared.training.local_engine import PREDICTION_SETTINGS, TRAIN_SETTINGS, LocalEngineBackend
+from shared.training.local_engine import JOB_START_MARGIN_S, PREDICTION_SETTINGS, TRAIN_SETTINGS, LocalEngineBackend
 from shared.training.port import DatasetRequest, JobState, JobStatus, PredictionRequest, TrainingRequest
 from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
 
@@ -237,6 +238,27 @@ def test_refs_and_inputs_are_checked_up_front(data: TinyData, tmp_path: Path) ->
         engine.start_batch_prediction(
             prediction_request(Task.OBJECT_DETECTION, "local-engine://jobs/train-x/model.pt", data.instances())
         )
+
+
+def test_a_runs_own_settings_reach_the_engines_job_spec(
+    data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched: list[dict[str, Any]] = []
+    monkeypatch.setattr(job_folders, "launch", lambda folder, spec: launched.append(dict(spec)))
+    engine = backend(data, tmp_path)
+    settings = {"steps": 40, "train_seconds": 90.0, "learning_rate": 0.01, "batch_size": 4, "input_size": 128}
+    request = replace(training_request(Task.OBJECT_DETECTION, data.detection_import()), settings=settings)
+    engine.start_training(request)
+    (spec,) = launched
+    assert (spec["max_steps"], spec["train_seconds"]) == (40, 90.0)
+    assert {k: spec["settings"][k] for k in ("learning_rate", "batch_size", "input_size")} == {
+        "learning_rate": 0.01,
+        "batch_size": 4,
+        "input_size": 128,
+    }
+    assert engine.training_deadline_s(Task.OBJECT_DETECTION, settings) is None  # steps: no time bound
+    wall = {"steps": None, "train_seconds": 30.0}
+    assert engine.training_deadline_s(Task.OBJECT_DETECTION, wall) == 30.0 + JOB_START_MARGIN_S
 
 
 def test_step_mode_is_deterministic_for_a_seed(data: TinyData, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ see for the response Vertex sends back.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -319,6 +320,20 @@ def test_training_sends_the_automl_image_pipeline_and_returns_its_resource_name(
         },
     }
     assert sent["labels"] == sent["modelToUpload"]["labels"] == SENT_LABELS
+
+
+def test_a_runs_own_settings_replace_the_deployments_in_the_exact_pipeline_request() -> None:
+    run_settings = {"model_type": "CLOUD_LOW_LATENCY_1", "budget_milli_node_hours": 40000, "early_stopping": False}
+    request = replace(training_request(Task.OBJECT_DETECTION), settings=run_settings)
+    with mock.patch.object(PipelineServiceClient, "create_training_pipeline") as create:
+        create.return_value = TrainingPipeline(name=PIPELINE, state=PipelineState.PIPELINE_STATE_PENDING)
+        backend(DEFAULTS).start_training(request)
+    inputs = {"modelType": "CLOUD_LOW_LATENCY_1", "budgetMilliNodeHours": 40000, "disableEarlyStopping": True}
+    expected = expected_pipeline("automl_image_object_detection_1.0.0.yaml", inputs)
+    create.assert_called_once_with(parent=PARENT, training_pipeline=expected)
+    # monitor's limit follows the run's budget: 40 node hours on one node
+    assert backend(DEFAULTS).training_deadline_s(Task.OBJECT_DETECTION, run_settings) == 40 * 3600
+    assert backend(DEFAULTS).training_deadline_s(Task.OBJECT_DETECTION, {}) == 20 * 3600
 
 
 @pytest.mark.parametrize(
