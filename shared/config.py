@@ -52,6 +52,7 @@ class LocalSettings:
     call_first_retry_s: float  # the first retry's delay; each later one doubles, up to a minute
     engine_train_seconds: float
     engine_max_steps: int | None  # train exactly this many steps (repeatable), instead of for a wall time
+    engine_class_agnostic_nms: bool  # one detection per object, whatever its class
     engine_seed: int
     engine_device: str
 
@@ -341,6 +342,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             call_first_retry_s=r.number("LOCAL_CALL_FIRST_RETRY_S", 1.0, low=0.01, high=3600),
             engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
             engine_max_steps=_optional_steps(r),
+            engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
             engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
             engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
         )

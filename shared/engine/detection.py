@@ -92,16 +92,21 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-12)
 
 
-def nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy class-wise NMS; returns the indices kept, by descending score.
+def nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, *, class_agnostic: bool = False
+) -> Tensor:
+    """Greedy NMS; returns the indices kept, by descending score.
 
-    Boxes of different classes are shifted apart so they never overlap, which turns class-wise NMS
-    into one pass. Only rows that overlap something need the greedy loop.
+    Class-wise by default: boxes of different classes are shifted apart so they never overlap, which
+    turns class-wise NMS into one pass. `class_agnostic` suppresses across classes too, so one object
+    is never predicted as two classes at once (where classes cannot overlap, as in most detection
+    sets). Only rows that overlap something need the greedy loop.
     """
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long)
     order = torch.argsort(scores, descending=True, stable=True)
-    shifted = boxes[order] + classes[order, None].to(boxes.dtype) * 2.0
+    shift = 0.0 if class_agnostic else 2.0
+    shifted = boxes[order] + classes[order, None].to(boxes.dtype) * shift
     overlaps = box_iou(shifted, shifted).triu_(diagonal=1) > iou_threshold
     keep = torch.ones(len(order), dtype=torch.bool)
     for i in torch.nonzero(overlaps.any(dim=1)).flatten().tolist():
@@ -126,6 +131,7 @@ def decode(
     max_detections: int,
     iou_threshold: float = 0.5,
     candidates: int = 100,
+    class_agnostic: bool = False,
 ) -> list[list[Detection]]:
     """Turns head outputs into per-image detections sorted by descending score."""
     batch, num_classes, h, w = heat.shape
@@ -148,7 +154,7 @@ def decode(
     for i in range(batch):
         mask = scores[i] >= score_threshold
         b, s, c = boxes[i][mask], scores[i][mask], cls[i][mask]
-        keep = nms(b, s, c, iou_threshold)[:max_detections]
+        keep = nms(b, s, c, iou_threshold, class_agnostic=class_agnostic)[:max_detections]
         results.append(
             [
                 Detection(int(label), float(score), tuple(float(v) for v in box))  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ class Predictor:
 
     @torch.no_grad()
     def detect(
-        self, pixels: torch.Tensor, *, threshold: float, max_predictions: int
+        self, pixels: torch.Tensor, *, threshold: float, max_predictions: int, class_agnostic: bool = False
     ) -> list[list[tuple[str, float, Box]]]:
         """uint8 [B,3,S,S] -> per image, (label, confidence, normalized box), best first."""
         heat, size, offset = self.model(self._input(pixels))
@@ -68,6 +68,7 @@ class Predictor:
             score_threshold=threshold,
             max_detections=min(max_predictions, MAX_BOXES),
             candidates=CANDIDATES,
+            class_agnostic=class_agnostic,
         )
         return [[(self.classes[d.label], d.score, d.box) for d in image] for image in found]
 
@@ -88,6 +89,7 @@ class PredictionJob:
     max_predictions: int
     batch_size: int = 64
     lines_per_file: int = 10_000
+    class_agnostic_nms: bool = True  # one box per object, whatever its class (off where classes overlap)
 
 
 def _instances(store: ObjectStore, uri: str) -> Iterator[str]:
@@ -139,7 +141,12 @@ def predict_lines(
         if predictor.task == "object_detection":
             for (pos, instance, _p), found in zip(
                 readable,
-                predictor.detect(pixels, threshold=job.confidence_threshold, max_predictions=job.max_predictions),
+                predictor.detect(
+                    pixels,
+                    threshold=job.confidence_threshold,
+                    max_predictions=job.max_predictions,
+                    class_agnostic=job.class_agnostic_nms,
+                ),
                 strict=True,
             ):
                 out[pos] = detection_line(

@@ -34,7 +34,7 @@ SCHEME = "local-engine://"
 JOBS = SCHEME + "jobs/"
 # the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
 TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
-PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file"})
+PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file", "class_agnostic_nms"})
 RUN_TRAIN_SETTINGS = ("batch_size", "learning_rate", "input_size")  # what a run's config may set of them
 JOB_START_MARGIN_S = 600.0  # starting the process, loading data, validating and saving around the budget
 PROGRESS_KEYS = (

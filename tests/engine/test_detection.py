@@ -64,6 +64,26 @@ def test_nms_keeps_the_best_of_overlapping_boxes_of_one_class_only() -> None:
     assert keep.tolist() == [1, 2, 3]  # box 0 loses to box 1 (same class); box 2 is another class
 
 
+def test_class_agnostic_nms_keeps_one_box_per_object_whatever_its_class() -> None:
+    """The report showed one shape predicted as both circle and square: across classes, the best wins."""
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]])
+    scores = torch.tensor([0.8, 0.9, 0.7, 0.5])
+    classes = torch.tensor([0, 0, 1, 0])
+    assert nms(boxes, scores, classes, 0.5, class_agnostic=True).tolist() == [1, 3]
+
+
+def test_decode_passes_class_agnostic_suppression_through() -> None:
+    heat = torch.full((1, 2, OUT, OUT), -10.0)
+    heat[0, 0, 5, 5], heat[0, 1, 5, 5] = 3.0, 2.0  # two classes peak on the same cell: one object
+    size = torch.zeros((1, 2, OUT, OUT))
+    size[:, :, 5, 5] = 4.0
+    offset = torch.zeros((1, 2, OUT, OUT))
+    both = decode(heat, size, offset, score_threshold=0.5, max_detections=10)[0]
+    one = decode(heat, size, offset, score_threshold=0.5, max_detections=10, class_agnostic=True)[0]
+    assert sorted(d.label for d in both) == [0, 1]
+    assert [d.label for d in one] == [0]
+
+
 def test_box_iou() -> None:
     a = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
     b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.6, 0.6, 1.0, 1.0]])
