@@ -3,8 +3,9 @@
     python -m shared.local_chain demo              # demo model run -> signed webhook -> ... -> report
     python -m shared.local_chain serve             # just serve the functions, print their URLs
 
-Both take `--train-seconds N`, the local engine's training budget; without it the environment's
-LOCAL_ENGINE_TRAIN_SECONDS is kept, and without that the demo's 90 s.
+The local engine trains a fixed number of steps (LOCAL_ENGINE_STEPS, default 500), so two runs on any
+machine give the same weights and metrics. Both commands take `--train-seconds N` to train for a wall
+time instead (as LOCAL_ENGINE_TRAIN_SECONDS in the environment does).
 
 `LocalChain` is also the harness of the end-to-end tests: it starts each function as its own process
 (as Cloud Functions would run them), wires their URLs through the environment, signs webhooks with the
@@ -30,11 +31,13 @@ from typing import Any
 
 import requests
 
+from shared.config import DEFAULT_ENGINE_STEPS
+
 FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SECONDS_VAR = "LOCAL_ENGINE_TRAIN_SECONDS"
+STEPS_VAR = "LOCAL_ENGINE_STEPS"
 DEMO_SHARD_ROWS = {"ETL_SHARD_ROWS": 100, "INFERENCE_SHARD_ROWS": 25}  # 300 rows: 3 ETL, 3 delivery shards
-DEMO_TRAIN_SECONDS = 90.0
 _TRAIN_SECONDS_RANGE = (1.0, 86_400.0)  # what shared.config accepts for LOCAL_ENGINE_TRAIN_SECONDS
 
 
@@ -258,21 +261,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--train-seconds",
             type=_train_seconds,
             default=None,
-            help=f"local engine training budget (default: ${TRAIN_SECONDS_VAR}, else {DEMO_TRAIN_SECONDS:g})",
+            help=f"train for this wall time instead of a fixed number of steps (or set ${TRAIN_SECONDS_VAR})",
         )
     return parser.parse_args(argv)
 
 
 def engine_env(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
-    """The training budget the functions get: the flag, else the environment's, else the demo's 90 s.
-
-    LocalChain passes the environment on, but this value goes over it, so it must be the environment's
-    own value when no flag is given (it used to be 90 whatever the environment said)."""
+    """What the functions get over the environment (which LocalChain passes on): a wall time asked
+    for with the flag; otherwise nothing, so the environment's own settings (or the fixed steps) hold."""
     if args.train_seconds is not None:
         seconds = float(args.train_seconds)
         return {TRAIN_SECONDS_VAR: str(int(seconds)) if seconds.is_integer() else repr(seconds)}
-    inherited = environ.get(TRAIN_SECONDS_VAR, "").strip()
-    return {TRAIN_SECONDS_VAR: inherited or f"{DEMO_TRAIN_SECONDS:g}"}
+    return {}
+
+
+def training_budget(env: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """The engine's training budget in words, as the functions will read it."""
+    merged = {**environ, **env}
+    steps = merged.get(STEPS_VAR, "").strip()
+    if steps:
+        return f"{steps} steps (the same result on any machine)"
+    seconds = merged.get(TRAIN_SECONDS_VAR, "").strip()
+    if seconds:
+        return f"{seconds} s of wall time (how many steps fit depends on the machine)"
+    return f"{DEFAULT_ENGINE_STEPS} steps (the same result on any machine)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         with chain:
             for name, url in chain.urls.items():
                 print(f"{name:<10} {url}")
-            print(f"local engine training budget: {env[TRAIN_SECONDS_VAR]} s")
+            print(f"local engine training: {training_budget(env, os.environ)}")
             print(f"webhook secret for this session (sign requests with it; it is not stored): {chain.secret}")
             try:
                 while True:
@@ -301,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with chain:
         print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")
-        print(f"local engine training budget: {env[TRAIN_SECONDS_VAR]} s")
+        print(f"local engine training: {training_budget(env, os.environ)}")
         response = chain.webhook(model_run_id, args.model_type, force=args.force)
         print(f"webhook -> HTTP {response.status_code}: {response.json().get('message')}")
         if response.status_code >= 400:

@@ -1,32 +1,54 @@
-"""`python -m shared.local_chain`: the training budget comes from --train-seconds, else the environment, else 90."""
+"""`python -m shared.local_chain`: fixed steps by default (the same result on any machine); a wall time
+only when asked for, with --train-seconds or the environment."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.local_chain import engine_env, parse_args
+from shared.config import load_settings
+from shared.local_chain import engine_env, parse_args, training_budget
 
 VAR = "LOCAL_ENGINE_TRAIN_SECONDS"
+ENV = {
+    "CHAIN_MODE": "local",
+    "WEBHOOK_SECRET": "s",
+    **{f"{s}_URL": f"http://127.0.0.1:9/{s}" for s in ("ETL", "TRAIN", "MONITOR", "INFERENCE")},
+}
 
 
 @pytest.mark.parametrize("command", ["demo", "serve"])
-def test_neither_flag_nor_environment_gives_the_demo_budget(command: str) -> None:
-    assert engine_env(parse_args([command]), {}) == {VAR: "90"}
+def test_neither_flag_nor_environment_trains_the_default_steps(command: str) -> None:
+    env = engine_env(parse_args([command]), {})
+    assert env == {}
+    assert training_budget(env, {}) == "500 steps (the same result on any machine)"
+    local = load_settings({**ENV, **env}).local
+    assert local is not None and local.engine_max_steps == 500
 
 
 @pytest.mark.parametrize("command", ["demo", "serve"])
 def test_the_environment_is_kept_when_no_flag_is_given(command: str) -> None:
-    assert engine_env(parse_args([command]), {VAR: "25"}) == {VAR: "25"}
+    env = engine_env(parse_args([command]), {VAR: "25"})
+    assert env == {}  # the functions inherit the environment's own value
+    assert training_budget(env, {VAR: "25"}).startswith("25 s of wall time")
+    local = load_settings({**ENV, VAR: "25"}).local
+    assert local is not None and (local.engine_max_steps, local.engine_train_seconds) == (None, 25.0)
 
 
 @pytest.mark.parametrize("command", ["demo", "serve"])
-def test_the_flag_wins_over_the_environment(command: str) -> None:
+def test_the_flag_asks_for_wall_time_over_the_environment(command: str) -> None:
     assert engine_env(parse_args([command, "--train-seconds", "12"]), {VAR: "25"}) == {VAR: "12"}
     assert engine_env(parse_args([command, "--train-seconds", "7.5"]), {}) == {VAR: "7.5"}
 
 
+def test_steps_in_the_environment_win_over_a_wall_time() -> None:
+    local = load_settings({**ENV, VAR: "25", "LOCAL_ENGINE_STEPS": "40"}).local
+    assert local is not None and local.engine_max_steps == 40
+    assert training_budget({}, {VAR: "25", "LOCAL_ENGINE_STEPS": "40"}).startswith("40 steps")
+
+
 def test_an_empty_variable_counts_as_unset() -> None:
-    assert engine_env(parse_args(["serve"]), {VAR: " "}) == {VAR: "90"}
+    local = load_settings({**ENV, VAR: " "}).local
+    assert local is not None and local.engine_max_steps == 500
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "nan", "100000"])
