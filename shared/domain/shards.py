@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.domain.run_record import ClaimOutcome, RunRecord, StageState, iso
+from shared.domain.run_record import ClaimOutcome, RunRecord, StageRecord, StageState, iso
 
 
 @dataclass
@@ -124,18 +124,11 @@ def complete_shard(record: RunRecord, stage: str, index: int, generation: int, n
 
 
 @dataclass
-class ShardState:
-    """One shard's claim: which invocation works on it, since when, and how its attempts went."""
+class ShardState(StageRecord):
+    """One shard's claim, as a stage's (which invocation works on it, since when, how its attempts
+    went), and the split (`generation`) the claim belongs to."""
 
     generation: int = 0
-    state: StageState = StageState.PENDING
-    attempts: int = 0
-    owner: str | None = None
-    heartbeat_at: float | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    error: str | None = None
-    progress: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}
