@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import flask
 import pytest
 
+from shared import http_entry
 from shared.http_entry import parse_stage_call
 from shared.stages.runner import StageCall
 from shared.webhook import Rejected
+from tests.demo_run import DemoRun
+from tests.fakes import RecordingChain, RecordingModelRuns
+from tests.stages.world import services_for
 
 APP = flask.Flask(__name__)
 
@@ -49,3 +55,36 @@ def test_unknown_keys_are_refused_by_name_so_a_misspelt_flag_is_not_ignored() ->
 @pytest.mark.parametrize("look", [-1, 1.5, "2", True])
 def test_a_look_must_be_a_whole_number(look: object) -> None:
     assert "look must be a whole number" in refused(json.dumps({"run_id": "run-1", "look": look}).encode()).message
+
+
+@pytest.mark.parametrize("shard", [-1, 1.5, "2", True])
+def test_a_shard_must_be_a_whole_number(shard: object) -> None:
+    assert "shard must be a whole number" in refused(json.dumps({"run_id": "run-1", "shard": shard}).encode()).message
+
+
+def test_a_shard_call_names_its_shard() -> None:
+    assert parse(b'{"run_id": "run-1", "shard": 4}') == StageCall("run-1", shard=4)
+
+
+def _post(handler: Any, body: bytes) -> flask.Response:
+    with APP.test_request_context("/", method="POST", data=body, content_type="application/json"):
+        return handler(flask.request)
+
+
+def test_a_shard_call_reaches_the_shard_work_and_a_stage_without_shards_refuses_it(
+    tmp_path: Path, demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = services_for(tmp_path, RecordingModelRuns(demo.root), chain=RecordingChain())
+    monkeypatch.setattr(http_entry, "services", lambda function=None: svc)
+    never = lambda ctx: pytest.fail("the plain stage work ran for a shard call")  # noqa: E731
+    train = http_entry.stage_endpoint("train", never)
+    refused_call = _post(train, b'{"run_id": "run-1", "shard": 0}')
+    assert refused_call.status_code == 400 and "train has no shards" in refused_call.get_json()["error"]
+    etl = http_entry.stage_endpoint("etl", never, shard_work=lambda ctx: pytest.fail("no run, no shard work"))
+    missing = _post(etl, b'{"run_id": "run-1", "shard": 0}')  # run_shard answered: there is no such run
+    assert missing.status_code == 404 and missing.get_json() == {
+        "run_id": "run-1",
+        "stage": "etl",
+        "shard": 0,
+        "error": "no run record for run_id 'run-1'",
+    }
