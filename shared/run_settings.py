@@ -148,7 +148,7 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
     if problems:
         raise RunConfigError("bad model run config: " + "; ".join(problems))
     training = dict(defaults.training)
-    training.update({k: v for k, v in values.items() if k in training or KEYS[k].backends != _BOTH})
+    training.update({k: v for k, v in values.items() if KEYS[k].backends != _BOTH})  # the backend's own keys
     if "train_seconds" in values and "steps" not in values:
         training["steps"] = None  # a wall-time budget asked for: not the deployment's step count
     return RunSettings(

@@ -87,23 +87,24 @@ def error_line(row: ManifestRow) -> str:
     return json.dumps({"instance": _instance(row), "error": error})
 
 
+def flow_up_to_inference(tmp_path: Path, demo: DemoRun, **env: str) -> Flow:
+    """A demo run that ETL, train and monitor took up to inference (the model is trained)."""
+    platform, backend, chain = RecordingModelRuns(demo.root), ScriptedBackend(), RecordingChain()
+    services = services_for(tmp_path, platform, backend=backend, chain=chain, **env)
+    run_id = demo.model_run_id
+    create_run(services, run_id, model_id=demo.model_id)
+    assert call(services, "etl", run_id).body["outcome"] == "succeeded"
+    assert call(services, "train", run_id).body["outcome"] == "training_started"
+    backend.training_state = JobState.SUCCEEDED
+    assert call(services, "monitor", run_id).body["outcome"] == "handed_off"
+    assert chain.handoffs == [("train", run_id), ("inference", run_id)]
+    return Flow(services, platform, backend, chain, run_id)
+
+
 @pytest.fixture
 def flow(tmp_path: Path, demo: DemoRun) -> Callable[..., Flow]:
-    """`flow(**env)`: a demo run that ETL, train and monitor took up to inference (the model is trained)."""
-
-    def make(**env: str) -> Flow:
-        platform, backend, chain = RecordingModelRuns(demo.root), ScriptedBackend(), RecordingChain()
-        services = services_for(tmp_path, platform, backend=backend, chain=chain, **env)
-        run_id = demo.model_run_id
-        create_run(services, run_id, model_id=demo.model_id)
-        assert call(services, "etl", run_id).body["outcome"] == "succeeded"
-        assert call(services, "train", run_id).body["outcome"] == "training_started"
-        backend.training_state = JobState.SUCCEEDED
-        assert call(services, "monitor", run_id).body["outcome"] == "handed_off"
-        assert chain.handoffs == [("train", run_id), ("inference", run_id)]
-        return Flow(services, platform, backend, chain, run_id)
-
-    return make
+    """`flow(**env)`: `flow_up_to_inference` with those settings."""
+    return lambda **env: flow_up_to_inference(tmp_path, demo, **env)
 
 
 def test_the_first_call_writes_the_held_out_instances_and_starts_the_batch_job_once(flow: Callable[..., Flow]) -> None:

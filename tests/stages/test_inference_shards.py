@@ -33,9 +33,8 @@ from shared.stages.inference import run_inference
 from shared.stages.runner import StageAnswer, StageCall, run_stage
 from shared.training.port import JobState
 from tests.demo_run import DemoRun
-from tests.fakes import RecordingChain, RecordingModelRuns, ScriptedBackend
-from tests.stages.test_inference import HELD_OUT, Flow, error_line
-from tests.stages.world import call, create_run, services_for, shard_call
+from tests.stages.test_inference import HELD_OUT, Flow, error_line, flow_up_to_inference
+from tests.stages.world import call, shard_call
 
 UNKNOWN = "prediction for an image not in the held-out set"
 
@@ -45,16 +44,7 @@ def sharded(tmp_path: Path, demo: DemoRun) -> Callable[..., Flow]:
     """`sharded(delivery_rows=3, **env)`: the demo run up to inference, delivering in shards of that size."""
 
     def make(delivery_rows: int = 3, **env: str) -> Flow:
-        platform, backend, chain = RecordingModelRuns(demo.root), ScriptedBackend(), RecordingChain()
-        env = {"INFERENCE_SHARD_ROWS": str(delivery_rows), **env}
-        services = services_for(tmp_path, platform, backend=backend, chain=chain, **env)
-        run_id = demo.model_run_id
-        create_run(services, run_id, model_id=demo.model_id)
-        assert call(services, "etl", run_id).body["outcome"] == "succeeded"
-        assert call(services, "train", run_id).body["outcome"] == "training_started"
-        backend.training_state = JobState.SUCCEEDED
-        assert call(services, "monitor", run_id).body["outcome"] == "handed_off"
-        flow = Flow(services, platform, backend, chain, run_id)
+        flow = flow_up_to_inference(tmp_path, demo, **{"INFERENCE_SHARD_ROWS": str(delivery_rows), **env})
         assert flow.inference().status == 202  # the batch job started
         return flow
 
