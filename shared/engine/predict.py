@@ -18,7 +18,7 @@ import torch
 
 from shared.engine.augment import normalize
 from shared.engine.detection import decode
-from shared.engine.images import load_image
+from shared.engine.images import Decoded, load_image
 from shared.engine.model import CHANNELS_LAST, LoadedModel
 from shared.engine.vertex_io import (
     Box,
@@ -59,7 +59,7 @@ class Predictor:
     def detect(
         self, pixels: torch.Tensor, *, threshold: float, max_predictions: int, class_agnostic: bool = False
     ) -> list[list[tuple[str, float, Box]]]:
-        """uint8 [B,3,S,S] -> per image, (label, confidence, normalized box), best first."""
+        """uint8 [B,3,S,S] -> per image, (label, confidence, box normalized to the input), best first."""
         heat, size, offset = self.model(self._input(pixels))
         found = decode(
             heat.float().cpu(),
@@ -71,6 +71,21 @@ class Predictor:
             class_agnostic=class_agnostic,
         )
         return [[(self.classes[d.label], d.score, d.box) for d in image] for image in found]
+
+    def detect_images(
+        self, images: Sequence[Decoded], *, threshold: float, max_predictions: int, class_agnostic: bool = False
+    ) -> list[list[tuple[str, float, Box]]]:
+        """Like `detect`, with each box mapped from the letterboxed input back onto its own picture."""
+        found = self.detect(
+            torch.stack([d.pixels for d in images]),
+            threshold=threshold,
+            max_predictions=max_predictions,
+            class_agnostic=class_agnostic,
+        )
+        return [
+            [(label, score, decoded.to_picture(box)) for label, score, box in boxes]
+            for decoded, boxes in zip(images, found, strict=True)
+        ]
 
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> list[dict[str, float]]:
@@ -123,7 +138,7 @@ def predict_lines(
 ) -> list[dict[str, object]]:
     """Output lines for a batch of instance lines, in the same order; unreadable ones as error lines."""
     out: list[dict[str, object] | None] = [None] * len(lines)
-    readable: list[tuple[int, dict[str, str], torch.Tensor]] = []
+    readable: list[tuple[int, dict[str, str], Decoded]] = []
     for pos, line in enumerate(lines):
         try:
             instance = parse_instance_line(line)
@@ -135,14 +150,14 @@ def predict_lines(
         except ValueError as exc:
             out[pos] = error_line(instance, str(exc))
             continue
-        readable.append((pos, instance, decoded.pixels))
+        readable.append((pos, instance, decoded))
     if readable:
-        pixels = torch.stack([p for _pos, _i, p in readable])
+        images = [decoded for _pos, _i, decoded in readable]
         if predictor.task == "object_detection":
-            for (pos, instance, _p), found in zip(
+            for (pos, instance, _d), found in zip(
                 readable,
-                predictor.detect(
-                    pixels,
+                predictor.detect_images(
+                    images,
                     threshold=job.confidence_threshold,
                     max_predictions=job.max_predictions,
                     class_agnostic=job.class_agnostic_nms,
@@ -156,7 +171,8 @@ def predict_lines(
                     max_predictions=job.max_predictions,
                 )
         else:
-            for (pos, instance, _p), scores in zip(readable, predictor.classify(pixels), strict=True):
+            pixels = torch.stack([d.pixels for d in images])
+            for (pos, instance, _d), scores in zip(readable, predictor.classify(pixels), strict=True):
                 out[pos] = classification_line(
                     instance,
                     scores,

@@ -29,11 +29,12 @@ class Shape:
     box: tuple[float, float, float, float]  # normalized x_min, y_min, x_max, y_max
 
 
-def draw(shapes: list[Shape]) -> bytes:
-    img = Image.new("RGB", (SIZE, SIZE), (20, 20, 30))
+def draw(shapes: list[Shape], width: int = SIZE, height: int = SIZE) -> bytes:
+    img = Image.new("RGB", (width, height), (20, 20, 30))
     canvas = ImageDraw.Draw(img)
     for shape in shapes:
-        x0, y0, x1, y1 = (v * SIZE for v in shape.box)
+        x0, x1 = shape.box[0] * width, shape.box[2] * width
+        y0, y1 = shape.box[1] * height, shape.box[3] * height
         if shape.label == "square":
             canvas.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(240, 200, 40))
         else:
@@ -113,12 +114,13 @@ class TinyData:
         return self.write_jsonl("runs/tiny/instances.jsonl", [*lines, *extra])
 
 
-def tiny_data(bucket_dir: Path, count: int = 12) -> TinyData:
+def tiny_data(bucket_dir: Path, count: int = 12, width: int = SIZE, height: int = SIZE) -> TinyData:
+    """`width`/`height` other than SIZE make non-square pictures (the shapes stretch with them)."""
     store = LocalFolderStore(bucket_dir, BUCKET)
     images = {}
     for i in range(count):
         shapes = shapes_for(i)
         key = f"runs/tiny/images/row{i:03d}.jpg"
-        store.write(key, draw(shapes), content_type="image/jpeg")
+        store.write(key, draw(shapes, width, height), content_type="image/jpeg")
         images[store.uri(key)] = shapes
     return TinyData(store, bucket_dir, images)

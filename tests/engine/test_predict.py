@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.engine.model import LoadedModel, ModelConfig, build_model
+from shared.engine.detection import box_iou
+from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
-from tests.engine.engine_data import TinyData, tiny_data
+from shared.engine.train import TrainSettings, train
+from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
 
 CPU = torch.device("cpu")
 
@@ -72,3 +74,26 @@ def test_empty_instances_still_give_one_output_file(data: TinyData) -> None:
     job = PredictionJob(data.write_jsonl("runs/tiny/none.jsonl", []), "gs://local-bucket/out/p", 0.5, 10)
     run_batch_prediction(_untrained_predictor("single_label_classification", ["a", "b"]), data.store, job)
     assert list(data.store.list("out/p/")) == ["out/p/predictions_00001.jsonl"]
+
+
+def test_boxes_predicted_on_wide_pictures_land_on_the_objects_in_the_pictures_own_coordinates(tmp_path: Path) -> None:
+    """Trained and predicted through the letterbox (the pictures fill half the input's height): a box that
+    skipped the mapping back would sit at half its height and miss its object."""
+    wide = tiny_data(tmp_path / "wide", count=8, width=128, height=64)
+    settings = TrainSettings("object_detection", wide.detection_import(), max_steps=300, **TINY_TRAIN)
+    train(settings, wide.store, tmp_path / "model.pt", device=CPU)
+    predictor = Predictor(load_checkpoint(tmp_path / "model.pt"), CPU)
+    out = wide.uri("runs/tiny/wide-predictions")
+    run_batch_prediction(predictor, wide.store, PredictionJob(wide.instances(), out, 0.3, 10))
+    lines = [
+        json.loads(line)
+        for line in wide.store.read(wide.store.key_from_uri(out) + "/predictions_00001.jsonl").decode().splitlines()
+    ]
+    assert len(lines) == len(wide.images)
+    for line in lines:
+        prediction = line["prediction"]
+        boxes = torch.tensor([[x0, y0, x1, y1] for x0, x1, y0, y1 in prediction["bboxes"]]).reshape(-1, 4)
+        for shape in wide.images[line["instance"]["content"]]:
+            same = torch.tensor([name == shape.label for name in prediction["displayNames"]], dtype=torch.bool)
+            ious = box_iou(boxes[same], torch.tensor([shape.box])).flatten()
+            assert len(ious) and float(ious.max()) >= 0.5, (line["instance"]["content"], shape, prediction)
