@@ -1,11 +1,15 @@
 """A demo model run of synthetic images, for the local mode and the tests.
 
-Simple shapes (circle, square, triangle) of random colours on a textured background, 1-4 per image,
-with bounding boxes, a radio answer (the largest shape) and a checklist answer (the shapes present),
-so every model type can train on it. Rows carry Labelbox's model-run export shape and are split into
+Simple shapes (circle, square, triangle) of random colours on a textured background, with bounding
+boxes, a radio answer (the largest shape) and a checklist answer (the shapes present), so every model
+type can train on it. Rows carry Labelbox's model-run export shape and are split into
 training/validation/test plus a few unassigned rows. Deterministic for a seed.
 
-    python -m shared.demo --out var/model_runs [--images 300] [--seed 7]
+Two scenes: `demo` (160x160, 1-4 shapes of 18-52 px: what the README's first command trains on) and
+`hard` (640x480, 3-10 shapes of 12-64 px among unlabeled clutter: hollow rings, crosses, strokes),
+which is closer to what real photos ask of a detector: small objects in a large, busy picture.
+
+    python -m shared.demo --out var/model_runs [--images 300] [--seed 7] [--scene demo|hard]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import io
 import json
 import random
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -25,8 +30,24 @@ CHECKLIST = "shapes_present"
 IMAGE_SIZE = 160
 
 
-def _ids(seed: int) -> tuple[str, str]:
-    rng = random.Random(f"ids-{seed}")
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    width: int
+    height: int
+    shapes: tuple[int, int]  # how many per image, inclusive
+    side: tuple[int, int]  # shape side in pixels, inclusive
+    blobs: int  # background texture
+    clutter: int  # unlabeled distractors drawn before the shapes (they may lie under them)
+
+
+DEMO = Scene("demo", IMAGE_SIZE, IMAGE_SIZE, (1, 4), (18, 52), blobs=30, clutter=0)
+HARD = Scene("hard", 640, 480, (3, 10), (12, 64), blobs=120, clutter=14)
+SCENES = {scene.name: scene for scene in (DEMO, HARD)}
+
+
+def _ids(seed: int, scene: Scene = DEMO) -> tuple[str, str]:
+    rng = random.Random(f"ids-{seed}" if scene is DEMO else f"ids-{scene.name}-{seed}")
     model_run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     model_id = "c" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(24))
     return model_run_id, model_id
@@ -36,27 +57,49 @@ def _cuid(rng: random.Random) -> str:
     return "c" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(24))
 
 
-def _background(rng: random.Random, size: int) -> Image.Image:
+def _background(rng: random.Random, scene: Scene) -> Image.Image:
     base = tuple(rng.randint(60, 200) for _ in range(3))
-    img = Image.new("RGB", (size, size), base)
+    img = Image.new("RGB", (scene.width, scene.height), base)
     draw = ImageDraw.Draw(img)
-    for _ in range(30):
-        x, y = rng.randrange(size), rng.randrange(size)
+    for _ in range(scene.blobs):
+        x, y = rng.randrange(scene.width), rng.randrange(scene.height)
         r = rng.randint(2, 10)
         shade = tuple(max(0, min(255, c + rng.randint(-35, 35))) for c in base)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
     return img.filter(ImageFilter.GaussianBlur(1.2))
 
 
-def _draw_image(rng: random.Random, size: int) -> tuple[bytes, list[dict]]:
-    img = _background(rng, size)
+def _colour(rng: random.Random) -> tuple[int, ...]:
+    return tuple(rng.choice((rng.randint(0, 60), rng.randint(195, 255))) for _ in range(3))
+
+
+def _clutter(rng: random.Random, draw: ImageDraw.ImageDraw, scene: Scene) -> None:
+    """Unlabeled things in the shapes' own colours and sizes, so colour and size alone never tell."""
+    for _ in range(scene.clutter):
+        side = rng.randint(*scene.side)
+        x0, y0 = rng.randint(0, scene.width - side), rng.randint(0, scene.height - side)
+        x1, y1 = x0 + side, y0 + side
+        colour = _colour(rng)
+        kind = rng.choice(("ring", "cross", "stroke"))
+        if kind == "ring":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), outline=colour, width=max(1, side // 8))
+        elif kind == "cross":
+            draw.line((x0, y0, x1, y1), fill=colour, width=max(1, side // 6))
+            draw.line((x0, y1, x1, y0), fill=colour, width=max(1, side // 6))
+        else:
+            draw.line((x0, y0 + side // 2, x1, y0 + rng.randint(0, side)), fill=colour, width=max(1, side // 5))
+
+
+def _draw_image(rng: random.Random, scene: Scene) -> tuple[bytes, list[dict]]:
+    img = _background(rng, scene)
     draw = ImageDraw.Draw(img)
+    _clutter(rng, draw, scene)
     objects: list[dict] = []
     placed: list[tuple[int, int, int, int]] = []
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(*scene.shapes)):
         for _try in range(30):
-            side = rng.randint(18, 52)
-            left, top = rng.randint(0, size - side), rng.randint(0, size - side)
+            side = rng.randint(*scene.side)
+            left, top = rng.randint(0, scene.width - side), rng.randint(0, scene.height - side)
             box = (left, top, left + side, top + side)
             if all(box[2] <= p[0] or box[0] >= p[2] or box[3] <= p[1] or box[1] >= p[3] for p in placed):
                 break
@@ -64,7 +107,7 @@ def _draw_image(rng: random.Random, size: int) -> tuple[bytes, list[dict]]:
             continue
         placed.append(box)
         cls = rng.choice(CLASSES)
-        colour = tuple(rng.choice((rng.randint(0, 60), rng.randint(195, 255))) for _ in range(3))
+        colour = _colour(rng)
         x0, y0, x1, y1 = box
         if cls == "circle":
             draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
@@ -154,9 +197,9 @@ def export_row(
     }
 
 
-def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7) -> Path:
+def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7, scene: Scene = DEMO) -> Path:
     """Writes a local model run folder and returns it; an existing identical demo is rewritten as-is."""
-    model_run_id, model_id = _ids(seed)
+    model_run_id, model_id = _ids(seed, scene)
     folder = Path(out_dir) / model_run_id
     media = folder / "media"
     media.mkdir(parents=True, exist_ok=True)
@@ -164,15 +207,15 @@ def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7) ->
     with open(folder / "export.ndjson", "w") as export:
         for index in range(images):
             data_row_id = _cuid(rng)
-            jpeg, objects = _draw_image(rng, IMAGE_SIZE)
+            jpeg, objects = _draw_image(rng, scene)
             name = f"shape-{index:05d}.jpg"
             (media / name).write_bytes(jpeg)
             row = export_row(
                 data_row_id=data_row_id,
                 global_key=name,
                 row_data=f"media/{name}",
-                width=IMAGE_SIZE,
-                height=IMAGE_SIZE,
+                width=scene.width,
+                height=scene.height,
                 model_id=model_id,
                 model_run_id=model_run_id,
                 objects=objects,
@@ -181,9 +224,13 @@ def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7) ->
             )
             export.write(json.dumps(row, separators=(",", ":")) + "\n")
     (folder / "model_run.json").write_text(
-        json.dumps({"id": model_run_id, "model_id": model_id, "name": f"demo shapes (seed {seed})"}, indent=1)
+        json.dumps({"id": model_run_id, "model_id": model_id, "name": _run_name(scene, seed)}, indent=1)
     )
     return folder
+
+
+def _run_name(scene: Scene, seed: int) -> str:
+    return f"demo shapes (seed {seed})" if scene is DEMO else f"demo shapes, {scene.name} scene (seed {seed})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("var/model_runs"))
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--scene", choices=sorted(SCENES), default=DEMO.name)
     args = parser.parse_args(argv)
-    folder = create_demo_model_run(args.out, images=args.images, seed=args.seed)
+    folder = create_demo_model_run(args.out, images=args.images, seed=args.seed, scene=SCENES[args.scene])
     print(folder)
 
 
