@@ -379,8 +379,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         function_timeout_s=r.number("FUNCTION_TIMEOUT_S", 540.0, low=10, high=3600),
         shard_attempts=int(r.number("SHARD_ATTEMPTS", 3, low=1, high=100, integer=True)),
         monitor=MonitorSettings(
-            initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 5.0 if local_default else 60.0, low=0.1, high=86_400),
-            max_delay_s=r.number("MONITOR_MAX_DELAY_S", 20.0 if local_default else 600.0, low=0.1, high=86_400),
+            initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 2.0 if local_default else 60.0, low=0.1, high=86_400),
+            max_delay_s=r.number("MONITOR_MAX_DELAY_S", 5.0 if local_default else 600.0, low=0.1, high=86_400),
             max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
             training_margin_s=r.number("MONITOR_TRAINING_MARGIN_S", 12 * 3600, low=0, high=30 * 86_400),
         ),

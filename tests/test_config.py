@@ -70,7 +70,7 @@ def test_local_mode_works_with_only_the_stage_urls_and_the_webhook_secret(tmp_pa
     assert (local.bucket_name, local.engine_device) == ("local-bucket", "auto")
     assert settings.vertex.od_model_type == "CLOUD_HIGH_ACCURACY_1"
     assert settings.vertex.budget_milli_node_hours(Task.OBJECT_DETECTION) == 20_000
-    assert settings.monitor.initial_delay_s == 5.0  # local defaults look sooner than the cloud's
+    assert settings.monitor.initial_delay_s == 2.0  # local defaults look sooner than the cloud's
     assert settings.predict.on_training is False
     assert settings.secrets == (Secret(WEBHOOK_SECRET),)
 
