@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from shared.config import DEFAULT_ENGINE_STEPS
-from shared.demo import create_demo_model_run
+from shared.demo import DEMO, Scene, create_demo_model_run
 from shared.domain.model_types import Task
 from shared.engine.images import decode_image
 from shared.engine.metrics import ImageDetections, ImageTruth, coco_map
-from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
+from shared.engine.model import LoadedModel, build_model, load_checkpoint
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from shared.engine.train import TrainSettings, resolve_device, train
 from shared.engine.vertex_io import parse_import_line
@@ -44,9 +44,11 @@ from shared.store.local_folder import LocalFolderStore
 BUCKET = "local-bucket"
 
 
-def build_import(workdir: Path, images: int, seed: int) -> tuple[LocalFolderStore, str, list[dict]]:
+def build_import(
+    workdir: Path, images: int, seed: int, *, scene: Scene = DEMO
+) -> tuple[LocalFolderStore, str, list[dict]]:
     """Demo model run -> images + import JSONL in a folder bucket; returns the store, import URI, lines."""
-    folder = create_demo_model_run(workdir / "model_runs", images=images, seed=seed)
+    folder = create_demo_model_run(workdir / "model_runs", images=images, seed=seed, scene=scene)
     run_id = folder.name
     store = LocalFolderStore(workdir / "bucket", BUCKET)
     names = LabelNames()
@@ -71,12 +73,12 @@ def build_import(workdir: Path, images: int, seed: int) -> tuple[LocalFolderStor
 SHOWN_THRESHOLD = 0.3  # PREDICT_CONFIDENCE_THRESHOLD's default: the boxes a user sees
 
 
-def pycocotools_map(truth: dict[str, list], predicted: dict[str, list], size: int) -> tuple[float, float]:
+def pycocotools_map(truth: dict[str, list], predicted: dict[str, list], width: int, height: int) -> tuple[float, float]:
     """(mAP@0.5, mAP@[.5:.95]) from pycocotools, through the engine's own oracle call (`coco_map`).
 
     `truth` boxes are normalized (x0, y0, x1, y1); `predicted` ones are Vertex's (xMin, xMax, yMin, yMax)."""
     uris = sorted(truth)
-    truths = [ImageTruth(size, size, [(name, tuple(box)) for name, box in truth[uri]]) for uri in uris]
+    truths = [ImageTruth(width, height, [(name, tuple(box)) for name, box in truth[uri]]) for uri in uris]
     found = [
         ImageDetections([(name, score, (x0, y0, x1, y1)) for name, score, (x0, x1, y0, y1) in predicted.get(uri, [])])
         for uri in uris
@@ -204,19 +206,19 @@ def main(argv: list[str] | None = None) -> None:
         summary = train(settings, store, checkpoint, device=device)
         predictor = Predictor(load_checkpoint(checkpoint, device), device)
         found, batched_rate = predict_split(predictor, store, instances_uri, "trained", 64)
-        map50, map_coco = pycocotools_map(truth, found, 160)
+        map50, map_coco = pycocotools_map(truth, found, DEMO.width, DEMO.height)
         classwise, _rate = predict_split(predictor, store, instances_uri, "classwise", 64, class_agnostic=False)
-        cw50, cw_coco = pycocotools_map(truth, classwise, 160)
+        cw50, cw_coco = pycocotools_map(truth, classwise, DEMO.width, DEMO.height)
         precision, shown = precision_at(truth, found, SHOWN_THRESHOLD)
         cw_precision, cw_shown = precision_at(truth, classwise, SHOWN_THRESHOLD)
         _found1, single_rate = predict_split(predictor, store, instances_uri, "batch1", 1)
         model_rate = model_only_rate(predictor, store, [row.image_uri for row in test])
 
         torch.manual_seed(args.seed)
-        config = ModelConfig("object_detection", len(predictor.classes), settings.input_size, settings.width)
+        config = predictor.loaded.config  # the trained network's shape, untrained
         untrained = Predictor(LoadedModel(build_model(config).eval(), config, predictor.classes, {}), device)
         base_found, _rate = predict_split(untrained, store, instances_uri, "untrained", 64)
-        base50, base_coco = pycocotools_map(truth, base_found, 160)
+        base50, base_coco = pycocotools_map(truth, base_found, DEMO.width, DEMO.height)
 
     mode = f"{args.seconds:g} s budget" if args.seconds else f"{args.max_steps} steps"
     print(
