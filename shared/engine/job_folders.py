@@ -2,7 +2,7 @@
 
 A job is a folder `<engine_dir>/jobs/<job_id>/` holding `spec.json` (what to do), `state.json` (where
 it is), `job.log` (the process's stdout and stderr), `process.json` (pid and start time) and its
-outputs (`model.pt` for training). No torch here: the chain's stages import this module, only the
+outputs (`model.pt` and `model.onnx` for training). No torch here: the chain's stages import this module, only the
 job process imports the engine.
 
 Liveness does not trust pids alone. Before starting the process the launcher takes an exclusive
@@ -39,6 +39,7 @@ LOCK = "lock"
 PROCESS = "process.json"
 CANCEL = "cancel-requested"
 CHECKPOINT = "model.pt"
+ONNX_MODEL = "model.onnx"  # the checkpoint exported for onnxruntime, beside it (shared.engine.onnx_model)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 UNFINISHED = (QUEUED, RUNNING)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,15 +37,21 @@ log = logging.getLogger(__name__)
 MAX_BOXES = 500  # Vertex's cap on boxes per image
 CANDIDATES = 100  # heatmap peaks considered per image before thresholding and NMS
 
+# The network's forward call: normalized float [B,3,S,S] in, the module's outputs out. The eager module
+# is one; an onnxruntime session over the exported file (shared.engine.onnx_model.OnnxRunner) is another.
+Runner = Callable[[torch.Tensor], Any]
+
 
 class Predictor:
     """Runs a loaded model on batches of decoded images."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, runner: Runner | None = None) -> None:
+        """`runner` replaces the eager module's forward call (e.g. with onnxruntime); decoding is the same."""
         self.loaded = loaded
         self.device = device
         # Module.to accepts memory_format (for its 4-D and 5-D tensors); torch's overloads of it omit that
         self.model = loaded.model.to(device, memory_format=CHANNELS_LAST).eval()  # type: ignore[call-overload]
+        self.forward: Runner = runner if runner is not None else self.model
         self.task = loaded.config.task
         self.classes = loaded.classes
 
@@ -60,7 +67,7 @@ class Predictor:
         self, pixels: torch.Tensor, *, threshold: float, max_predictions: int, class_agnostic: bool = False
     ) -> list[list[tuple[str, float, Box]]]:
         """uint8 [B,3,S,S] -> per image, (label, confidence, box normalized to the input), best first."""
-        heat, size, offset = self.model(self._input(pixels))
+        heat, size, offset = self.forward(self._input(pixels))
         found = decode(
             heat.float().cpu(),
             size.float().cpu(),
@@ -90,7 +97,7 @@ class Predictor:
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> list[dict[str, float]]:
         """uint8 [B,3,S,S] -> per image, every class's confidence (softmax if single-label, else sigmoid)."""
-        logits = self.model(self._input(pixels)).float().cpu()
+        logits = self.forward(self._input(pixels)).float().cpu()
         single = self.task == "single_label_classification"
         probs = torch.softmax(logits, dim=1) if single else torch.sigmoid(logits)
         return [dict(zip(self.classes, row, strict=True)) for row in probs.tolist()]
@@ -105,6 +112,7 @@ class PredictionJob:
     batch_size: int = 64
     lines_per_file: int = 10_000
     class_agnostic_nms: bool = True  # one box per object, whatever its class (off where classes overlap)
+    runtime: str = "auto"  # "torch", "onnx" (model.onnx, never a fallback) or "auto"; see shared.engine.onnx_model
 
 
 def _instances(store: ObjectStore, uri: str) -> Iterator[str]:

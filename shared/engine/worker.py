@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from shared.engine.job_folders import CANCELLED, CHECKPOINT, FAILED, RUNNING, SUCCEEDED, StateWriter, now_iso, read_json
+from shared.engine.job_folders import (
+    CANCELLED,
+    CHECKPOINT,
+    FAILED,
+    ONNX_MODEL,
+    RUNNING,
+    SUCCEEDED,
+    StateWriter,
+    now_iso,
+    read_json,
+)
 
 if TYPE_CHECKING:
     from shared.store.port import ObjectStore
@@ -70,11 +80,29 @@ def _run_training(folder: Path, spec: dict[str, Any], state: StateWriter) -> dic
     device = resolve_device(spec.get("device", "auto"))
     state.update(device=str(device), mode="steps" if settings.max_steps is not None else "wall_time")
     summary = train(settings, _store(spec), folder / CHECKPOINT, device=device, report=lambda p: state.update(**p))
-    return {"result": CHECKPOINT, **summary}
+    return {"result": CHECKPOINT, **summary, **_export(folder)}
+
+
+def _export(folder: Path) -> dict[str, Any]:
+    """Exports the saved checkpoint to `model.onnx` beside it: `{"onnx": "model.onnx"}`, or
+    `{"onnx_error": why}` when the export fails. The checkpoint is saved first and a failed export does
+    not fail the job: the model is still usable (prediction then runs on torch), only not as ONNX."""
+    from shared.engine.model import load_checkpoint
+    from shared.engine.onnx_model import export_onnx
+
+    try:
+        export_onnx(load_checkpoint(folder / CHECKPOINT), folder / ONNX_MODEL)
+    except Terminated:
+        raise
+    except Exception as exc:
+        log.exception("ONNX export failed; the torch checkpoint %s stands", CHECKPOINT)
+        return {"onnx_error": f"{type(exc).__name__}: {exc}"[:1000]}
+    return {"onnx": ONNX_MODEL}
 
 
 def _run_batch_prediction(folder: Path, spec: dict[str, Any], state: StateWriter) -> dict[str, Any]:
     from shared.engine.model import load_checkpoint
+    from shared.engine.onnx_model import runner_for
     from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
     from shared.engine.train import resolve_device
 
@@ -90,8 +118,11 @@ def _run_batch_prediction(folder: Path, spec: dict[str, Any], state: StateWriter
         max_predictions=int(spec["max_predictions"]),
         **spec.get("settings", {}),
     )
-    summary = run_batch_prediction(Predictor(loaded, device), _store(spec), job, lambda p: state.update(**p))
-    return {"result": spec["output_dir_uri"], **summary}
+    runner = runner_for(loaded, Path(spec["checkpoint"]).parent / ONNX_MODEL, job.runtime, device)
+    runtime = "torch" if runner is None else "onnx"
+    state.update(runtime=runtime)
+    summary = run_batch_prediction(Predictor(loaded, device, runner), _store(spec), job, lambda p: state.update(**p))
+    return {"result": spec["output_dir_uri"], "runtime": runtime, **summary}
 
 
 def run(folder: Path) -> int:
