@@ -15,11 +15,13 @@ is enough to use the model elsewhere.
 Which runtime a prediction job uses (`runtime` of `PredictionJob`):
 - `torch`: the eager module.
 - `onnx`: this session; a missing or unreadable file fails the job, naming the file.
-- `auto` (default): `onnx` on CPU when the file is there and loads, else `torch`. Measured on the
-  2-core dev machine (bench/engine_bench.py `runtime_rates`, demo detector: input 160, width 32,
-  3 classes, batch 64, 2 threads on each side): eager torch about 180 images/s, onnxruntime about
-  340-370 images/s, 1.9-2x, for the network alone. On CUDA it stays `torch`: only the CPU execution
-  provider is installed here, and the GPU beats it.
+- `auto` (default): `onnx` on CPU when the file is there and loads, else `torch`, because
+  onnxruntime was faster in every measurement: on the 2-core dev machine, `python -m
+  bench.engine_bench --runtimes-only --threads 2` (the demo detector: input 160, width 32, 3 classes,
+  batch 64, 2 threads on each side, network alone), four runs while other work shared the cores
+  (load 1.4-2.8): eager torch 111-202 images/s, onnxruntime 163-336 images/s, ratio 1.27-1.71.
+  On CUDA it stays `torch`: only onnxruntime's CPU execution provider is installed, and the GPU
+  beats it.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class OnnxRunner:
     def __init__(self, model: Path | bytes, config: ModelConfig, *, threads: int | None = None, name: str = "") -> None:
         """`model` is the file (or its bytes); `threads` defaults to torch's, so both runtimes get the
         same share of the machine. A missing, unreadable or mismatched file raises, naming it."""
-        self.name = name or str(model)[:80]
+        self.name = name or (str(model) if isinstance(model, Path) else "(in memory)")
         self.config = config
         if isinstance(model, Path) and not model.is_file():
             raise FileNotFoundError(f"the ONNX model {model} does not exist")
