@@ -2,8 +2,10 @@
 
 Refs are `local-engine://jobs/<job_id>` (a job folder under the engine dir), so any adapter instance
 in any process, given the same engine dir, finds a job from the ref alone. A trained model is
-`local-engine://jobs/<job_id>/model.pt`. The local engine has no dataset resource: the import JSONL
-in the bucket is the dataset, so an "import" checks the file and its ref is the file's gs:// URI.
+`local-engine://jobs/<job_id>/model.pt`, with its ONNX export `model.onnx` beside it (when the
+export succeeded; the training state says `onnx` or `onnx_error`). The local engine has no dataset
+resource: the import JSONL in the bucket is the dataset, so an "import" checks the file and its ref is
+the file's gs:// URI.
 
 Training is bounded by `max_steps` when given (exactly that many steps; the same seed then gives the
 same weights) and otherwise by `train_seconds` of wall time, which stops at the first step past the
@@ -34,7 +36,7 @@ SCHEME = "local-engine://"
 JOBS = SCHEME + "jobs/"
 # the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
 TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
-PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file", "class_agnostic_nms"})
+PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file", "class_agnostic_nms", "runtime"})
 RUN_TRAIN_SETTINGS = ("batch_size", "learning_rate", "input_size")  # what a run's config may set of them
 JOB_START_MARGIN_S = 600.0  # starting the process, loading data, validating and saving around the budget
 PROGRESS_KEYS = (
@@ -50,6 +52,9 @@ PROGRESS_KEYS = (
     "validation_map50",
     "validation_map",
     "validation_accuracy",
+    "onnx",
+    "onnx_error",
+    "runtime",
 )
 
 

@@ -32,7 +32,7 @@ def data(tmp_path: Path) -> TinyData:
     return tiny_data(tmp_path / "bucket")
 
 
-def backend(data: TinyData, tmp_path: Path, **overrides: object) -> LocalEngineBackend:
+def backend(data: TinyData, tmp_path: Path, runtime: str = "auto", **overrides: object) -> LocalEngineBackend:
     options: dict = {"train_seconds": 60.0, "seed": 1, "device": "cpu", "max_steps": 4, "threads": 1}
     options.update(overrides)
     return LocalEngineBackend(
@@ -40,7 +40,7 @@ def backend(data: TinyData, tmp_path: Path, **overrides: object) -> LocalEngineB
         tmp_path / "engine",
         bucket_dir=data.bucket_dir,
         train_settings=TINY_TRAIN,
-        prediction_settings={"batch_size": 4, "lines_per_file": 5},
+        prediction_settings={"batch_size": 4, "lines_per_file": 5, "runtime": runtime},
         **options,  # type: ignore[arg-type]
     )
 
@@ -98,6 +98,8 @@ def test_detection_trains_and_batch_predicts_in_vertex_format(data: TinyData, tm
     assert "loss" in status.progress and "images_per_s" in status.progress
     assert "validation_map50" in status.progress and "validation_map" in status.progress
     assert status.result == ref + "/model.pt"
+    assert status.progress["onnx"] == "model.onnx" and "onnx_error" not in status.progress
+    assert (engine.checkpoint_path(status.result).parent / "model.onnx").is_file()  # downloadable beside it
 
     # a new adapter in a new process would see the same, from the ref alone
     assert backend(data, tmp_path).training_status(ref) == status
@@ -110,6 +112,7 @@ def test_detection_trains_and_batch_predicts_in_vertex_format(data: TinyData, tm
     done = wait(engine.batch_prediction_status, job.ref)
     assert done.state is JobState.SUCCEEDED, done.error
     assert done.result.startswith("gs://local-bucket/runs/tiny/predictions/prediction-lb-run-1-")
+    assert done.progress["runtime"] == "onnx"  # auto, on CPU, with the export there
     keys, lines = output_lines(data, done.result)
     # as AutoML writes them: predictions apart from the instances that failed (5 lines a file here)
     prediction_files = [f"predictions_{i:05d}.jsonl" for i in range(1, -(-len(data.images) // 5) + 1)]
@@ -156,6 +159,29 @@ def test_classification_trains_and_predicts(data: TinyData, tmp_path: Path, task
         assert p["confidences"] == sorted(p["confidences"], reverse=True)
         if task is Task.SINGLE_LABEL_CLASSIFICATION:
             assert sum(p["confidences"]) == pytest.approx(1.0, abs=1e-4)  # softmax
+
+
+def test_a_prediction_asked_to_run_on_onnx_fails_naming_a_broken_file(data: TinyData, tmp_path: Path) -> None:
+    ref = (
+        backend(data, tmp_path)
+        .start_training(training_request(Task.SINGLE_LABEL_CLASSIFICATION, data.single_label_import()))
+        .ref
+    )
+    status = wait(backend(data, tmp_path).training_status, ref)
+    assert status.state is JobState.SUCCEEDED, status.error
+    exported = backend(data, tmp_path).checkpoint_path(status.result).parent / "model.onnx"
+    exported.write_bytes(exported.read_bytes()[:1000])  # damaged after training
+    instances = data.instances()
+    request = prediction_request(Task.SINGLE_LABEL_CLASSIFICATION, status.result, instances)
+    outcomes = {}
+    for runtime in ("onnx", "auto"):
+        engine = backend(data, tmp_path, runtime=runtime)
+        job = engine.start_batch_prediction(replace(request, job_key=f"batch-prediction-{runtime}"))
+        outcomes[runtime] = wait(engine.batch_prediction_status, job.ref)
+    assert outcomes["onnx"].state is JobState.FAILED
+    assert f"the ONNX model {exported} cannot be loaded" in outcomes["onnx"].error
+    assert outcomes["auto"].state is JobState.SUCCEEDED, outcomes["auto"].error  # not asked for onnx: torch
+    assert outcomes["auto"].progress["runtime"] == "torch"
 
 
 def _wait_running(folder: Path) -> int:
