@@ -4,11 +4,13 @@ Builds the demo model run, converts it with the ETL's own converters into a Vert
 folder bucket, trains a detector on the training split, batch-predicts the test
 split into Vertex-format output files, reads them back and scores them with pycocotools. Baselines in
 the same run: the same network untrained (what the training bought), batch size 1 against the
-batched prediction job (what batching buys), and class-wise NMS against the default class-agnostic
-one (what suppressing duplicate boxes across classes does to precision and mAP). It trains a fixed
-number of steps (the engine's default), so its metrics are the same on every machine.
+batched prediction job (what batching buys), class-wise NMS against the default class-agnostic
+one (what suppressing duplicate boxes across classes does to precision and mAP), and the eager torch
+network against its ONNX export in onnxruntime (what `runtime` "onnx" buys; see `runtime_rates`).
+It trains a fixed number of steps (the engine's default), so its metrics are the same on every machine.
 
     .venv/bin/python -m bench.engine_bench [--max-steps 500 | --seconds S] [--images 300] [--seed 7] [--threads N]
+    .venv/bin/python -m bench.engine_bench --runtimes-only --threads 2   # eager torch vs onnxruntime alone
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import logging
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +36,8 @@ from shared.demo import DEMO, Scene, create_demo_model_run
 from shared.domain.model_types import Task
 from shared.engine.images import decode_image
 from shared.engine.metrics import ImageDetections, ImageTruth, coco_map
-from shared.engine.model import LoadedModel, build_model, load_checkpoint
+from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
+from shared.engine.onnx_model import OnnxRunner, export_onnx
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from shared.engine.train import TrainSettings, resolve_device, train
 from shared.engine.vertex_io import parse_import_line
@@ -163,6 +167,66 @@ def model_only_rate(predictor: Predictor, store: LocalFolderStore, uris: list[st
     return rounds * len(uris) / (time.perf_counter() - started)
 
 
+def runtime_rates(loaded: LoadedModel, pixels: torch.Tensor, onnx_path: Path, rounds: int = 5) -> dict[str, float]:
+    """Images/s of the network's forward call on CPU, eager torch against onnxruntime: the same model
+    (exported to `onnx_path`), the same uint8 batch, the same thread count (torch's, which the ONNX
+    session takes too), each with its own input conversion (normalize; channels-last for torch, NCHW
+    for onnxruntime). Decoding the outputs is the same code for both, so it is left out. The rounds
+    alternate, so a change in the machine's load hits both, and each rate is the median of its rounds.
+    `--runtimes-only` measures just this, on the demo-sized detector untrained (speed does not depend
+    on the weights) and random pixels."""
+    cpu = torch.device("cpu")
+    export_onnx(loaded, onnx_path)
+    predictors = {
+        "eager": Predictor(loaded, cpu),
+        "onnx": Predictor(loaded, cpu, OnnxRunner(onnx_path, loaded.config)),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in predictors}
+    with torch.no_grad():
+        for predictor in predictors.values():  # warm-up
+            predictor.forward(predictor._input(pixels))
+        for _ in range(rounds):
+            for name, predictor in predictors.items():
+                started = time.perf_counter()
+                predictor.forward(predictor._input(pixels))
+                rates[name].append(len(pixels) / (time.perf_counter() - started))
+    eager, onnx = statistics.median(rates["eager"]), statistics.median(rates["onnx"])
+    return {"eager_images_per_s": eager, "onnx_images_per_s": onnx, "onnx_over_eager": onnx / eager}
+
+
+def print_runtime_rates(threads: int, seed: int, batch: int = 64) -> dict[str, float]:
+    """`runtime_rates` of the demo-sized detector (the engine's defaults, the demo's 3 classes) untrained."""
+    torch.manual_seed(seed)
+    config = ModelConfig("object_detection", 3)
+    loaded = LoadedModel(build_model(config).eval(), config, ["circle", "square", "triangle"], {})
+    size = config.input_size
+    pixels = torch.randint(
+        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = runtime_rates(loaded, pixels, Path(tmp) / "model.onnx")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; "
+        f"detector input {size}, width {config.width}, batch {batch}"
+    )
+    print(_runtime_line(rates, threads, batch))
+    return rates
+
+
+def _runtime_line(rates: dict[str, float], threads: int, batch: int) -> str:
+    return (
+        f"runtime (network alone, batch {batch}, CPU, {threads} threads each): "
+        f"eager torch {rates['eager_images_per_s']:.1f} images/s (baseline), "
+        f"onnxruntime {rates['onnx_images_per_s']:.1f} images/s, ratio {rates['onnx_over_eager']:.2f}"
+    )
+
+
+def _decoded_batch(store: LocalFolderStore, uris: list[str], size: int, batch: int) -> torch.Tensor:
+    """`batch` decoded images from `uris`, repeated when there are fewer."""
+    pixels = [decode_image(store.read(store.key_from_uri(u)), size).pixels for u in uris[:batch]]
+    return torch.stack([pixels[i % len(pixels)] for i in range(batch)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=DEFAULT_ENGINE_STEPS, help="steps to train (deterministic)")
@@ -172,10 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--runtimes-only", action="store_true", help="only eager torch vs onnxruntime, untrained")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.runtimes_only:
+        print_runtime_rates(args.threads, args.seed)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -213,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
         cw_precision, cw_shown = precision_at(truth, classwise, SHOWN_THRESHOLD)
         _found1, single_rate = predict_split(predictor, store, instances_uri, "batch1", 1)
         model_rate = model_only_rate(predictor, store, [row.image_uri for row in test])
+        runtimes = runtime_rates(
+            load_checkpoint(checkpoint),
+            _decoded_batch(store, [row.image_uri for row in test], predictor.input_size, 64),
+            workdir / "model.onnx",
+        )
 
         torch.manual_seed(args.seed)
         config = predictor.loaded.config  # the trained network's shape, untrained
@@ -247,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         f"batch 1 {single_rate:.1f} images/s (baseline); "
         f"network + box decoding alone, batch {len(test)}: {model_rate:.1f} images/s"
     )
+    print(_runtime_line(runtimes, args.threads, 64))
 
 
 if __name__ == "__main__":
