@@ -32,7 +32,20 @@ ADAPTERS = {
     "shared.chain.timer",
 }
 ADAPTER_PACKAGES = ("shared.engine", "shared.gcp")  # the local engine and the Google client helpers
-SDKS = ("google", "labelbox", "lbox", "requests", "urllib3", "grpc", "torch", "functions_framework", "flask", "psutil")
+SDKS = (
+    "google",
+    "labelbox",
+    "lbox",
+    "requests",
+    "urllib3",
+    "grpc",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "functions_framework",
+    "flask",
+    "psutil",
+)
 STAGE_HELPERS = {
     "shared.stages.runner",
     "shared.stages.watch",
