@@ -107,7 +107,10 @@ def export_onnx(loaded: LoadedModel, path: Path) -> None:
         "task": config.task,
         "classes": json.dumps(loaded.classes),
         "config": json.dumps(asdict(config)),
-        "input": f"{INPUT}: float [B,3,{config.input_size},{config.input_size}], RGB/255, minus {MEAN}, over {STD}",
+        "input": (
+            f"{INPUT}: float [B,3,{config.input_size},{config.input_size}], RGB/255, minus {MEAN}, over {STD}; "
+            "the picture scaled to fit, at the top-left, padded with zeros"
+        ),
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
