@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
 from shared.domain.model_types import Backend, ModelType, Task, offered
 from shared.domain.run_record import CHAIN_STAGES
 from shared.secret import Secret
@@ -123,6 +124,9 @@ class PredictSettings:
     max_predictions: int
     on_training: bool
     shard_rows: int  # held-out rows per inference delivery shard (one invocation each)
+    unlabeled: bool = True  # also predict on unlabeled and UNASSIGNED rows, to rank them for labeling
+    label_next_strategy: str = "entropy"
+    label_next_count: int = 20
 
 
 @dataclass(frozen=True)
@@ -398,6 +402,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_predictions=int(r.number("PREDICT_MAX_PREDICTIONS", 100, low=1, high=500, integer=True)),
             on_training=r.flag("PREDICT_ON_TRAINING", False),
             shard_rows=int(r.number("INFERENCE_SHARD_ROWS", 10_000, low=1, high=1_000_000, integer=True)),
+            unlabeled=r.flag("PREDICT_UNLABELED", True),
+            label_next_strategy=r.choice("LABEL_NEXT_STRATEGY", "entropy", tuple(Strategy)),
+            label_next_count=int(r.number("LABEL_NEXT_COUNT", 20, low=0, high=MAX_LABEL_NEXT, integer=True)),
         ),
         vertex=vertex,
         local=local,

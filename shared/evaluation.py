@@ -17,10 +17,12 @@ import numpy as np
 
 from shared.dataset.manifest import ManifestRow
 from shared.domain.examples import to_pixels
+from shared.domain.label_next import in_pool
 from shared.domain.model_types import Task
-from shared.formats.labelbox_metrics import metric_import_rows
+from shared.formats.labelbox_metrics import metric_import_rows, uncertainty_import_rows
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
 from shared.formats.vertex_prediction import PredictedLabel, PredictionLineError, VertexPrediction, apply_limits
+from shared.metrics import uncertainty as al
 from shared.metrics.detections import ClassificationItem, ImageDetections
 from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics
 
@@ -89,6 +91,16 @@ def _xyxy(boxes: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
     return np.stack([a[:, 0], a[:, 1], a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]], axis=1)
 
 
+@dataclass(frozen=True)
+class PoolRow:
+    """A row to rank for labeling: how unsure the model is, and what was uploaded for it (detection: the
+    boxes, as `uploaded`; classification: every answer's confidence)."""
+
+    uncertainty: al.Uncertainty
+    uploaded: ImageDetections | None
+    scores: Mapping[str, float]
+
+
 @dataclass
 class Evaluated:
     """What a run uploads and scores. `detections` hold every predicted box (the run-level curves sweep all
@@ -101,6 +113,7 @@ class Evaluated:
     predicted_rows: int
     prediction_count: int
     uploaded: list[ImageDetections] = field(default_factory=list)
+    pool: dict[str, PoolRow] = field(default_factory=dict)  # rows to rank for labeling, never scored
 
 
 def evaluate_rows(
@@ -120,6 +133,8 @@ def evaluate_rows(
     The per-row diagnostics count exactly the predictions uploaded: above `confidence_threshold`, the
     `max_predictions` most confident, with the geometry of the uploaded rows (clipped to the image, rounded
     to 0.01 px, none left without area), so that they are what the SDK would compute on the model run.
+    Rows to rank for labeling (unlabeled or unassigned, `in_pool`) get their predictions and their
+    uncertainty (`shared.metrics.uncertainty`) instead, and stay out of every figure.
     Run-level mAP, PR curves and the figures at the threshold use every box: they are curves over all
     confidences, and the cap is a display limit, not part of the model.
     """
@@ -127,6 +142,8 @@ def evaluate_rows(
     uploaded: list[ImageDetections] = []
     items: list[ClassificationItem] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
+    pool: dict[str, PoolRow] = {}
+    classes = sorted(set(feature_for.values()))
     count = predicted = 0
     for row in rows:
         if row.data_row_id in joined.failed:
@@ -134,6 +151,16 @@ def evaluate_rows(
         raw = joined.predictions.get(row.data_row_id, EMPTY)
         shown = apply_limits(raw, confidence_threshold=confidence_threshold, max_predictions=max_predictions)
         context = RowContext(row.data_row_id, row.width, row.height)
+        if in_pool(row.split.value, row.labeled):
+            out, pool[row.data_row_id] = _pool_row(
+                row, raw, shown, context, task, feature_for, question, classes, confidence_threshold, uuid_seed
+            )
+            predictions[row.data_row_id] = out + uncertainty_import_rows(
+                row.data_row_id, pool[row.data_row_id].uncertainty, uuid_seed=uuid_seed
+            )
+            count += len(out)
+            predicted += bool(out)
+            continue
         if task is Task.OBJECT_DETECTION:
             out = bbox_prediction_rows(shown, context, uuid_seed=uuid_seed, name_for=feature_for)
             full = [
@@ -157,13 +184,8 @@ def evaluate_rows(
             )
             uploaded.append(_as_uploaded(row.data_row_id, gt_labels, gt_boxes, out))
         else:
-            renamed = VertexPrediction(
-                shown.content_uri,
-                shown.mime_type,
-                labels=tuple(PredictedLabel(feature_for.get(lb.label, lb.label), lb.confidence) for lb in shown.labels),
-            )
             out = classification_prediction_rows(
-                renamed,
+                _renamed(shown, feature_for),
                 context,
                 question=question or "classification",
                 multi_label=task is Task.MULTI_LABEL_CLASSIFICATION,
@@ -194,7 +216,47 @@ def evaluate_rows(
         predictions[data_row_id] = predictions[data_row_id] + metric_import_rows(
             data_row_id, metrics, kind=kind, uuid_seed=uuid_seed
         )
-    return Evaluated(predictions, detections, items, predicted, count, uploaded)
+    return Evaluated(predictions, detections, items, predicted, count, uploaded, pool)
+
+
+def _renamed(prediction: VertexPrediction, feature_for: Mapping[str, str]) -> VertexPrediction:
+    return VertexPrediction(
+        prediction.content_uri,
+        prediction.mime_type,
+        labels=tuple(PredictedLabel(feature_for.get(lb.label, lb.label), lb.confidence) for lb in prediction.labels),
+    )
+
+
+def _pool_row(
+    row: ManifestRow,
+    raw: VertexPrediction,
+    shown: VertexPrediction,
+    context: RowContext,
+    task: Task,
+    feature_for: Mapping[str, str],
+    question: str | None,
+    classes: Sequence[str],
+    threshold: float,
+    uuid_seed: str,
+) -> tuple[list[dict[str, Any]], PoolRow]:
+    """A row to rank for labeling: its prediction rows to upload, and its `PoolRow`."""
+    if task is Task.OBJECT_DETECTION:
+        out = bbox_prediction_rows(shown, context, uuid_seed=uuid_seed, name_for=feature_for)
+        uncertainty = al.detection([b.confidence for b in raw.boxes], threshold=threshold)
+        entry = PoolRow(uncertainty, _as_uploaded(row.data_row_id, (), _xyxy([]), out), {})
+    else:
+        multi = task is Task.MULTI_LABEL_CLASSIFICATION
+        out = classification_prediction_rows(
+            _renamed(shown, feature_for),
+            context,
+            question=question or "classification",
+            multi_label=multi,
+            uuid_seed=uuid_seed,
+        )
+        scores = {feature_for.get(lb.label, lb.label): lb.confidence for lb in raw.labels}
+        uncertainty = al.multi_label(scores, classes) if multi else al.single_label(scores, max(2, len(classes)))
+        entry = PoolRow(uncertainty, None, scores)
+    return out, entry
 
 
 def _as_uploaded(

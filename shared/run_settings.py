@@ -21,6 +21,7 @@ from shared.config import (
     Settings,
     vertex_budget_range,
 )
+from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
 from shared.domain.model_types import Backend, Task
 from shared.domain.run_record import RunRecord
 
@@ -52,6 +53,10 @@ def _model_types(task: Task) -> tuple[str, ...]:
 KEYS: dict[str, _Key] = {
     "confidence_threshold": _Key(_BOTH, float, "predictions below it are not uploaded", lambda t: (0.0, 1.0)),
     "max_predictions": _Key(_BOTH, int, "predictions kept per image", lambda t: (1, 500)),
+    "label_next_strategy": _Key(
+        _BOTH, str, "what ranks the unlabeled rows to label next", lambda t: tuple(s.value for s in Strategy)
+    ),
+    "label_next_count": _Key(_BOTH, int, "how many rows to list to label next", lambda t: (0, MAX_LABEL_NEXT)),
     "model_type": _Key(_VERTEX, str, "the AutoML model type", _model_types),
     "budget_milli_node_hours": _Key(_VERTEX, int, "the AutoML training budget (1000 = one node hour)"),
     "early_stopping": _Key(_VERTEX, bool, "let AutoML stop once the model converges"),
@@ -73,11 +78,15 @@ class RunSettings:
     max_predictions: int
     training: dict[str, Any]  # the backend's training settings (the keys of KEYS for that backend)
     from_config: tuple[str, ...] = ()
+    label_next_strategy: str = Strategy.ENTROPY.value
+    label_next_count: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "confidence_threshold": self.confidence_threshold,
             "max_predictions": self.max_predictions,
+            "label_next_strategy": self.label_next_strategy,
+            "label_next_count": self.label_next_count,
             "training": dict(self.training),
             "from_config": list(self.from_config),
         }
@@ -89,11 +98,18 @@ class RunSettings:
             max_predictions=int(data["max_predictions"]),
             training=dict(data.get("training", {})),
             from_config=tuple(data.get("from_config", ())),
+            label_next_strategy=str(data.get("label_next_strategy", Strategy.ENTROPY.value)),
+            label_next_count=int(data.get("label_next_count", 20)),
         )
 
     def shown(self) -> dict[str, str]:
         """Every setting as the strings a model run's status metadata keeps (`from config` marked)."""
-        values = {"confidence_threshold": self.confidence_threshold, "max_predictions": self.max_predictions}
+        values: dict[str, Any] = {
+            "confidence_threshold": self.confidence_threshold,
+            "max_predictions": self.max_predictions,
+            "label_next_strategy": self.label_next_strategy,
+            "label_next_count": self.label_next_count,
+        }
         values.update(self.training)
         return {
             f"setting: {key}": f"{value}{' (from config)' if key in self.from_config else ''}"
@@ -116,7 +132,14 @@ def deployment_defaults(settings: Settings, task: Task, backend: Backend) -> Run
         training = (
             {} if local is None else {"steps": local.engine_max_steps, "train_seconds": local.engine_train_seconds}
         )
-    return RunSettings(settings.predict.confidence_threshold, settings.predict.max_predictions, training)
+    predict = settings.predict
+    return RunSettings(
+        predict.confidence_threshold,
+        predict.max_predictions,
+        training,
+        label_next_strategy=predict.label_next_strategy,
+        label_next_count=predict.label_next_count,
+    )
 
 
 def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Task, backend: Backend) -> RunSettings:
@@ -156,6 +179,8 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
         max_predictions=values.get("max_predictions", defaults.max_predictions),
         training=training,
         from_config=tuple(sorted(values)),
+        label_next_strategy=values.get("label_next_strategy", defaults.label_next_strategy),
+        label_next_count=values.get("label_next_count", defaults.label_next_count),
     )
 
 

@@ -53,6 +53,8 @@ def converted_to_json(item: Converted) -> dict[str, Any]:
         line["dropped"] = dict(item.dropped_boxes)
     if item.warnings:
         line["warnings"] = [list(w) for w in item.warnings]
+    if not e.labeled:
+        line["unlabeled"] = True
     return line
 
 
@@ -67,6 +69,7 @@ def converted_from_json(line: Mapping[str, Any]) -> Converted:
         boxes=tuple(PixelBox(b[0], b[1], b[2], b[3], b[4]) for b in line.get("boxes", ())),
         labels=tuple(line.get("labels", ())),
         global_key=line.get("key"),
+        labeled=not line.get("unlabeled", False),
     )
     warnings = tuple((str(w[0]), str(w[1])) for w in line.get("warnings", ()))
     return Converted(example, Counter(line.get("dropped", {})), warnings)

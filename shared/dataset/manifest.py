@@ -31,6 +31,7 @@ class ManifestRow:
     boxes: tuple[Box, ...] = ()
     labels: tuple[str, ...] = ()
     global_key: str | None = None
+    labeled: bool = True  # False: nobody labeled the row yet; predicted on for active learning only
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class ManifestRow:
             "split": self.split.value,
             "boxes": [list(b) for b in self.boxes],
             "labels": list(self.labels),
+            **({} if self.labeled else {"labeled": False}),
         }
 
     @classmethod
@@ -57,6 +59,7 @@ class ManifestRow:
             boxes=tuple((b[0], float(b[1]), float(b[2]), float(b[3]), float(b[4])) for b in line.get("boxes", [])),
             labels=tuple(line.get("labels", [])),
             global_key=line.get("global_key"),
+            labeled=bool(line.get("labeled", True)),
         )
 
     def without(self, labels: set[str]) -> tuple[ManifestRow | None, int]:

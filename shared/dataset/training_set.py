@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from shared.dataset.manifest import ManifestRow
+from shared.dataset.manifest import Box, ManifestRow
 from shared.domain.data_quality import DataQuality
 from shared.domain.examples import Example, Split, to_pixels
 from shared.domain.model_types import Task
@@ -42,6 +42,9 @@ def training_row(
 
     `width` and `height` are the image's real (decoded) size: boxes are clipped and dropped against it."""
     row_id = example.data_row_id
+    if not example.labeled:
+        quality.keep_unlabeled()
+        return TrainingRow(_manifest_row(example, image_uri, mime_type, width, height, ()), None)
     dropped = dropped or Counter()
     quality.drop_boxes(dropped, row_id)
     boxes = None
@@ -56,7 +59,18 @@ def training_row(
             quality.skip(no_usable_boxes_reason(dropped + vertex_dropped), row_id)
             return None
     quality.keep(example.split, [b.label for b in boxes] if boxes is not None else example.labels)
-    manifest = ManifestRow(
+    pixel_boxes = tuple((b.label, *to_pixels(b.x_min, b.y_min, b.x_max, b.y_max, width, height)) for b in boxes or [])
+    manifest = _manifest_row(example, image_uri, mime_type, width, height, pixel_boxes)
+    line = None
+    if example.split is not Split.UNASSIGNED:
+        line = import_line(example, image_uri=image_uri, task=task, names=names, boxes=boxes)
+    return TrainingRow(manifest, line)
+
+
+def _manifest_row(
+    example: Example, image_uri: str, mime_type: str, width: int, height: int, boxes: tuple[Box, ...]
+) -> ManifestRow:
+    return ManifestRow(
         data_row_id=example.data_row_id,
         global_key=example.global_key,
         image_uri=image_uri,
@@ -64,13 +78,10 @@ def training_row(
         width=width,
         height=height,
         split=example.split,
-        boxes=tuple((b.label, *to_pixels(b.x_min, b.y_min, b.x_max, b.y_max, width, height)) for b in boxes or []),
+        boxes=boxes,
         labels=tuple(example.labels),
+        labeled=example.labeled,
     )
-    line = None
-    if example.split is not Split.UNASSIGNED:
-        line = import_line(example, image_uri=image_uri, task=task, names=names, boxes=boxes)
-    return TrainingRow(manifest, line)
 
 
 def import_line_without(line: dict[str, Any], display_names: set[str]) -> dict[str, Any] | None:

@@ -52,6 +52,7 @@ class DataQuality:
     task: Task
     rows_seen: int = 0
     rows_kept: int = 0
+    rows_unlabeled: int = 0  # kept, never trained: predicted on and ranked for labeling
     boxes_kept: int = 0
     rows_skipped: Counter[str] = field(default_factory=Counter)
     boxes_dropped: Counter[str] = field(default_factory=Counter)
@@ -111,9 +112,12 @@ class DataQuality:
         for label in set(labels):
             self.per_class_per_split[label][split.value] += 1
 
+    def keep_unlabeled(self) -> None:
+        self.rows_unlabeled += 1
+
     def clear_kept(self) -> None:
         """Forgets the kept rows' counts, to count them again from rewritten chunks (rare labels dropped)."""
-        self.rows_kept = self.boxes_kept = 0
+        self.rows_kept = self.rows_unlabeled = self.boxes_kept = 0
         self.images_per_split.clear()
         self.per_class_per_split.clear()
         self.boxes_per_class.clear()
@@ -159,6 +163,7 @@ class DataQuality:
             "task": self.task.value,
             "rows_seen": self.rows_seen,
             "rows_kept": self.rows_kept,
+            "rows_unlabeled": self.rows_unlabeled,
             "boxes_kept": self.boxes_kept,
             "rows_skipped": dict(self.rows_skipped),
             "boxes_dropped": dict(self.boxes_dropped),
@@ -176,6 +181,7 @@ class DataQuality:
             Task(state["task"]),
             rows_seen=state["rows_seen"],
             rows_kept=state["rows_kept"],
+            rows_unlabeled=state.get("rows_unlabeled", 0),
             boxes_kept=state["boxes_kept"],
             rows_skipped=Counter(state["rows_skipped"]),
             boxes_dropped=Counter(state["boxes_dropped"]),
@@ -194,6 +200,7 @@ class DataQuality:
         the earlier part's first, so the merged counts read as one pass over the rows would."""
         self.rows_seen += other.rows_seen
         self.rows_kept += other.rows_kept
+        self.rows_unlabeled += other.rows_unlabeled
         self.boxes_kept += other.boxes_kept
         self.rows_skipped.update(other.rows_skipped)
         self.boxes_dropped.update(other.boxes_dropped)
@@ -211,6 +218,7 @@ class DataQuality:
         return {
             "rows_seen": self.rows_seen,
             "rows_kept": self.rows_kept,
+            "rows_unlabeled": self.rows_unlabeled,
             "rows_skipped": dict(self.rows_skipped.most_common()),
             "boxes_kept": self.boxes_kept,
             "boxes_dropped": dict(self.boxes_dropped.most_common()),
@@ -235,6 +243,7 @@ class DataQuality:
         skipped = sum(self.rows_skipped.values())
         out = {
             "rows_kept": str(self.rows_kept),
+            **({"rows_unlabeled": str(self.rows_unlabeled)} if self.rows_unlabeled else {}),
             "rows_skipped": str(skipped),
             "splits": ", ".join(f"{k} {v}" for k, v in sorted(self.images_per_split.items())),
         }

@@ -73,3 +73,4 @@ class Example:
     boxes: tuple[PixelBox, ...] = ()
     labels: tuple[str, ...] = ()  # classification answers
     global_key: str | None = None
+    labeled: bool = True  # False: a row of the model run nobody labeled yet (predicted on, never trained)

@@ -154,6 +154,10 @@ class RunPaths:
         """A delivery shard's candidates for the report's samples (its first rows by data row id)."""
         return f"{self.inference_split(generation)}samples/samples-{SHARD.format(shard)}.json"
 
+    def label_next_candidates(self, generation: int, shard: int) -> str:
+        """A delivery shard's most uncertain rows (its top of "label these next"), for the fan-in."""
+        return f"{self.inference_split(generation)}label_next/label-next-{SHARD.format(shard)}.json"
+
     def upload_marker(self, name: str) -> str:
         """Written once the platform took the prediction import `name`: a re-delivery skips that chunk.
         Outside any split, so a forced re-split uploads nothing twice either."""

@@ -172,18 +172,32 @@ def example_from_row(
     run = _run_of(row, model_run_id)
     if run is None:
         return Skipped(data_row_id, "row not in this model run")
+    split, warnings = _split(run, data_row_id, split_fallback)
+    media_attributes = row.get("media_attributes")
+    media: Mapping[str, Any] = media_attributes if isinstance(media_attributes, Mapping) else {}
+    mime = media.get("mime_type") or media.get("mimeType")
+    global_key = data_row.get("global_key")
+
     labels = run.get("labels")
-    if not isinstance(labels, list) or not labels or not isinstance(labels[0], Mapping):
-        return Skipped(data_row_id, "row without a label")
+    if not isinstance(labels, list) or not labels:
+        # nobody labeled it yet: kept to predict on, so it can be ranked for labeling (active learning)
+        unlabeled = Example(
+            data_row_id=data_row_id,
+            media_url=row_data,
+            mime_type=mime if isinstance(mime, str) else None,
+            width=_positive_int(media.get("width")),
+            height=_positive_int(media.get("height")),
+            split=split,
+            global_key=global_key if isinstance(global_key, str) else None,
+            labeled=False,
+        )
+        return Converted(unlabeled, Counter(), warnings)
+    if not isinstance(labels[0], Mapping):
+        return Skipped(data_row_id, "label is not a JSON object")
     annotations = labels[0].get("annotations")
     if not isinstance(annotations, Mapping):
         return Skipped(data_row_id, "label without annotations")
 
-    split, warnings = _split(run, data_row_id, split_fallback)
-
-    media_attributes = row.get("media_attributes")
-    media: Mapping[str, Any] = media_attributes if isinstance(media_attributes, Mapping) else {}
-    mime = media.get("mime_type") or media.get("mimeType")
     boxes: list[PixelBox] = []
     dropped: Counter[str] = Counter()
     labels_out: list[str] = []
@@ -207,7 +221,6 @@ def example_from_row(
         if not labels_out:
             return Skipped(data_row_id, "row without a classification answer")
 
-    global_key = data_row.get("global_key")
     example = Example(
         data_row_id=data_row_id,
         media_url=row_data,

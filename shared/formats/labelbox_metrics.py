@@ -10,6 +10,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # shared.metrics imports this module
+    from shared.metrics.uncertainty import Uncertainty
 
 # Metric names Labelbox refuses (labelbox.data.annotation_types.metrics.scalar.RESERVED_METRIC_NAMES).
 RESERVED_METRIC_NAMES = frozenset(
@@ -107,3 +111,31 @@ def metric_import_rows(
             }
         )
     return rows
+
+
+# Per-row uncertainty of a row the model has no label for, as data-row scalars (no feature): a reviewer
+# sorts the model run by one of them to find what to label next. Prefixed so none is a reserved name.
+UNCERTAINTY_METRIC_NAMES = ("al_least_confidence", "al_margin", "al_entropy", "al_boxes", "al_no_detection")
+
+
+def uncertainty_import_rows(data_row_id: str, uncertainty: Uncertainty, *, uuid_seed: str) -> list[dict]:
+    """Labelbox NDJSON scalar rows for one row's uncertainty (detection adds its box count and flag)."""
+    values: dict[str, float] = {
+        "al_least_confidence": uncertainty.least_confidence,
+        "al_margin": uncertainty.margin,
+        "al_entropy": uncertainty.entropy,
+    }
+    if uncertainty.boxes is not None:
+        values["al_boxes"] = float(uncertainty.boxes)
+    if uncertainty.no_detection is not None:
+        values["al_no_detection"] = float(uncertainty.no_detection)
+    return [
+        {
+            "uuid": _row_uuid(uuid_seed, data_row_id, "", name),
+            "dataRow": {"id": data_row_id},
+            "metricValue": round(float(value), 6),
+            "metricName": name,
+            "aggregation": "ARITHMETIC_MEAN",
+        }
+        for name, value in values.items()
+    ]

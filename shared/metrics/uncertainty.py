@@ -24,18 +24,12 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+
+from shared.domain.label_next import Strategy
+
+__all__ = ["DETECTION_FLOOR", "Strategy", "Uncertainty", "detection", "label_next", "multi_label", "single_label"]
 
 DETECTION_FLOOR = 0.1  # boxes below this confidence are left out of a row's detection uncertainty
-
-
-class Strategy(StrEnum):
-    """What "label these next" ranks by; `random` is the baseline every strategy must beat."""
-
-    LEAST_CONFIDENCE = "least_confidence"
-    MARGIN = "margin"
-    ENTROPY = "entropy"
-    RANDOM = "random"
 
 
 @dataclass(frozen=True)

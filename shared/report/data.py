@@ -47,6 +47,7 @@ class ReportSample:
     ground_truth: Sequence[SampleItem]
     predictions: Sequence[SampleItem]
     split: str
+    note: str = ""  # a line under the image (a row to label next: how unsure the model is)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class ReportData:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     samples: Sequence[ReportSample] = ()
     error: str | None = None
+    label_next: Sequence[ReportSample] = ()  # most uncertain first
+    label_next_strategy: str = ""
+    rows_ranked: int = 0  # the unlabeled and unassigned rows predicted on, of which `label_next` are the top
 
     @property
     def is_classification(self) -> bool:

@@ -35,6 +35,7 @@ SECTIONS = (
     ("pr-curves", "Precision-recall"),
     ("confusion-matrix", "Confusion matrix"),
     ("samples", "Samples"),
+    ("label-next", "Label these next"),
 )
 _SPLIT_ORDER = ("training", "validation", "test", "unassigned")
 _WORDS = {
@@ -79,6 +80,7 @@ def render_report(data: ReportData) -> str:
         _pr_curves(data),
         _confusion_matrix(data),
         _samples(data),
+        _label_next(data),
     ]
     title = f"Model run report · {data.model_type} · {data.run_id}"
     return (
@@ -395,6 +397,28 @@ def _samples(data: ReportData) -> str:
     return "".join(parts)
 
 
+def _label_next(data: ReportData) -> str:
+    parts = [_section_open("label-next", "Label these next")]
+    rows = list(data.label_next)
+    if not rows:
+        parts.append(
+            '<p class="muted">No unlabeled or unassigned rows were predicted on, so there is nothing to rank.</p>'
+            "</section>"
+        )
+        return "".join(parts)
+    strategy = data.label_next_strategy.replace("_", " ")
+    parts.append(
+        f'<p class="muted">The {len(rows)} of {data.rows_ranked} unlabeled or unassigned rows the model is least '
+        f"sure of, by {esc(strategy)}, most uncertain first. Each row's uncertainty is also in the model run as "
+        "metrics (<code>al_entropy</code>, <code>al_least_confidence</code>, <code>al_margin</code>), to sort "
+        "and filter by.</p>"
+    )
+    parts.append('<div class="samples">')
+    parts.extend(_sample_card(sample, classification=data.is_classification) for sample in rows)
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
 def _sample_card(sample: ReportSample, *, classification: bool) -> str:
     image = embed_image(sample.image)
     width, height = sample.width, sample.height
@@ -422,6 +446,8 @@ def _sample_card(sample: ReportSample, *, classification: bool) -> str:
             f"<div>{len(gt_boxes)} ground-truth box{'es' if len(gt_boxes) != 1 else ''} · "
             f"{len(pred_boxes)} prediction{'s' if len(pred_boxes) != 1 else ''}</div>"
         )
+    if sample.note:
+        caption += f'<div class="note">{esc(sample.note)}</div>'
     return (
         f'<figure class="sample-card">{svg}<figcaption><code>{esc(sample.data_row_id)}</code> '
         f'<span class="split">{esc(sample.split)}</span>{caption}</figcaption></figure>'

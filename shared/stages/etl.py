@@ -358,6 +358,11 @@ def _drop_labels(
     if fresh:
         quality.clear_kept()
     for row in manifest.read_chunk(store, paths, index):
+        if not row.labeled:  # nothing of it to drop
+            if fresh:
+                quality.keep_unlabeled()
+            kept.append(row)
+            continue
         new, boxes_removed = row.without(features)
         if fresh and boxes_removed:
             quality.drop_boxes(Counter({BOX_OF_DROPPED_LABEL: boxes_removed}), row.data_row_id)

@@ -27,6 +27,7 @@ from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain import shards as sh
+from shared.domain.label_next import in_pool
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import InferencePhase, JobKind, RunRecord, Stage
@@ -34,7 +35,8 @@ from shared.platform.port import ModelRunStatus
 from shared.services import Services
 from shared.stages.inference_delivery import run_inference_shard
 from shared.stages.inference_fan_in import fan_in
-from shared.stages.inference_split import current_split, predicted_splits, split_delivery
+from shared.stages.inference_plan import is_predicted
+from shared.stages.inference_split import current_split, predicted_splits, predicts_pool, split_delivery
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import fan_out, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
@@ -47,9 +49,11 @@ SCAN_CONFIDENCE = 0.01  # batch prediction keeps low-confidence boxes so the PR 
 
 
 def held_out_rows(services: Services, run_id: str) -> Iterator[ManifestRow]:
-    wanted = set(predicted_splits(services))
+    """The rows batch prediction runs on: the held-out splits' (scored), and the rows to rank for
+    labeling (`inference_plan.is_predicted`)."""
+    splits, pool = predicted_splits(services), predicts_pool(services)
     for row in read_manifest(services.store, run_id):
-        if row.split in wanted:
+        if is_predicted(row.split.value, row.labeled, splits, pool):
             yield row
 
 
@@ -69,11 +73,13 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
             record, _ = ctx.update(lambda r: rr.forget_failed_job(r, "batch_prediction", ctx.now, status.error))
     if "batch_prediction" not in record.jobs:
         key = RunPaths(ctx.run_id).instances
-        count = 0
+        count = to_rank = 0
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as tmp:
             for row in held_out_rows(services, ctx.run_id):
                 tmp.write(json.dumps({"content": row.image_uri, "mimeType": row.mime_type}) + "\n")
-                count += 1
+                ranked = in_pool(row.split.value, row.labeled)
+                count += not ranked
+                to_rank += ranked
             tmp.flush()
             if not count:
                 raise StageFailed("no validation or test rows to predict on: assign rows to those splits")
@@ -99,6 +105,7 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
             rr.launched(r, "batch_prediction", job.ref)
             r.artifacts["instances"] = services.store.uri(key)
             r.data_quality["held_out_rows"] = count
+            r.data_quality["rows_to_rank"] = to_rank  # unlabeled and unassigned: predicted, ranked, not scored
             if job.link:
                 r.links["batch_prediction"] = job.link
 

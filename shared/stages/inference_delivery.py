@@ -17,13 +17,14 @@ from typing import Any
 
 from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_chunk
+from shared.domain.label_next import Strategy
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.evaluation import Evaluated, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 from shared.metrics.merged import classification_partial, detection_partial
 from shared.metrics.partial_io import Partial
-from shared.report.assemble import sample_candidates
+from shared.report.assemble import label_next_candidates, sample_candidates
 from shared.stages.inference_outcome import ShardOutcome
 from shared.stages.inference_plan import STRAY, DeliveryPlan
 from shared.stages.inference_split import read_plan
@@ -49,9 +50,9 @@ def run_inference_shard(ctx: ShardContext) -> dict[str, Any]:
     task, restarts = Task(record.task), ctx.shards.restarts
     frozen = run_settings.of_record(settings, record)
     threshold = frozen.confidence_threshold
-    held_out = list(by_uri.values())
+    predicted = list(by_uri.values())  # the held-out rows (scored) and the rows to rank (not scored)
     evaluated = evaluate_rows(
-        held_out,
+        predicted,
         joined,
         task=task,
         feature_for=json.loads(record.artifacts.get("label_map") or "{}"),
@@ -69,10 +70,20 @@ def run_inference_shard(ctx: ShardContext) -> dict[str, Any]:
         before_upload=lambda: ctx.heartbeat(every_s=0),  # raises ShardLost once another owner took over
     )
     ctx.heartbeat(every_s=0, uploaded_chunks=len(uploads))  # still the owner: only the owner writes
+    held_out = [row for row in predicted if row.data_row_id not in evaluated.pool]
     partials = _write_partials(store, paths, plan.generation, ctx.index, task, held_out, evaluated)
     candidates = paths.report_candidates(plan.generation, ctx.index)
     chosen = sample_candidates(evaluated, held_out, threshold=threshold)
     store.write(candidates, json.dumps([c.to_json() for c in chosen]).encode(), content_type="application/json")
+    label_next = paths.label_next_candidates(plan.generation, ctx.index)
+    ranked = label_next_candidates(
+        evaluated,
+        predicted,
+        strategy=Strategy(frozen.label_next_strategy),
+        count=frozen.label_next_count,
+        threshold=threshold,
+    )
+    store.write(label_next, json.dumps([c.to_json() for c in ranked]).encode(), content_type="application/json")
     return ShardOutcome(
         rows=len(held_out),
         predictions=evaluated.prediction_count,
@@ -83,6 +94,8 @@ def run_inference_shard(ctx: ShardContext) -> dict[str, Any]:
         uploads=_bounded_samples(uploads),
         partials=partials,
         candidates=candidates,
+        ranked=len(evaluated.pool),
+        label_next=label_next,
     ).to_json()
 
 
@@ -91,13 +104,12 @@ def shard_rows(
 ) -> tuple[list[ManifestRow], dict[int, set[str]]]:
     """The shard's held-out rows, in manifest order; and, for each chunk it owns, the images of that
     chunk's held-out rows that are other shards' (their lines are theirs, not unknown images)."""
-    wanted = set(plan.splits)
     rows: list[ManifestRow] = []
     others: dict[int, set[str]] = {}
     for span in plan.spans(shard):
         position = 0
         for row in read_chunk(store, paths, span.chunk):
-            if row.split.value not in wanted:
+            if not plan.predicts(row.split.value, row.labeled):
                 continue
             if span.first <= position < span.stop:
                 rows.append(row)

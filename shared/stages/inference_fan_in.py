@@ -23,7 +23,13 @@ from shared.domain.shards import ShardSet
 from shared.metrics.summary import compact, headline, merged_run_metrics, split_figures
 from shared.platform.port import ModelRunStatus
 from shared.report import render_report
-from shared.report.assemble import SampleCandidate, chosen_samples, report_data_of_samples
+from shared.report.assemble import (
+    LabelNextCandidate,
+    SampleCandidate,
+    chosen_samples,
+    report_data_of_samples,
+    top_label_next,
+)
 from shared.stages.inference_outcome import DeliveryTotals, ShardOutcome
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import shard_states
@@ -62,6 +68,11 @@ def _chosen(store: ObjectStore, totals: DeliveryTotals) -> list[SampleCandidate]
     return chosen_samples(candidates)
 
 
+def _label_next(store: ObjectStore, totals: DeliveryTotals, count: int) -> list[LabelNextCandidate]:
+    candidates = [LabelNextCandidate.from_json(c) for key in totals.label_next for c in json.loads(store.read(key))]
+    return top_label_next(candidates, count)
+
+
 def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
     """Merges the shards' results; writes the report, the config and the status; completes the run."""
     services, settings = ctx.services, ctx.services.settings
@@ -73,6 +84,13 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
     if totals.failed_reasons:  # shown with the data-quality counts in the report, the config and the record
         record.data_quality["failed_predictions"] = dict(totals.failed_reasons)
     uploads = recorded_uploads(record.uploads, totals.uploads)
+    frozen = run_settings.of_record(settings, record)
+    label_next = _label_next(store, totals, frozen.label_next_count)
+    listed: dict[str, Any] = {
+        "strategy": frozen.label_next_strategy,
+        "rows_ranked": totals.ranked,
+        "rows": [c.listed() for c in label_next],
+    }
 
     report_key = RunPaths(ctx.run_id).report
     data = report_data_of_samples(
@@ -81,11 +99,13 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
         _chosen(store, totals),
         image_of=lambda uri: store.read(store.key_from_uri(uri)),
         finished_at=rr.iso(services.clock()),
+        label_next=label_next,
+        label_next_strategy=frozen.label_next_strategy,
+        rows_ranked=totals.ranked,
     )
     store.write(report_key, render_report(data).encode(), content_type="text/html")
     report_uri = store.uri(report_key)
     summary = headline(metrics, task)
-    frozen = run_settings.of_record(settings, record)
     results = {
         "run_id": ctx.run_id,
         "backend": record.backend,
@@ -95,13 +115,14 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
         "settings": frozen.to_dict(),
         "metrics": compact(metrics),
         "data_quality": record.data_quality,
+        "label_next": {**listed, "rows": [row["data_row_id"] for row in listed["rows"]]},
     }
     # the user's own keys (their "train" settings, their tracking) stay as they are now, edits included
     current = services.platform.get_config(record.model_run_id)
     services.platform.update_config(record.model_run_id, run_settings.merged_results(current, results))
 
     def finish(r: RunRecord) -> None:
-        r.metrics.update({"summary": metrics, "prediction_problems": dict(totals.problems)})
+        r.metrics.update({"summary": metrics, "prediction_problems": dict(totals.problems), "label_next": listed})
         if totals.failed_reasons:
             r.data_quality["failed_predictions"] = dict(totals.failed_reasons)
         r.artifacts["report"] = report_uri
@@ -124,6 +145,7 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
             "upload_errors": str(uploads["rejected"]),
             "prediction_problems": str(sum(totals.problems.values())),
             "failed_predictions": str(totals.failed),
+            "label_next": f"{len(label_next)} of {totals.ranked} rows to rank, by {frozen.label_next_strategy}",
             **{f"failed: {reason}"[:100]: str(n) for reason, n in totals.failed_reasons.most_common(5)},
             **frozen.shown(),
         },

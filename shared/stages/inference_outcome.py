@@ -26,6 +26,8 @@ class ShardOutcome:
     uploads: dict[str, ChunkUpload] = field(default_factory=dict)  # by import name, in chunk order
     partials: dict[str, str] = field(default_factory=dict)  # split -> the key of its metrics partial
     candidates: str = ""  # the key of the report candidates
+    ranked: int = 0  # rows to rank for labeling (unlabeled, unassigned): predicted, never scored
+    label_next: str = ""  # the key of its top rows to label next
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +40,8 @@ class ShardOutcome:
             "uploads": {name: upload.to_json() for name, upload in self.uploads.items()},
             "partials": dict(self.partials),
             "candidates": self.candidates,
+            "ranked": self.ranked,
+            "label_next": self.label_next,
         }
 
     @classmethod
@@ -52,6 +56,8 @@ class ShardOutcome:
             uploads={name: ChunkUpload.from_json(u) for name, u in data.get("uploads", {}).items()},
             partials={str(k): str(v) for k, v in data.get("partials", {}).items()},
             candidates=str(data.get("candidates", "")),
+            ranked=int(data.get("ranked", 0)),
+            label_next=str(data.get("label_next", "")),
         )
 
 
@@ -68,6 +74,8 @@ class DeliveryTotals:
     uploads: list[tuple[str, ChunkUpload]] = field(default_factory=list)
     partials: dict[str, list[str]] = field(default_factory=dict)  # split -> every shard's partial of it
     candidates: list[str] = field(default_factory=list)
+    ranked: int = 0
+    label_next: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, outcomes: Sequence[ShardOutcome]) -> DeliveryTotals:
@@ -84,6 +92,9 @@ class DeliveryTotals:
                 totals.partials.setdefault(split, []).append(key)
             if outcome.candidates:
                 totals.candidates.append(outcome.candidates)
+            totals.ranked += outcome.ranked
+            if outcome.label_next:
+                totals.label_next.append(outcome.label_next)
         totals.problems += Counter()  # no reason counted zero
         totals.failed_reasons += Counter()
         return totals

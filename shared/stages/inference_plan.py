@@ -21,7 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.domain.label_next import in_pool
+
 STRAY = -1  # the "chunk" of the lines that name no held-out chunk, in the plan's part counts
+
+
+def is_predicted(split: str, labeled: bool, splits: list[str], pool: bool) -> bool:
+    """Whether batch prediction runs on a manifest row: a labeled row of a predicted split (scored), or,
+    with `pool`, a row to rank for labeling (predicted, never scored)."""
+    return (labeled and split in splits) or (pool and in_pool(split, labeled))
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class DeliveryPlan:
     parts: dict[int, int] = field(default_factory=dict)  # routed part objects per chunk (STRAY included)
     lines: int = 0
     stray_lines: int = 0
+    pool: bool = False  # unlabeled and unassigned rows are predicted too (`is_predicted`)
+
+    def predicts(self, split: str, labeled: bool) -> bool:
+        return is_predicted(split, labeled, self.splits, self.pool)
 
     @property
     def rows(self) -> int:
@@ -79,6 +91,7 @@ class DeliveryPlan:
             "parts": {str(k): v for k, v in self.parts.items()},
             "lines": self.lines,
             "stray_lines": self.stray_lines,
+            "pool": self.pool,
         }
 
     @classmethod
@@ -92,6 +105,7 @@ class DeliveryPlan:
             parts={int(k): int(v) for k, v in data.get("parts", {}).items()},
             lines=int(data.get("lines", 0)),
             stray_lines=int(data.get("stray_lines", 0)),
+            pool=bool(data.get("pool", False)),
         )
 
     def encode(self) -> bytes:

@@ -20,7 +20,7 @@ from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import RunRecord, Stage
 from shared.domain.shards import ShardSet
 from shared.services import Services
-from shared.stages.inference_plan import STRAY, DeliveryPlan, Layout, content_uri_of
+from shared.stages.inference_plan import STRAY, DeliveryPlan, Layout, content_uri_of, is_predicted
 from shared.stages.runner import StageContext
 from shared.store.port import NotFound, ObjectStore
 
@@ -39,6 +39,11 @@ def predicted_splits(services: Services) -> list[str]:
     if services.settings.predict.on_training:
         splits.append("training")
     return splits
+
+
+def predicts_pool(services: Services) -> bool:
+    """Whether the unlabeled and unassigned rows are predicted too, to rank them for labeling."""
+    return services.settings.predict.unlabeled
 
 
 def read_plan(store: ObjectStore, run_id: str) -> DeliveryPlan | None:
@@ -69,16 +74,15 @@ def _folder_of(services: Services, paths: RunPaths, uri: str) -> int | None:
     return paths.shard_of_image(key)
 
 
-def scan_manifest(services: Services, paths: RunPaths, splits: list[str]) -> Layout:
-    """The held-out rows per manifest chunk, read chunk by chunk (only their split and image)."""
+def scan_manifest(services: Services, paths: RunPaths, splits: list[str], pool: bool) -> Layout:
+    """The predicted rows per manifest chunk, read chunk by chunk (only their split, label flag, image)."""
     layout = Layout(lambda uri: _folder_of(services, paths, uri))
-    wanted = set(splits)
     for key in services.store.list(paths.manifest_chunks):
         chunk = paths.manifest_chunk_index(key)
         if chunk is None:
             continue
         for line in read_jsonl(services.store, key):
-            if line.get("split") in wanted:
+            if is_predicted(str(line.get("split")), bool(line.get("labeled", True)), splits, pool):
                 layout.add(chunk, str(line["image_uri"]))
     return layout
 
@@ -138,8 +142,8 @@ def split_delivery(ctx: StageContext, record: RunRecord) -> ShardSet:
     services, paths = ctx.services, RunPaths(ctx.run_id)
     _record, started = ctx.update(lambda r: sh.start_split(r, Stage.INFERENCE, ctx.now))
     _remove_other_generations(services.store, paths, started.generation)
-    splits = predicted_splits(services)
-    layout = scan_manifest(services, paths, splits)
+    splits, pool = predicted_splits(services), predicts_pool(services)
+    layout = scan_manifest(services, paths, splits, pool)
     ctx.heartbeat(every_s=0, held_out_rows=sum(layout.counts.values()))
     output_uri = record.artifacts["prediction_output"]
     writer = PartWriter(services.store, paths, started.generation)
@@ -159,6 +163,7 @@ def split_delivery(ctx: StageContext, record: RunRecord) -> ShardSet:
         parts=writer.close(),
         lines=lines,
         stray_lines=stray,
+        pool=pool,
     )
     services.store.write(paths.inference_plan, plan.encode(), content_type="application/json")
     _record, shards = ctx.update(

@@ -78,15 +78,17 @@ def test_counts_and_to_dict() -> None:
     quality.rows_seen = 6
     quality.keep(Split.TRAINING, ["cat", "cat", "dog"])
     quality.keep(Split.VALIDATION, ["dog"])
-    quality.skip("row without a label")
-    quality.skip("row without a label")
+    quality.skip("label without annotations")
+    quality.skip("label without annotations")
     quality.skip("not a readable image")
+    quality.keep_unlabeled()
     quality.drop_boxes(Counter({"box under 8 px": 2}))
     quality.drop_boxes(Counter({"box under 8 px": 1, "box outside the image": 1}))
     assert quality.to_dict() == {
         "rows_seen": 6,
         "rows_kept": 2,
-        "rows_skipped": {"row without a label": 2, "not a readable image": 1},
+        "rows_unlabeled": 1,
+        "rows_skipped": {"label without annotations": 2, "not a readable image": 1},
         "boxes_kept": 4,
         "boxes_dropped": {"box under 8 px": 3, "box outside the image": 1},
         "warnings": {},
@@ -96,7 +98,7 @@ def test_counts_and_to_dict() -> None:
         "boxes_per_class": {"cat": 2, "dog": 2},
         "examples": {},
     }
-    assert list(quality.to_dict()["rows_skipped"]) == ["row without a label", "not a readable image"]
+    assert list(quality.to_dict()["rows_skipped"]) == ["label without annotations", "not a readable image"]
 
 
 def test_classification_counts_images_not_boxes() -> None:

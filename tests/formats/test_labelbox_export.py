@@ -221,13 +221,8 @@ def _without(row: dict[str, Any], *path: str) -> dict[str, Any]:
             "cdatarow000000000000000001",
         ),
         (
-            {**make_row(), "experiments": {MODEL: {"runs": {RUN: {"labels": []}}}}},
-            "row without a label",
-            "cdatarow000000000000000001",
-        ),
-        (
-            {**make_row(), "experiments": {MODEL: {"runs": {RUN: {"split": "training"}}}}},
-            "row without a label",
+            {**make_row(), "experiments": {MODEL: {"runs": {RUN: {"labels": ["not an object"]}}}}},
+            "label is not a JSON object",
             "cdatarow000000000000000001",
         ),
         (make_row(objects=[]), "row without bounding boxes", "cdatarow000000000000000001"),
@@ -446,3 +441,21 @@ def test_boxes_are_kept_as_given_when_the_row_is_fine() -> None:
     # a guard for the changes above: a good row converts as before, with no warnings
     result = converted(make_row(objects=[box("cat", 10, 20, 30, 40)]))
     assert result.example.boxes == (PixelBox("cat", 10, 20, 30, 40),) and result.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("run", "split"), [({"labels": []}, Split.UNASSIGNED), ({"split": "training"}, Split.TRAINING)]
+)
+def test_a_row_nobody_labeled_is_kept_unlabeled_with_its_split_and_size(run: dict, split: Split) -> None:
+    """Kept so it can be predicted on and ranked for labeling; never trained on."""
+    row = {**make_row(), "experiments": {MODEL: {"runs": {RUN: run}}}}
+    result = convert(row)
+    assert isinstance(result, Converted)
+    example = result.example
+    assert example.labeled is False and example.split is split
+    assert (example.boxes, example.labels) == ((), ())
+    assert (example.width, example.height, example.media_url) == (
+        row["media_attributes"]["width"],
+        row["media_attributes"]["height"],
+        row["data_row"]["row_data"],
+    )

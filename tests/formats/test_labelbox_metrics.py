@@ -7,11 +7,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from labelbox.data.annotation_types.metrics.scalar import RESERVED_METRIC_NAMES
+from labelbox.data.annotation_types.metrics.scalar import RESERVED_METRIC_NAMES, ScalarMetricAggregation
 from labelbox.data.serialization import NDJsonConverter
 from labelbox.types import ConfusionMatrixMetric, GenericDataRowData, Label, ScalarMetric
 
-from shared.formats.labelbox_metrics import FeatureMetric, metric_import_rows
+from shared.formats.labelbox_metrics import (
+    UNCERTAINTY_METRIC_NAMES,
+    FeatureMetric,
+    metric_import_rows,
+    uncertainty_import_rows,
+)
+from shared.metrics.uncertainty import Uncertainty
 from tests.metrics.oracles import sdk_confusion_metric_name
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -118,3 +124,30 @@ def test_impossible_values_are_refused() -> None:
         metric_import_rows(DATA_ROW, {"car": FeatureMetric(1, -1, 0, 0, 0.5)}, uuid_seed="s")
     with pytest.raises(ValueError, match="impossible"):
         metric_import_rows(DATA_ROW, {"car": FeatureMetric(1, 0, 0, 0, 1.5)}, uuid_seed="s")
+
+
+def test_uncertainty_rows_are_data_row_scalars_as_the_sdk_serializes_them() -> None:
+    rows = uncertainty_import_rows(DATA_ROW, Uncertainty(0.25, 0.5, 0.8125, boxes=3, no_detection=False), uuid_seed="r")
+    assert [r["metricName"] for r in rows] == list(UNCERTAINTY_METRIC_NAMES)
+    assert [r["metricValue"] for r in rows] == [0.25, 0.5, 0.8125, 3.0, 0.0]
+    reference = next(
+        r for r in _fixture_rows("labelbox-python__ndjson_custom_scalar_import.json") if "featureName" not in r
+    )
+    assert set(rows[0]) == set(reference)
+    annotations = [
+        ScalarMetric(
+            metric_name=r["metricName"],
+            value=r["metricValue"],
+            aggregation=ScalarMetricAggregation.ARITHMETIC_MEAN,
+            extra={"uuid": r["uuid"]},
+        )
+        for r in rows
+    ]
+    serialized = list(
+        NDJsonConverter.serialize([Label(data=GenericDataRowData(uid=DATA_ROW), annotations=annotations)])
+    )
+    assert json.loads(json.dumps(serialized)) == rows
+    assert not {n.lower() for n in UNCERTAINTY_METRIC_NAMES} & set(RESERVED_METRIC_NAMES)
+    classification = uncertainty_import_rows(DATA_ROW, Uncertainty(0.1, 0.2, 0.3), uuid_seed="r")
+    assert [r["metricName"] for r in classification] == ["al_least_confidence", "al_margin", "al_entropy"]
+    assert uncertainty_import_rows(DATA_ROW, Uncertainty(0.1, 0.2, 0.3), uuid_seed="r") == classification  # stable ids

@@ -27,7 +27,7 @@ from .report_fixtures import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-SECTION_IDS = ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples")
+SECTION_IDS = ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples", "label-next")
 
 
 class Tags(HTMLParser):

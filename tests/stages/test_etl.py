@@ -230,6 +230,26 @@ def test_the_demo_itself_has_no_skips_and_no_warnings(world: World) -> None:
     assert quality["labels_dropped"] == {} and quality["boxes_dropped"] == {}
 
 
+def test_rows_nobody_labeled_are_staged_for_prediction_and_never_imported(world: World) -> None:
+    """Active learning: the model predicts on them so they can be ranked for labeling; the rare-label
+    rewrite (a rare label here) keeps them too."""
+    rows = world.rows()
+    unlabeled = [rows[i]["data_row"]["id"] for i in (0, 5)]
+    for i in (0, 5):
+        del _run_of(rows[i])["labels"]
+    _add_rare_box(rows, 1)
+    world.write_rows(rows)
+    quality = _succeeded(world.run()[0])
+    assert quality["rows_unlabeled"] == 2 and quality["rows_kept"] == IMAGES - 2
+    assert quality["rows_skipped"] == {} and quality["labels_dropped"] == {"hexagon": 1}
+    manifest = {line["data_row_id"]: line for line in world.lines("manifest")}
+    for data_row_id in unlabeled:
+        assert manifest[data_row_id]["labeled"] is False and manifest[data_row_id]["boxes"] == []
+        assert (world.tmp / "bucket" / manifest[data_row_id]["image_uri"].split("/", 3)[3]).is_file()
+    imported = {line["dataItemResourceLabels"]["data_row_id"] for line in world.lines("vertex_import")}
+    assert not imported & set(unlabeled)
+
+
 # -- 8. a corrupt JPEG is counted at ETL ---------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
+from shared.formats.labelbox_metrics import UNCERTAINTY_METRIC_NAMES
 from shared.services import Services
 from shared.stages import upload
 from shared.stages.runner import StageAnswer
@@ -113,8 +114,9 @@ def test_the_first_call_writes_the_held_out_instances_and_starts_the_batch_job_o
     answer = f.inference()
     assert answer.status == 202 and answer.body["outcome"] == "waiting" and answer.body["for"] == "batch_prediction"
     assert answer.body["job"] == "batchPredictionJobs/1"
-    held_out = f.manifest(*HELD_OUT)
-    assert held_out and f.instances() == [_instance(row) for row in held_out]  # no training or unassigned row
+    held_out, to_rank = f.manifest(*HELD_OUT), f.manifest("unassigned")
+    predicted = f.manifest(*HELD_OUT, "unassigned")  # in manifest order
+    assert held_out and to_rank and f.instances() == [_instance(row) for row in predicted]  # no training row
 
     (request,) = f.backend.prediction_requests
     store, paths, settings = f.services.store, RunPaths(f.run_id), f.services.settings
@@ -130,6 +132,7 @@ def test_the_first_call_writes_the_held_out_instances_and_starts_the_batch_job_o
     assert record.jobs["batch_prediction"] == "batchPredictionJobs/1"
     assert record.artifacts["instances"] == store.uri(paths.instances)
     assert record.data_quality["held_out_rows"] == len(held_out)
+    assert record.data_quality["rows_to_rank"] == len(to_rank)
     assert record.watch is not None and (record.watch.kind, record.watch.ref) == (
         "batch_prediction",
         "batchPredictionJobs/1",
@@ -147,9 +150,16 @@ def test_the_first_call_writes_the_held_out_instances_and_starts_the_batch_job_o
 def test_predict_on_training_adds_the_training_rows_to_the_instances(flow: Callable[..., Flow]) -> None:
     f = flow(PREDICT_ON_TRAINING="true")
     f.inference()
-    rows = f.manifest("training", *HELD_OUT)
-    assert {"training", "validation", "test"} == {row.split.value for row in rows}
-    assert f.instances() == [_instance(row) for row in rows]  # unassigned rows never
+    rows = f.manifest("training", *HELD_OUT, "unassigned")
+    assert {"training", "validation", "test", "unassigned"} == {row.split.value for row in rows}
+    assert f.instances() == [_instance(row) for row in rows]
+
+
+def test_without_predict_unlabeled_only_the_held_out_rows_are_predicted(flow: Callable[..., Flow]) -> None:
+    f = flow(PREDICT_UNLABELED="false")
+    f.inference()
+    assert f.instances() == [_instance(row) for row in f.manifest(*HELD_OUT)]
+    assert f.record().data_quality["rows_to_rank"] == 0
 
 
 def test_the_second_call_uploads_in_recorded_chunks_writes_the_report_and_completes_the_run(
@@ -158,13 +168,13 @@ def test_the_second_call_uploads_in_recorded_chunks_writes_the_report_and_comple
     monkeypatch.setattr(upload, "UPLOAD_ROWS_PER_CHUNK", 2)
     f = flow()
     f.inference()
-    held_out = f.manifest(*HELD_OUT)
-    f.job_finished(held_out)
+    held_out, to_rank = f.manifest(*HELD_OUT), f.manifest("unassigned")
+    f.job_finished(f.manifest(*HELD_OUT, "unassigned"))
     answer = f.inference()
     assert answer.status == 200 and answer.body["outcome"] == "complete", answer.body
     assert float(answer.body["map50"]) == pytest.approx(1.0)  # the predictions were the ground truth
 
-    chunks = (len(held_out) + 1) // 2
+    chunks = (len(held_out) + len(to_rank) + 1) // 2
     names = [f"lbchain-{f.run_id}-r0-s00000-{i:03d}" for i in range(chunks)]
     assert [name for name, _rows in f.platform.uploads] == names
     uploaded = f.platform.uploaded(f.run_id)
@@ -173,6 +183,11 @@ def test_the_second_call_uploads_in_recorded_chunks_writes_the_report_and_comple
         mine = [u for u in uploaded if u["dataRow"]["id"] == row.data_row_id]
         assert len([u for u in mine if "bbox" in u]) == len(row.boxes)
         assert any("metricValue" in u for u in mine)
+        assert not any(u.get("metricName", "").startswith("al_") for u in mine)
+    for row in to_rank:  # every row to rank: its boxes and its uncertainty, no diagnostics (nothing to score)
+        mine = [u for u in uploaded if u["dataRow"]["id"] == row.data_row_id]
+        assert len([u for u in mine if "bbox" in u]) == len(row.boxes)
+        assert {u["metricName"] for u in mine if "metricValue" in u} == set(UNCERTAINTY_METRIC_NAMES)
 
     record = f.record()
     assert list(record.uploads["chunks"]) == names
@@ -185,7 +200,13 @@ def test_the_second_call_uploads_in_recorded_chunks_writes_the_report_and_comple
     assert record.metrics["summary"]["map50"] == pytest.approx(1.0)
     last = f.platform.statuses(f.run_id)[-1]
     assert last["status"] == "COMPLETE" and last["metadata"]["predictions_uploaded"] == str(len(uploaded))
-    assert json.loads((f.platform.folder(f.run_id) / "config.json").read_text())["chain"]["report"]
+    config = json.loads((f.platform.folder(f.run_id) / "config.json").read_text())["chain"]
+    assert config["report"]
+    listed = record.metrics["label_next"]
+    assert listed["strategy"] == "entropy" and listed["rows_ranked"] == len(to_rank)
+    assert sorted(r["data_row_id"] for r in listed["rows"]) == sorted(r.data_row_id for r in to_rank)
+    assert config["label_next"]["rows"] == [r["data_row_id"] for r in listed["rows"]]
+    assert last["metadata"]["label_next"] == f"{len(to_rank)} of {len(to_rank)} rows to rank, by entropy"
 
     forced = f.inference(force=True)  # a forced re-run: every chunk is recorded, so none goes again
     assert forced.status == 200 and forced.body["outcome"] == "complete"
@@ -197,7 +218,7 @@ def test_a_failed_instance_is_counted_and_neither_uploaded_nor_scored(flow: Call
     f = flow()
     f.inference()
     held_out = f.manifest(*HELD_OUT)
-    failed, predicted = held_out[0], held_out[1:]
+    failed, predicted = held_out[0], [*held_out[1:], *f.manifest("unassigned")]
     f.job_finished(predicted, failed=[failed])
     answer = f.inference()
     assert answer.status == 200 and answer.body["outcome"] == "complete", answer.body

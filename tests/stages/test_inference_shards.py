@@ -19,14 +19,16 @@ from typing import Any
 
 import pytest
 
+from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_manifest
 from shared.domain import run_record as rr
+from shared.domain.label_next import Strategy
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.evaluation import Evaluated, Joined, evaluate_rows, join_predictions
 from shared.formats.vertex_prediction import parse_prediction_line
 from shared.metrics.summary import by_split, run_metrics
-from shared.report.assemble import report_data
+from shared.report.assemble import label_next_candidates, report_data
 from shared.report.data import ReportData
 from shared.stages import inference_fan_in, inference_split, upload
 from shared.stages.inference import run_inference
@@ -75,8 +77,9 @@ def _varied_line(row: ManifestRow, rng: random.Random, labels: list[str]) -> str
 
 
 def batch_output(flow: Flow, seed: int = 7) -> list[str]:
-    """Writes the job's files (two prediction files, one error file) and hands the run to inference."""
-    held_out = flow.manifest(*HELD_OUT)
+    """Writes the job's files (two prediction files, one error file) and hands the run to inference. The
+    unassigned rows (ranked for labeling, never scored) are predicted on too."""
+    held_out = flow.manifest(*HELD_OUT, "unassigned")
     rng = random.Random(seed)
     labels = sorted({b[0] for row in held_out for b in row.boxes})
     _never, failed, *predicted = held_out
@@ -103,7 +106,11 @@ def batch_output(flow: Flow, seed: int = 7) -> list[str]:
 def single_pass(flow: Flow, lines: list[str]) -> tuple[dict[str, Any], Joined, Evaluated, list[ManifestRow]]:
     """What inference computed in one pass before it was sharded, over the same rows and lines."""
     record, settings = flow.record(), flow.services.settings
-    rows = {r.image_uri: r for r in read_manifest(flow.services.store, flow.run_id) if r.split.value in HELD_OUT}
+    rows = {
+        r.image_uri: r
+        for r in read_manifest(flow.services.store, flow.run_id)
+        if r.split.value in (*HELD_OUT, "unassigned")
+    }
     joined = join_predictions(rows, (parse_prediction_line(line) for line in lines))
     threshold = settings.predict.confidence_threshold
     evaluated = evaluate_rows(
@@ -117,7 +124,7 @@ def single_pass(flow: Flow, lines: list[str]) -> tuple[dict[str, Any], Joined, E
         uuid_seed=f"{flow.run_id}:{record.restarts}",
     )
     metrics = run_metrics(Task.OBJECT_DETECTION, evaluated.detections, [], threshold)
-    split_of = {row.data_row_id: row.split.value for row in rows.values()}
+    split_of = {row.data_row_id: row.split.value for row in rows.values() if row.data_row_id not in evaluated.pool}
     metrics["by_split"] = by_split(Task.OBJECT_DETECTION, evaluated.detections, [], split_of, threshold)
     return json.loads(json.dumps(metrics)), joined, evaluated, list(rows.values())
 
@@ -162,8 +169,8 @@ def test_sharded_delivery_equals_one_pass(
 
     record = f.record()
     shards = record.shards["inference"]
-    held_out = f.manifest(*HELD_OUT)
-    assert shards["count"] == -(-len(held_out) // delivery_rows) > 1 and shards["finished"]
+    predicted = f.manifest(*HELD_OUT, "unassigned")
+    assert shards["count"] == -(-len(predicted) // delivery_rows) > 1 and shards["finished"]
     plan = inference_split.read_plan(f.services.store, f.run_id)
     assert plan is not None and plan.lines == len(lines) and plan.stray_lines == 3  # bad json, two outsiders
     assert sum(plan.parts.values()) > len(plan.chunks)
@@ -205,6 +212,19 @@ def test_sharded_delivery_equals_one_pass(
         record, metrics, evaluated, rows, image_of=lambda _uri: b"", threshold=threshold, finished_at=""
     )
     assert chosen == [(s.data_row_id, list(s.ground_truth), list(s.predictions)) for s in alone.samples]
+
+    # and the rows to label next are the top of one pass too, whatever the cut
+    assert evaluated.pool and set(evaluated.pool) == {r.data_row_id for r in predicted if r.split.value == "unassigned"}
+    settings = run_settings.of_record(f.services.settings, record)
+    one_pass = label_next_candidates(
+        evaluated,
+        rows,
+        strategy=Strategy(settings.label_next_strategy),
+        count=settings.label_next_count,
+        threshold=threshold,
+    )
+    assert record.metrics["label_next"]["rows"] == [c.listed() for c in one_pass]
+    assert [s.data_row_id for s in data.label_next] == [c.row.data_row_id for c in one_pass]
 
 
 def _empty(f: Flow, shards: dict[str, Any]) -> set[str]:
