@@ -5,13 +5,15 @@ where the detector predicts per-class centre heatmaps, box sizes and sub-cell of
 pools the deepest features. The backbone is the small one here, trained from scratch, or, as an
 option, an ImageNet-pretrained MobileNetV2 (shared.engine.mobilenet); its weights are read from disk
 only when a model is built for training, since a checkpoint holds every weight. A checkpoint is a
-plain dict of tensors and primitives, so it loads with `torch.load(weights_only=True)`.
+plain dict of tensors and primitives, so it loads with `torch.load(weights_only=True)`; one this
+version cannot use is a ValueError that says why and what to do.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +161,59 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
+RETRAIN = "retrain the model with this version, or use the version that trained it"
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a local engine checkpoint")
-    config = ModelConfig(**payload["config"])
+    """The model a checkpoint holds; a file this version cannot use is a ValueError naming the reason
+    (not a torch file, another format, a newer version's config, weights of another network)."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise  # a missing or unreadable file says so itself
+    except Exception as exc:  # torch's unpickling and archive errors have no common type
+        raise ValueError(f"{path} is not a local engine checkpoint: torch cannot read it ({exc})") from exc
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("format"), str):
+        raise ValueError(f"{path} is not a local engine checkpoint (no format recorded)")
+    written = payload["format"]
+    if written != CHECKPOINT_FORMAT:
+        if written.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
+            raise ValueError(
+                f"{path} is a checkpoint of format {written}, this version reads {CHECKPOINT_FORMAT}: {RETRAIN}"
+            )
+        raise ValueError(f"{path} is not a local engine checkpoint (format {written!r})")
+    config = _config(path, payload.get("config"))
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or len(classes) != config.num_classes:
+        raise ValueError(f"{path} does not list its model's {config.num_classes} classes: {RETRAIN}")
+    state = payload.get("state_dict")
     model = build_model(config)
-    model.load_state_dict(payload["state_dict"])
+    problems = mobilenet.state_dict_problems(model.state_dict(), state if isinstance(state, Mapping) else {})
+    if problems:
+        raise ValueError(
+            f"{path}: its weights do not fit this version's {config.backbone} {config.task} network "
+            f"({'; '.join(problems)}): {RETRAIN}"
+        )
+    assert isinstance(state, Mapping)
+    model.load_state_dict(state)
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k not in ("format", "config", "classes", "state_dict")}
-    return LoadedModel(model, config, list(payload["classes"]), meta)
+    return LoadedModel(model, config, list(classes), meta)
+
+
+def _config(path: Path, raw: object) -> ModelConfig:
+    """A checkpoint's ModelConfig; keys this version lacks mean a newer one wrote it. Keys added since
+    an older one wrote it take their defaults (no backbone: scratch)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path} has no model config: {RETRAIN}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(
+            f"{path} records model settings this version does not know ({', '.join(map(str, unknown))}), "
+            f"so a newer version wrote it: use that version, or retrain with this one"
+        )
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} has a model config this version cannot build ({exc}): {RETRAIN}") from exc

@@ -1,4 +1,4 @@
-"""Checkpoints: what is saved is what is loaded, for each backbone, and older checkpoints still load."""
+"""Checkpoints: what is saved is what is loaded; a file this version cannot use is refused, saying why."""
 
 from __future__ import annotations
 
@@ -49,6 +49,54 @@ def test_a_checkpoint_from_before_the_backbone_option_loads_as_scratch(tmp_path:
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert loaded.config == DETECTOR and loaded.config.backbone == "scratch"
+
+
+def test_a_file_that_is_not_a_torch_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pt is not a local engine checkpoint: torch cannot read it"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_another_format_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    newer = _refused(tmp_path, {**_payload(), "format": "local-engine-checkpoint/2"})
+    assert "is a checkpoint of format local-engine-checkpoint/2, this version reads local-engine-checkpoint/1" in newer
+    assert "retrain the model with this version, or use the version that trained it" in newer
+    assert "is not a local engine checkpoint (format 'yolo')" in _refused(tmp_path, {**_payload(), "format": "yolo"})
+    assert "(no format recorded)" in _refused(tmp_path, {"weights": torch.zeros(1)})
+    assert "(no format recorded)" in _refused(tmp_path, [1, 2])
+
+
+def test_model_settings_of_a_newer_version_are_refused(tmp_path: Path) -> None:
+    payload = _payload()
+    payload["config"]["neck"] = "bifpn"
+    message = _refused(tmp_path, payload)
+    assert "records model settings this version does not know (neck), so a newer version wrote it" in message
+    payload["config"] = {**asdict(DETECTOR), "backbone": "resnet50"}
+    assert "cannot build (unknown backbone 'resnet50'; known: scratch, mobilenet_v2)" in _refused(tmp_path, payload)
+    payload["config"] = {"task": "object_detection"}
+    assert "has a model config this version cannot build" in _refused(tmp_path, payload)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda s: s.pop("heatmap.bias"), "(missing heatmap.bias)"),
+        (lambda s: s.update({"attention.weight": torch.zeros(1)}), "(unexpected attention.weight)"),
+        (lambda s: s.update({"box.weight": torch.zeros(4, 3, 1, 1)}), "box.weight [4, 3, 1, 1] where the network"),
+    ],
+)
+def test_weights_that_do_not_fit_the_network_are_refused_naming_the_keys(tmp_path: Path, edit, problem: str) -> None:
+    payload = _payload()
+    edit(payload["state_dict"])
+    message = _refused(tmp_path, payload)
+    assert "its weights do not fit this version's scratch object_detection network" in message
+    assert problem in message and message.endswith("or use the version that trained it")
+
+
+def test_classes_that_do_not_match_the_model_are_refused(tmp_path: Path) -> None:
+    assert "does not list its model's 2 classes" in _refused(tmp_path, {**_payload(), "classes": ["a"]})
 
 
 def test_a_pretrained_checkpoint_loads_without_the_weights_package(tmp_path: Path, monkeypatch) -> None:
