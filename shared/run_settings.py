@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.config import (
+    ENGINE_BACKBONES,
     VERTEX_CLS_MODEL_TYPES,
     VERTEX_EDGE_MODEL_TYPES,
     VERTEX_OD_MODEL_TYPES,
@@ -67,6 +68,9 @@ KEYS: dict[str, _Key] = {
     "learning_rate": _Key(_LOCAL, float, "the engine's learning rate", lambda t: (1e-6, 1.0)),
     "batch_size": _Key(_LOCAL, int, "the engine's batch size", lambda t: (1, 1024)),
     "input_size": _Key(_LOCAL, int, "the engine's input side in pixels (a multiple of 32)", lambda t: (64, 1024)),
+    "backbone": _Key(
+        _LOCAL, str, "the engine's backbone (mobilenet_v2: ImageNet-pretrained)", lambda t: ENGINE_BACKBONES
+    ),
 }
 
 

@@ -57,6 +57,7 @@ def test_the_namespace_sets_the_engines_settings_and_names_what_it_set() -> None
     assert (settings.max_predictions, settings.confidence_threshold) == (20, 0.3)
     assert settings.from_config == ("batch_size", "input_size", "learning_rate", "max_predictions", "steps")
     assert settings.shown()["setting: steps"] == "40 (from config)"
+    assert run({"train": {"backbone": "mobilenet_v2"}}).training["backbone"] == "mobilenet_v2"
     assert settings.shown()["setting: confidence_threshold"] == "0.3"
 
 
@@ -77,7 +78,7 @@ def test_the_vertex_backend_takes_its_model_type_budget_and_early_stopping() -> 
 @pytest.mark.parametrize(
     ("config", "backend", "message"),
     [
-        ({"train": {"epochs": 3}}, Backend.LOCAL, "unknown key train.epochs; the keys are batch_size, "),
+        ({"train": {"epochs": 3}}, Backend.LOCAL, "unknown key train.epochs; the keys are backbone, batch_size, "),
         ({"train": {"steps": "many"}}, Backend.LOCAL, "train.steps must be an integer, not 'many'"),
         ({"train": {"steps": 2.5}}, Backend.LOCAL, "train.steps must be an integer, not 2.5"),
         ({"train": {"steps": True}}, Backend.LOCAL, "train.steps must be an integer, not True"),
@@ -102,9 +103,15 @@ def test_the_vertex_backend_takes_its_model_type_budget_and_early_stopping() -> 
             {"train": {"budget_milli_node_hours": 30000}},
             Backend.LOCAL,
             "train.budget_milli_node_hours is not a setting "
-            "of the local backend; its keys are batch_size, confidence_threshold, input_size",
+            "of the local backend; its keys are backbone, batch_size, confidence_threshold, input_size",
         ),
         ({"train": {"steps": 10}}, Backend.VERTEX, "train.steps is not a setting of the vertex backend"),
+        (
+            {"train": {"backbone": "resnet50"}},
+            Backend.LOCAL,
+            "train.backbone must be one of scratch, mobilenet_v2 for object_detection, not 'resnet50'",
+        ),
+        ({"train": {"backbone": "mobilenet_v2"}}, Backend.VERTEX, "train.backbone is not a setting of the vertex"),
         ({"train": [1, 2]}, Backend.LOCAL, 'the model run config\'s "train" must be an object of settings, not list'),
     ],
 )

@@ -62,6 +62,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     input_size: int | None = None  # None: the device's default (DEFAULT_INPUT_SIZE)
     width: int = 32
+    backbone: str = "scratch"  # or mobilenet_v2: ImageNet-pretrained (shared.engine.mobilenet)
     cache_bytes: int = 2 << 30
     display_name: str = "local-model"
 
@@ -207,9 +208,9 @@ def train(
         }
     )
 
-    config = ModelConfig(task, len(classes), input_size, settings.width)
+    config = ModelConfig(task, len(classes), input_size, settings.width, settings.backbone)
     # Module.to accepts memory_format (for its 4-D and 5-D tensors); torch's overloads of it omit that
-    model = build_model(config).to(device, memory_format=CHANNELS_LAST)  # type: ignore[call-overload]
+    model = build_model(config, pretrained=True).to(device, memory_format=CHANNELS_LAST)  # type: ignore[call-overload]
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]

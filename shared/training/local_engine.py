@@ -35,9 +35,11 @@ from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, Pr
 SCHEME = "local-engine://"
 JOBS = SCHEME + "jobs/"
 # the engine knobs an operator may override (fields of TrainSettings and PredictionJob; a test keeps them in step)
-TRAIN_SETTINGS = frozenset({"batch_size", "learning_rate", "weight_decay", "input_size", "width", "cache_bytes"})
+TRAIN_SETTINGS = frozenset(
+    {"batch_size", "learning_rate", "weight_decay", "input_size", "width", "backbone", "cache_bytes"}
+)
 PREDICTION_SETTINGS = frozenset({"batch_size", "lines_per_file", "class_agnostic_nms", "runtime"})
-RUN_TRAIN_SETTINGS = ("batch_size", "learning_rate", "input_size")  # what a run's config may set of them
+RUN_TRAIN_SETTINGS = ("batch_size", "learning_rate", "input_size", "backbone")  # what a run's config may set of them
 JOB_START_MARGIN_S = 600.0  # starting the process, loading data, validating and saving around the budget
 PROGRESS_KEYS = (
     "step",

@@ -13,7 +13,7 @@ from torch import nn
 
 from shared.engine import worker
 from shared.engine.job_folders import CHECKPOINT, ONNX_MODEL
-from shared.engine.model import LoadedModel, ModelConfig, build_model, save_checkpoint
+from shared.engine.model import BACKBONES, LoadedModel, ModelConfig, build_model, save_checkpoint
 from shared.engine.onnx_model import TOLERANCE, OnnxRunner, export_onnx, runner_for
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from tests.engine.engine_data import TinyData, tiny_data
@@ -23,10 +23,10 @@ CLASSES = ["disc", "square"]
 TASKS = ["object_detection", "single_label_classification"]
 
 
-def _loaded(task: str) -> LoadedModel:
+def _loaded(task: str, backbone: str = "scratch") -> LoadedModel:
     """An untrained tiny network whose batch norms are not the identity, as after training."""
     torch.manual_seed(0)
-    config = ModelConfig(task, len(CLASSES), input_size=32, width=8)
+    config = ModelConfig(task, len(CLASSES), input_size=32, width=8, backbone=backbone)
     model = build_model(config).eval()
     with torch.no_grad():
         for module in model.modules():
@@ -37,9 +37,9 @@ def _loaded(task: str) -> LoadedModel:
     return LoadedModel(model, config, list(CLASSES), {})
 
 
-@pytest.fixture(scope="module", params=TASKS)
+@pytest.fixture(scope="module", params=[(t, b) for b in BACKBONES for t in TASKS], ids="-".join)
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, Path]:
-    loaded = _loaded(request.param)
+    loaded = _loaded(*request.param)
     path = tmp_path_factory.mktemp("onnx") / ONNX_MODEL
     export_onnx(loaded, path)
     return loaded, path

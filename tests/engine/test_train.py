@@ -1,4 +1,4 @@
-"""Training on tiny data in process: the wall-time budget and reading the import JSONL."""
+"""Training on tiny data in process: the wall-time budget, the pretrained backbone, reading the import JSONL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from shared.engine import train as train_module
+from shared.engine.augment import normalize
+from shared.engine.images import decode_image
+from shared.engine.mobilenet import weights_file
+from shared.engine.model import CHANNELS_LAST, LoadedModel, load_checkpoint
+from shared.engine.predict import Predictor
 from shared.engine.train import TrainSettings, read_dataset, train
 from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
 
@@ -27,6 +34,41 @@ def test_wall_time_mode_stops_at_the_first_step_past_the_budget(data: TinyData, 
     assert summary["elapsed_s"] >= 0.5
     assert progress[-1]["step"] == summary["step"]
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_a_detector_on_the_pretrained_backbone_trains_and_predicts_the_same_after_reload(
+    data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained: list[nn.Module] = []
+    save = train_module.save_checkpoint
+
+    def keep(path: Path, model: nn.Module, *args: object, **kwargs: object) -> None:
+        trained.append(model)
+        save(path, model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "save_checkpoint", keep)
+    settings = TrainSettings(
+        "object_detection", data.detection_import(), max_steps=3, backbone="mobilenet_v2", **TINY_TRAIN
+    )
+    summary = train(settings, data.store, tmp_path / "model.pt", device=CPU)
+    assert summary["step"] == 3 and "validation_map50" in summary
+
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert loaded.config.backbone == "mobilenet_v2"
+    imagenet = torch.load(weights_file(), weights_only=True)["features.0.0.weight"]
+    first = loaded.model.state_dict()["backbone.features.0.0.weight"]
+    assert not torch.equal(first, imagenet)  # trained, starting from ImageNet's (3 small warm-up steps away)
+    assert (first - imagenet).abs().max() < 0.05 * imagenet.abs().max()
+    (model,) = trained  # the network as training left it, never saved and read back
+    pixels = torch.stack([decode_image(data.store.read(data.store.key_from_uri(u)), 64).pixels for u in data.images])
+    in_memory = Predictor(LoadedModel(model, loaded.config, loaded.classes, {}), CPU)
+    reloaded = Predictor(loaded, CPU)  # both channels-last, as training and prediction run
+    images = normalize(pixels).contiguous(memory_format=CHANNELS_LAST)
+    with torch.no_grad():
+        outputs = zip(in_memory.model(images), reloaded.model(images), strict=True)
+        assert all(torch.equal(a, b) for a, b in outputs)
+    found = in_memory.detect(pixels, threshold=0.0, max_predictions=5)
+    assert found == reloaded.detect(pixels, threshold=0.0, max_predictions=5) and found[0]
 
 
 def test_read_dataset_skips_bad_lines_by_reason_and_keeps_splits(data: TinyData) -> None:

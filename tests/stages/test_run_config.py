@@ -104,7 +104,7 @@ def test_a_config_edited_during_the_run_changes_nothing_and_the_results_keep_the
     ("train", "message"),
     [
         ({"steps": "many"}, "train.steps must be an integer, not 'many'"),
-        ({"epochs": 3}, "unknown key train.epochs; the keys are batch_size, confidence_threshold"),
+        ({"epochs": 3}, "unknown key train.epochs; the keys are backbone, batch_size, confidence_threshold"),
         ({"budget_milli_node_hours": 30000}, "train.budget_milli_node_hours is not a setting of the local backend"),
         ({"confidence_threshold": 2}, "train.confidence_threshold must be between 0 and 1, not 2"),
     ],

