@@ -346,7 +346,7 @@ def _checked(chain: LocalChain) -> bool:
     except ConfigError as exc:
         print(f"cannot start the chain: {exc}", file=sys.stderr)
         if "LABELBOX_API_KEY" in str(exc):
-            print("set LABELBOX_API_KEY to a Labelbox API key (Workspace settings > API keys)", file=sys.stderr)
+            print("set LABELBOX_API_KEY (or LABELBOX_API_KEY_FILE) to a Labelbox API key", file=sys.stderr)
         return False
     return True
 
