@@ -3,6 +3,12 @@
 Every problem is collected and reported together, each naming its variable, so an operator fixes a
 deployment in one pass. Secrets are wrapped in `Secret`, whose repr never shows the value; a secret
 comes from `NAME` or from a file named by `NAME_FILE` (Secret Manager mounts files).
+
+`CHAIN_MODE` is a profile: `local` (everything on this machine) or `cloud` (Labelbox, GCS, Vertex AI,
+Cloud Tasks). Each port can also be chosen on its own (`CHAIN_PLATFORM`, `CHAIN_STORE`,
+`CHAIN_BACKEND`, `CHAIN_QUEUE`), each defaulting from the profile, so a Labelbox user without Google
+Cloud can run the chain on a workstation. Only the variables the chosen ports need are required, and a
+combination that cannot work is refused with the reason.
 """
 
 from __future__ import annotations
@@ -42,7 +48,43 @@ def vertex_budget_range(model_type: str, *, classification: bool) -> tuple[int, 
 
 
 @dataclass(frozen=True)
+class Ports:
+    """Which adapter serves each port: the profile's, unless its own variable says otherwise."""
+
+    platform: str  # CHAIN_PLATFORM: "local" (a model run folder) or "labelbox"
+    store: str  # CHAIN_STORE: "folder" or "gcs"
+    backend: str  # CHAIN_BACKEND: "local" (the local engine) or "vertex"
+    chain: str  # CHAIN_QUEUE: how stages hand off, "loopback" (this machine) or "cloud_tasks"
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        """(port, choice) per port, the port named as `Services` names it."""
+        return (("platform", self.platform), ("store", self.store), ("backend", self.backend), ("chain", self.chain))
+
+
+# The variable that chooses each port, and the choices it takes.
+PORT_VARIABLES = {
+    "platform": "CHAIN_PLATFORM",
+    "store": "CHAIN_STORE",
+    "backend": "CHAIN_BACKEND",
+    "chain": "CHAIN_QUEUE",
+}
+PORT_CHOICES = {
+    "platform": ("local", "labelbox"),
+    "store": ("folder", "gcs"),
+    "backend": ("local", "vertex"),
+    "chain": ("loopback", "cloud_tasks"),
+}
+PROFILES = {
+    "local": Ports(platform="local", store="folder", backend="local", chain="loopback"),
+    "cloud": Ports(platform="labelbox", store="gcs", backend="vertex", chain="cloud_tasks"),
+}
+
+
+@dataclass(frozen=True)
 class LocalSettings:
+    """What the ports on this machine use (folder store, model run folders, local engine, loopback queue);
+    present when any chosen port is one of them. Every variable here has a default."""
+
     bucket_dir: Path
     bucket_name: str
     model_runs_dir: Path
@@ -61,15 +103,24 @@ class LocalSettings:
 
 @dataclass(frozen=True)
 class CloudSettings:
+    """Google Cloud, present when the GCS store, Vertex AI or Cloud Tasks is chosen; a field no chosen
+    port needs is "" (Cloud Tasks' queue and account with the loopback queue, for instance)."""
+
     project: str
     region: str
     bucket: str
     tasks_queue: str
     service_account: str
-    labelbox_api_key: Secret
-    labelbox_endpoint: str
-    labelbox_rest_endpoint: str
     tasks_api_endpoint: str | None = None  # None: cloudtasks.googleapis.com
+
+
+@dataclass(frozen=True)
+class LabelboxSettings:
+    """The Labelbox platform's API key and endpoints, present when CHAIN_PLATFORM is labelbox."""
+
+    api_key: Secret
+    endpoint: str
+    rest_endpoint: str
 
 
 @dataclass(frozen=True)
@@ -132,7 +183,8 @@ class PredictSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    mode: str  # "local" or "cloud"
+    mode: str  # the profile, "local" or "cloud"; `ports` says what each port really is
+    ports: Ports
     deployment_name: str
     stage_urls: Mapping[str, str]
     webhook_secret: Secret | None
@@ -146,11 +198,12 @@ class Settings:
     vertex: VertexSettings
     local: LocalSettings | None = None
     cloud: CloudSettings | None = None
+    labelbox: LabelboxSettings | None = None
     secrets: tuple[Secret, ...] = field(default=(), repr=False)
 
     @property
     def backend(self) -> Backend:
-        return Backend.LOCAL if self.mode == "local" else Backend.VERTEX
+        return Backend(self.ports.backend)
 
     def model_types(self) -> dict[str, ModelType]:
         """What `GET /models` offers: the model types this deployment can really train."""
@@ -168,12 +221,12 @@ class _Reader:
         self.env = env
         self.problems: list[str] = []
 
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, name: str, default: str | None = None, *, required: bool = False, why: str = "") -> str:
         value = self.env.get(name, "").strip()
         if value:
             return value
         if required:
-            self.problems.append(f"{name} is required but not set")
+            self.problems.append(f"{name} is required but not set{why}")
         return default or ""
 
     def number(self, name: str, default: float, *, low: float, high: float, integer: bool = False) -> float:
@@ -219,7 +272,7 @@ class _Reader:
             return None
         return value
 
-    def secret(self, name: str, *, required: bool) -> Secret | None:
+    def secret(self, name: str, *, required: bool, why: str = "") -> Secret | None:
         value = self.env.get(name, "")
         path = self.env.get(f"{name}_FILE", "").strip()
         if not value and path:
@@ -230,7 +283,7 @@ class _Reader:
         if value:
             return Secret(value)
         if required:
-            self.problems.append(f"{name} (or {name}_FILE) is required but not set")
+            self.problems.append(f"{name} (or {name}_FILE) is required but not set{why}")
         return None
 
 
@@ -326,12 +379,99 @@ def _optional_steps(r: _Reader) -> int | None:
     return DEFAULT_ENGINE_STEPS
 
 
+def _ports(r: _Reader, mode: str) -> Ports:
+    """Each port's choice: its own variable, else the profile's; then the combinations that cannot work."""
+    profile = PROFILES[mode]
+    chosen = {
+        port: r.choice(PORT_VARIABLES[port], getattr(profile, port), PORT_CHOICES[port]) for port, _ in profile.items()
+    }
+    ports = Ports(**chosen)
+    if ports.backend == "vertex" and ports.store == "folder":
+        r.problems.append(
+            "CHAIN_BACKEND=vertex needs CHAIN_STORE=gcs: Vertex AI reads the training images and writes its "
+            "predictions as gs:// objects, which a folder on this machine is not"
+        )
+    if ports.backend == "local" and ports.store == "gcs":
+        r.problems.append(
+            "CHAIN_BACKEND=local needs CHAIN_STORE=folder: the local engine reads the staged images and writes "
+            "its models and predictions in the bucket folder on this machine (LOCAL_BUCKET_DIR)"
+        )
+
+    def deployed(what: str) -> str:
+        return (
+            "Cloud Tasks calls the stages at public URLs, so they run as deployed functions, each instance "
+            f"on its own disk, which cannot share {what} on this machine (CHAIN_QUEUE=loopback runs every "
+            "function here)"
+        )
+
+    if ports.chain == "cloud_tasks" and ports.store == "folder":
+        r.problems.append(f"CHAIN_QUEUE=cloud_tasks needs CHAIN_STORE=gcs: {deployed('the bucket folder')}")
+    if ports.chain == "cloud_tasks" and ports.platform == "local":
+        r.problems.append(f"CHAIN_QUEUE=cloud_tasks needs CHAIN_PLATFORM=labelbox: {deployed('the model run folders')}")
+    return ports
+
+
+def _needed_by(ports: Ports, *needs: tuple[str, str]) -> str:
+    """ " (needed by CHAIN_STORE=gcs, ...)" for those of `needs` (port, choice) that are chosen; "" if none is."""
+    chosen = [f"{PORT_VARIABLES[port]}={choice}" for port, choice in needs if getattr(ports, port) == choice]
+    return f" (needed by {', '.join(chosen)})" if chosen else ""
+
+
+def _local_settings(r: _Reader) -> LocalSettings:
+    root = Path(r.text("LOCAL_DATA_DIR", "var")).resolve()
+    return LocalSettings(
+        bucket_dir=Path(r.text("LOCAL_BUCKET_DIR", str(root / "bucket"))).resolve(),
+        bucket_name=r.text("LOCAL_BUCKET_NAME", "local-bucket"),
+        model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
+        engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
+        schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
+        concurrent_calls=int(r.number("LOCAL_CONCURRENT_CALLS", 8, low=1, high=256, integer=True)),
+        call_retries=int(r.number("LOCAL_CALL_RETRIES", 8, low=0, high=100, integer=True)),
+        call_first_retry_s=r.number("LOCAL_CALL_FIRST_RETRY_S", 1.0, low=0.01, high=3600),
+        engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
+        engine_max_steps=_optional_steps(r),
+        engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
+        engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
+        engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
+        engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "scratch", ENGINE_BACKBONES),
+    )
+
+
+def _cloud_settings(r: _Reader, ports: Ports) -> CloudSettings:
+    """Each Google Cloud variable is required only by the chosen ports that use it, and says which."""
+
+    def text(name: str, *needs: tuple[str, str]) -> str:
+        why = _needed_by(ports, *needs)
+        return r.text(name, required=bool(why), why=why)
+
+    gcs, vertex, tasks = ("store", "gcs"), ("backend", "vertex"), ("chain", "cloud_tasks")
+    return CloudSettings(
+        project=text("GCP_PROJECT", gcs, vertex, tasks),
+        region=text("GCP_REGION", vertex, tasks),
+        bucket=text("BUCKET", gcs, vertex),
+        tasks_queue=text("TASKS_QUEUE", tasks),
+        service_account=text("SERVICE_ACCOUNT_EMAIL", tasks),
+        tasks_api_endpoint=r.endpoint("CLOUD_TASKS_API_ENDPOINT"),
+    )
+
+
+def _labelbox_settings(r: _Reader, ports: Ports) -> tuple[LabelboxSettings, Secret | None]:
+    api_key = r.secret("LABELBOX_API_KEY", required=True, why=_needed_by(ports, ("platform", "labelbox")))
+    labelbox = LabelboxSettings(
+        api_key=api_key or Secret(""),
+        endpoint=r.text("LABELBOX_ENDPOINT", "https://api.labelbox.com/graphql"),
+        rest_endpoint=r.text("LABELBOX_REST_ENDPOINT", "https://api.labelbox.com/api/v1"),
+    )
+    return labelbox, api_key
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Builds the validated settings, or raises ConfigError naming every missing or wrong variable."""
     env = os.environ if env is None else env
     r = _Reader(env)
     mode = r.choice("CHAIN_MODE", "local", ("local", "cloud"))
-    local_default = mode == "local"
+    ports = _ports(r, mode)
+    local_engine = ports.backend == "local"  # it finishes in minutes: the monitor looks often
 
     allow_unsigned = r.flag("ALLOW_UNSIGNED_WEBHOOKS", False)
     webhook_secret = r.secret("WEBHOOK_SECRET", required=not allow_unsigned)
@@ -341,44 +481,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stage_urls[stage] = r.text(f"{stage.upper()}_URL", required=True)
 
     vertex = _vertex_settings(r)
-    local = cloud = None
     secrets: list[Secret] = [webhook_secret] if webhook_secret else []
-    if local_default:
-        root = Path(r.text("LOCAL_DATA_DIR", "var")).resolve()
-        local = LocalSettings(
-            bucket_dir=Path(r.text("LOCAL_BUCKET_DIR", str(root / "bucket"))).resolve(),
-            bucket_name=r.text("LOCAL_BUCKET_NAME", "local-bucket"),
-            model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
-            engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
-            schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
-            concurrent_calls=int(r.number("LOCAL_CONCURRENT_CALLS", 8, low=1, high=256, integer=True)),
-            call_retries=int(r.number("LOCAL_CALL_RETRIES", 8, low=0, high=100, integer=True)),
-            call_first_retry_s=r.number("LOCAL_CALL_FIRST_RETRY_S", 1.0, low=0.01, high=3600),
-            engine_train_seconds=r.number("LOCAL_ENGINE_TRAIN_SECONDS", 90.0, low=1, high=86_400),
-            engine_max_steps=_optional_steps(r),
-            engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
-            engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
-            engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
-            engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "scratch", ENGINE_BACKBONES),
-        )
-    else:
-        api_key = r.secret("LABELBOX_API_KEY", required=True)
-        cloud = CloudSettings(
-            project=r.text("GCP_PROJECT", required=True),
-            region=r.text("GCP_REGION", required=True),
-            bucket=r.text("BUCKET", required=True),
-            tasks_queue=r.text("TASKS_QUEUE", required=True),
-            service_account=r.text("SERVICE_ACCOUNT_EMAIL", required=True),
-            labelbox_api_key=api_key or Secret(""),
-            labelbox_endpoint=r.text("LABELBOX_ENDPOINT", "https://api.labelbox.com/graphql"),
-            labelbox_rest_endpoint=r.text("LABELBOX_REST_ENDPOINT", "https://api.labelbox.com/api/v1"),
-            tasks_api_endpoint=r.endpoint("CLOUD_TASKS_API_ENDPOINT"),
-        )
+    on_this_machine = "local" in (ports.platform, ports.backend) or ports.store == "folder" or ports.chain == "loopback"
+    local = _local_settings(r) if on_this_machine else None
+    on_google = ports.store == "gcs" or ports.backend == "vertex" or ports.chain == "cloud_tasks"
+    cloud = _cloud_settings(r, ports) if on_google else None
+    labelbox = None
+    if ports.platform == "labelbox":
+        labelbox, api_key = _labelbox_settings(r, ports)
         if api_key:
             secrets.append(api_key)
 
     settings = Settings(
         mode=mode,
+        ports=ports,
         deployment_name=r.text("CHAIN_DEPLOYMENT", "default"),
         stage_urls=stage_urls,
         webhook_secret=webhook_secret,
@@ -387,8 +503,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         function_timeout_s=r.number("FUNCTION_TIMEOUT_S", 540.0, low=10, high=3600),
         shard_attempts=int(r.number("SHARD_ATTEMPTS", 3, low=1, high=100, integer=True)),
         monitor=MonitorSettings(
-            initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 2.0 if local_default else 60.0, low=0.1, high=86_400),
-            max_delay_s=r.number("MONITOR_MAX_DELAY_S", 5.0 if local_default else 600.0, low=0.1, high=86_400),
+            initial_delay_s=r.number("MONITOR_INITIAL_DELAY_S", 2.0 if local_engine else 60.0, low=0.1, high=86_400),
+            max_delay_s=r.number("MONITOR_MAX_DELAY_S", 5.0 if local_engine else 600.0, low=0.1, high=86_400),
             max_wait_s=r.number("MONITOR_MAX_WAIT_S", 3 * 86_400, low=1, high=30 * 86_400),
             training_margin_s=r.number("MONITOR_TRAINING_MARGIN_S", 12 * 3600, low=0, high=30 * 86_400),
         ),
@@ -413,6 +529,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vertex=vertex,
         local=local,
         cloud=cloud,
+        labelbox=labelbox,
         secrets=tuple(secrets),
     )
     if r.problems:

@@ -1,7 +1,14 @@
 """The whole chain on one machine: six functions served by functions-framework on loopback.
 
     python -m shared.local_chain demo              # demo model run -> signed webhook -> ... -> report
+    python -m shared.local_chain run --model-run ID  # a real Labelbox model run, trained on this machine
     python -m shared.local_chain serve             # just serve the functions, print their URLs
+
+`demo` and `serve` use a model run folder (CHAIN_PLATFORM=local) and never see a Labelbox key from the
+environment. `run` talks to Labelbox (CHAIN_PLATFORM=labelbox, with LABELBOX_API_KEY and optionally
+LABELBOX_ENDPOINT / LABELBOX_REST_ENDPOINT from the environment) and keeps everything else here: the
+folder store, the local engine (on the GPU when there is one, LOCAL_ENGINE_DEVICE) and the loopback
+queue. No Google Cloud account is needed.
 
 The local engine trains a fixed number of steps (LOCAL_ENGINE_STEPS, default 500), so two runs on any
 machine give the same weights and metrics. Both commands take `--train-seconds N` to train for a wall
@@ -31,7 +38,7 @@ from typing import Any
 
 import requests
 
-from shared.config import DEFAULT_ENGINE_STEPS
+from shared.config import DEFAULT_ENGINE_STEPS, ConfigError, Settings, load_settings
 
 FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,16 +63,41 @@ def sign(body: bytes, secret: str) -> dict[str, str]:
     }
 
 
+PLATFORMS = ("local", "labelbox")  # the model runs LocalChain can train: a folder's, or Labelbox's
+
+
 class LocalChain:
-    def __init__(self, data_dir: Path, *, env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> None:
+    """The six functions on this machine: folder store, local engine, loopback queue, and `platform`.
+
+    With the local platform (the demo, the tests) any LABELBOX_* variable of the environment is left
+    out, so a key in the user's shell never reaches a run that has no use for it. With `labelbox` they
+    are passed on: the functions read the model run from Labelbox and write back to it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+        platform: str = "local",
+    ) -> None:
+        if platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+        self.platform = platform
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir or self.data_dir / "logs")
         self.secret = secrets.token_hex(24)
         self.ports = {name: _free_port() for name in FUNCTIONS}
         self.urls = {name: f"http://127.0.0.1:{port}/" for name, port in self.ports.items()}
+        dropped = ("WEBHOOK_SECRET",) if platform == "labelbox" else ("LABELBOX_", "WEBHOOK_SECRET")
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LABELBOX_", "WEBHOOK_SECRET"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(dropped)},
             "CHAIN_MODE": "local",
+            "CHAIN_PLATFORM": platform,
+            "CHAIN_STORE": "folder",
+            "CHAIN_BACKEND": "local",
+            "CHAIN_QUEUE": "loopback",
             "LOCAL_DATA_DIR": str(self.data_dir),
             "WEBHOOK_SECRET": self.secret,
             "PYTHONPATH": str(ROOT),
@@ -73,6 +105,11 @@ class LocalChain:
             **(env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def check(self) -> Settings:
+        """The functions' settings, loaded here first: a ConfigError (a missing API key, a bad value)
+        names every problem before any process starts, instead of in six logs."""
+        return load_settings(self.env)
 
     # -- processes -------------------------------------------------------------------------------------
 
@@ -230,7 +267,10 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
         path = chain.data_dir / "bucket" / report.split("/", 3)[3]
         print(f"  report             {path}")
     print(f"  run record         {chain.data_dir / 'bucket' / 'runs' / record['run_id'] / 'run.json'}")
-    print(f"  model run folder   {chain.model_run_dir(record['model_run_id'])}")
+    if chain.platform == "labelbox":
+        print(f"  Labelbox model run {record['model_run_id']} (predictions, metrics and status uploaded there)")
+    else:
+        print(f"  model run folder   {chain.model_run_dir(record['model_run_id'])}")
 
 
 def _train_seconds(text: str) -> float:
@@ -254,9 +294,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--images", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--force", action="store_true", help="restart the run if it already finished")
+    run = sub.add_parser(
+        "run", help="train a Labelbox model run on this machine (needs LABELBOX_API_KEY, no Google Cloud)"
+    )
+    run.add_argument("--model-run", required=True, help="the Labelbox model run id")
+    run.add_argument(
+        "--model-type",
+        default="local_detector",
+        help="local_detector (boxes), local_single_label_classifier (radio) or local_multi_label_classifier",
+    )
+    run.add_argument("--data-dir", type=Path, default=ROOT / "var")
+    run.add_argument("--force", action="store_true", help="restart the run if it already finished")
+    run.add_argument("--timeout", type=float, default=86_400.0, help="seconds to follow the run (default a day)")
     serve = sub.add_parser("serve", help="serve the six functions until interrupted")
     serve.add_argument("--data-dir", type=Path, default=ROOT / "var")
-    for command in (demo, serve):
+    for command in (demo, run, serve):
         command.add_argument(
             "--train-seconds",
             type=_train_seconds,
@@ -287,12 +339,44 @@ def training_budget(env: Mapping[str, str], environ: Mapping[str, str]) -> str:
     return f"{DEFAULT_ENGINE_STEPS} steps (the same result on any machine)"
 
 
+def _checked(chain: LocalChain) -> bool:
+    """Whether the functions would load their settings; if not, says why (a key is never in it)."""
+    try:
+        chain.check()
+    except ConfigError as exc:
+        print(f"cannot start the chain: {exc}", file=sys.stderr)
+        if "LABELBOX_API_KEY" in str(exc):
+            print("set LABELBOX_API_KEY (or LABELBOX_API_KEY_FILE) to a Labelbox API key", file=sys.stderr)
+        return False
+    return True
+
+
+def _train(
+    chain: LocalChain, model_run_id: str, model_type: str, *, force: bool, timeout_s: float, started: float
+) -> int:
+    """Sends the signed webhook Labelbox sends for "Train model", follows the run, prints its summary."""
+    response = chain.webhook(model_run_id, model_type, force=force)
+    print(f"webhook -> HTTP {response.status_code}: {response.json().get('message')}")
+    if response.status_code >= 400:
+        print(response.text)
+        return 1
+    try:
+        record = chain.wait(model_run_id, timeout_s=timeout_s, progress=True)
+    except TimeoutError as exc:
+        print(f"\n{exc}; the same command again picks the run up where it is")
+        return 1
+    _print_result(chain, record, started)
+    return 0 if record["status"] == "complete" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from shared.demo import _ids, create_demo_model_run
 
     args = parse_args(argv)
     env = engine_env(args, os.environ)
-    chain = LocalChain(args.data_dir, env=env)
+    chain = LocalChain(args.data_dir, env=env, platform="labelbox" if args.command == "run" else "local")
+    if not _checked(chain):
+        return 2
     if args.command == "serve":
         with chain:
             for name, url in chain.urls.items():
@@ -304,6 +388,17 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 return 0
+    if args.command == "run":
+        settings = chain.check()
+        assert settings.labelbox is not None
+        print(f"Labelbox model run {args.model_run} at {settings.labelbox.endpoint}; data in {chain.data_dir}")
+        started = time.monotonic()
+        with chain:
+            print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")
+            print(f"local engine training: {training_budget(env, os.environ)}")
+            return _train(
+                chain, args.model_run, args.model_type, force=args.force, timeout_s=args.timeout, started=started
+            )
     for variable, rows in DEMO_SHARD_ROWS.items():  # the demo runs in shards too, as a big run would
         if variable not in os.environ:
             chain.env[variable] = str(rows)
@@ -314,14 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     with chain:
         print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")
         print(f"local engine training: {training_budget(env, os.environ)}")
-        response = chain.webhook(model_run_id, args.model_type, force=args.force)
-        print(f"webhook -> HTTP {response.status_code}: {response.json().get('message')}")
-        if response.status_code >= 400:
-            print(response.text)
-            return 1
-        record = chain.wait(model_run_id, timeout_s=3600, progress=True)
-        _print_result(chain, record, started)
-    return 0 if record["status"] == "complete" else 1
+        return _train(chain, model_run_id, args.model_type, force=args.force, timeout_s=3600, started=started)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, Settings, load_settings
+from shared.bootstrap import build_services
+from shared.config import ConfigError, Ports, Settings, load_settings
 from shared.domain.model_types import Backend, Task
 from shared.secret import Secret
 
@@ -99,8 +100,8 @@ def test_cloud_mode_with_everything_set() -> None:
     cloud = settings.cloud
     assert cloud is not None
     assert (cloud.project, cloud.region, cloud.bucket) == ("my-project", "europe-west4", "my-bucket")
-    assert cloud.labelbox_api_key.reveal() == API_KEY
-    assert cloud.labelbox_endpoint == "https://api.labelbox.com/graphql"
+    assert settings.labelbox is not None and settings.labelbox.api_key.reveal() == API_KEY
+    assert settings.labelbox.endpoint == "https://api.labelbox.com/graphql"
     assert settings.monitor.initial_delay_s == 60.0
     assert set(settings.secrets) == {Secret(WEBHOOK_SECRET), Secret(API_KEY)}
 
@@ -134,7 +135,167 @@ def test_api_key_from_a_mounted_file(tmp_path: Path) -> None:
     key_file.write_text(API_KEY + "\n")
     env = {k: v for k, v in CLOUD.items() if k != "LABELBOX_API_KEY"} | {"LABELBOX_API_KEY_FILE": str(key_file)}
     settings = load_settings(env)
-    assert settings.cloud is not None and settings.cloud.labelbox_api_key.reveal() == API_KEY
+    assert settings.labelbox is not None and settings.labelbox.api_key.reveal() == API_KEY
+
+
+# -- ports chosen one by one (issue 12, 1.) -------------------------------------------------------------------
+
+LABELBOX_ON_A_WORKSTATION = {"CHAIN_PLATFORM": "labelbox", "LABELBOX_API_KEY": API_KEY}
+
+
+def test_each_profile_chooses_its_ports() -> None:
+    assert load_settings({**URLS, "WEBHOOK_SECRET": WEBHOOK_SECRET}).ports == Ports(
+        "local", "folder", "local", "loopback"
+    )
+    assert load_settings(CLOUD).ports == Ports("labelbox", "gcs", "vertex", "cloud_tasks")
+
+
+def test_labelbox_on_a_workstation_needs_the_api_key_and_nothing_from_google(tmp_path: Path) -> None:
+    settings = load_settings(local_env(tmp_path, **LABELBOX_ON_A_WORKSTATION))
+    assert settings.ports == Ports("labelbox", "folder", "local", "loopback")
+    assert settings.cloud is None and settings.local is not None
+    assert settings.labelbox is not None and settings.labelbox.api_key.reveal() == API_KEY
+    assert settings.labelbox.endpoint == "https://api.labelbox.com/graphql"
+    assert settings.backend is Backend.LOCAL
+    assert settings.monitor.initial_delay_s == 2.0  # the local engine's pace, not Vertex's
+    assert "local_detector" in settings.model_types()
+    assert set(settings.secrets) == {Secret(WEBHOOK_SECRET), Secret(API_KEY)}  # the key is redacted everywhere
+
+
+def test_the_same_ports_from_the_cloud_profile(tmp_path: Path) -> None:
+    env = {
+        **URLS,
+        "CHAIN_MODE": "cloud",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LABELBOX_API_KEY": API_KEY,
+        "CHAIN_STORE": "folder",
+        "CHAIN_BACKEND": "local",
+        "CHAIN_QUEUE": "loopback",
+        "LOCAL_DATA_DIR": str(tmp_path),
+    }
+    settings = load_settings(env)
+    assert settings.ports == Ports("labelbox", "folder", "local", "loopback")
+    assert settings.cloud is None and settings.monitor.initial_delay_s == 2.0
+
+
+def test_labelbox_without_its_api_key_names_the_port_that_needs_it(tmp_path: Path) -> None:
+    message = config_error(local_env(tmp_path, CHAIN_PLATFORM="labelbox"))
+    assert (
+        "LABELBOX_API_KEY (or LABELBOX_API_KEY_FILE) is required but not set (needed by CHAIN_PLATFORM=labelbox)"
+        in (message)
+    )
+    assert "GCP_PROJECT" not in message and "BUCKET" not in message
+
+
+def test_labelbox_endpoints_can_be_set(tmp_path: Path) -> None:
+    env = local_env(
+        tmp_path,
+        **LABELBOX_ON_A_WORKSTATION,
+        LABELBOX_ENDPOINT="http://127.0.0.1:9/graphql",
+        LABELBOX_REST_ENDPOINT="http://127.0.0.1:9/api/v1",
+    )
+    labelbox = load_settings(env).labelbox
+    assert labelbox is not None
+    assert (labelbox.endpoint, labelbox.rest_endpoint) == ("http://127.0.0.1:9/graphql", "http://127.0.0.1:9/api/v1")
+
+
+def test_google_variables_are_required_only_by_the_ports_that_use_them() -> None:
+    env = {k: v for k, v in CLOUD.items() if k not in ("GCP_PROJECT", "GCP_REGION", "BUCKET", "TASKS_QUEUE")}
+    message = config_error({**env, "CHAIN_QUEUE": "loopback", "SERVICE_ACCOUNT_EMAIL": ""})
+    assert "GCP_PROJECT is required but not set (needed by CHAIN_STORE=gcs, CHAIN_BACKEND=vertex)" in message
+    assert "GCP_REGION is required but not set (needed by CHAIN_BACKEND=vertex)" in message
+    assert "BUCKET is required but not set (needed by CHAIN_STORE=gcs, CHAIN_BACKEND=vertex)" in message
+    assert "TASKS_QUEUE" not in message and "SERVICE_ACCOUNT_EMAIL" not in message
+
+
+def test_vertex_from_a_workstation_on_the_loopback_queue(tmp_path: Path) -> None:
+    env = local_env(tmp_path, CHAIN_STORE="gcs", CHAIN_BACKEND="vertex", GCP_PROJECT="p", GCP_REGION="r", BUCKET="b")
+    settings = load_settings(env)
+    assert settings.ports == Ports("local", "gcs", "vertex", "loopback")
+    assert settings.cloud is not None and (settings.cloud.project, settings.cloud.tasks_queue) == ("p", "")
+    assert settings.local is not None and settings.labelbox is None
+    assert settings.backend is Backend.VERTEX and settings.monitor.initial_delay_s == 60.0
+    assert "local_detector" not in settings.model_types()
+
+
+def test_cloud_tasks_alone_names_what_it_needs(tmp_path: Path) -> None:
+    message = config_error(
+        local_env(
+            tmp_path, **LABELBOX_ON_A_WORKSTATION, CHAIN_STORE="gcs", CHAIN_BACKEND="vertex", CHAIN_QUEUE="cloud_tasks"
+        )
+    )
+    for name in ("TASKS_QUEUE", "SERVICE_ACCOUNT_EMAIL"):
+        assert f"{name} is required but not set (needed by CHAIN_QUEUE=cloud_tasks)" in message
+    assert "GCP_REGION is required but not set (needed by CHAIN_BACKEND=vertex, CHAIN_QUEUE=cloud_tasks)" in message
+
+
+@pytest.mark.parametrize(
+    ("ports", "refusal"),
+    [
+        (
+            {"CHAIN_BACKEND": "vertex"},
+            "CHAIN_BACKEND=vertex needs CHAIN_STORE=gcs: Vertex AI reads the training images and writes its "
+            "predictions as gs:// objects",
+        ),
+        (
+            {"CHAIN_STORE": "gcs"},
+            "CHAIN_BACKEND=local needs CHAIN_STORE=folder: the local engine reads the staged images",
+        ),
+        (
+            {"CHAIN_QUEUE": "cloud_tasks", "CHAIN_PLATFORM": "labelbox"},
+            "CHAIN_QUEUE=cloud_tasks needs CHAIN_STORE=gcs: Cloud Tasks calls the stages at public URLs",
+        ),
+        (
+            {"CHAIN_QUEUE": "cloud_tasks", "CHAIN_STORE": "gcs", "CHAIN_BACKEND": "vertex"},
+            "CHAIN_QUEUE=cloud_tasks needs CHAIN_PLATFORM=labelbox: Cloud Tasks calls the stages at public URLs",
+        ),
+    ],
+)
+def test_combinations_that_cannot_work_are_refused_with_the_reason(
+    tmp_path: Path, ports: dict[str, str], refusal: str
+) -> None:
+    message = config_error(
+        local_env(
+            tmp_path,
+            LABELBOX_API_KEY=API_KEY,
+            GCP_PROJECT="p",
+            GCP_REGION="r",
+            BUCKET="b",
+            TASKS_QUEUE="q",
+            SERVICE_ACCOUNT_EMAIL="sa@p",
+            **ports,
+        )
+    )
+    assert refusal in message
+    assert message.count("; ") == 0  # that one reason, nothing else
+
+
+@pytest.mark.parametrize(
+    ("variable", "choices"),
+    [
+        ("CHAIN_PLATFORM", "local, labelbox"),
+        ("CHAIN_STORE", "folder, gcs"),
+        ("CHAIN_BACKEND", "local, vertex"),
+        ("CHAIN_QUEUE", "loopback, cloud_tasks"),
+    ],
+)
+def test_an_unknown_port_choice_is_named(tmp_path: Path, variable: str, choices: str) -> None:
+    assert f"{variable} must be one of {choices}, got 's3'" in config_error(local_env(tmp_path, **{variable: "s3"}))
+
+
+def test_services_are_built_port_by_port(tmp_path: Path) -> None:
+    from shared.chain.loopback import LoopbackChain
+    from shared.invocation import process_owner_alive
+    from shared.platform.labelbox_adapter import LabelboxPlatform
+    from shared.store.local_folder import LocalFolderStore
+    from shared.training.local_engine import LocalEngineBackend
+
+    svc = build_services(load_settings(local_env(tmp_path, **LABELBOX_ON_A_WORKSTATION)))
+    assert isinstance(svc.platform, LabelboxPlatform)  # built without a call to Labelbox: the client is lazy
+    assert isinstance(svc.store, LocalFolderStore) and isinstance(svc.backend, LocalEngineBackend)
+    assert isinstance(svc.chain, LoopbackChain)
+    assert svc.owner_alive is process_owner_alive  # every function runs on this machine
+    assert API_KEY not in repr(svc.platform)
 
 
 # -- wrong values -------------------------------------------------------------------------------------------
