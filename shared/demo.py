@@ -3,13 +3,15 @@
 Simple shapes (circle, square, triangle) of random colours on a textured background, with bounding
 boxes, a radio answer (the largest shape) and a checklist answer (the shapes present), so every model
 type can train on it. Rows carry Labelbox's model-run export shape and are split into
-training/validation/test plus a few unassigned rows. Deterministic for a seed.
+training/validation/test plus a few unassigned rows; after them come `unlabeled` rows nobody labeled
+yet (no label, no split), which the chain predicts on and ranks for labeling. Deterministic for a seed;
+the unlabeled rows draw from their own generator, so the labeled rows are the same whatever their count.
 
 Two scenes: `demo` (160x160, 1-4 shapes of 18-52 px: what the README's first command trains on) and
 `hard` (640x480, 3-10 shapes of 12-64 px among unlabeled clutter: hollow rings, crosses, strokes),
 which is closer to what real photos ask of a detector: small objects in a large, busy picture.
 
-    python -m shared.demo --out var/model_runs [--images 300] [--seed 7] [--scene demo|hard]
+    python -m shared.demo --out var/model_runs [--images 300] [--unlabeled 30] [--seed 7] [--scene demo|hard]
 """
 
 from __future__ import annotations
@@ -144,8 +146,10 @@ def export_row(
     objects: list[dict],
     split: str | None,
     rng: random.Random,
+    labeled: bool = True,
 ) -> dict:
-    """One row in Labelbox's model-run export shape (see README, 'A local model run')."""
+    """One row in Labelbox's model-run export shape (see README, 'A local model run'); an unlabeled row's
+    run object has no labels (its drawn objects are what a labeler would find)."""
     annotation_objects = [
         {
             "feature_id": _cuid(rng),
@@ -190,6 +194,8 @@ def export_row(
     }
     if split is not None:
         run["split"] = split
+    if not labeled:
+        del run["labels"]
     return {
         "data_row": {"id": data_row_id, "global_key": global_key, "row_data": row_data},
         "media_attributes": {"height": height, "width": width, "mime_type": "image/jpeg"},
@@ -197,7 +203,9 @@ def export_row(
     }
 
 
-def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7, scene: Scene = DEMO) -> Path:
+def create_demo_model_run(
+    out_dir: Path, *, images: int = 300, seed: int = 7, scene: Scene = DEMO, unlabeled: int = 0
+) -> Path:
     """Writes a local model run folder and returns it; an existing identical demo is rewritten as-is."""
     model_run_id, model_id = _ids(seed, scene)
     folder = Path(out_dir) / model_run_id
@@ -223,6 +231,25 @@ def create_demo_model_run(out_dir: Path, *, images: int = 300, seed: int = 7, sc
                 rng=rng,
             )
             export.write(json.dumps(row, separators=(",", ":")) + "\n")
+        extra = random.Random(f"unlabeled-{scene.name}-{seed}")
+        for index in range(images, images + unlabeled):
+            jpeg, objects = _draw_image(extra, scene)
+            name = f"shape-{index:05d}.jpg"
+            (media / name).write_bytes(jpeg)
+            row = export_row(
+                data_row_id=_cuid(extra),
+                global_key=name,
+                row_data=f"media/{name}",
+                width=scene.width,
+                height=scene.height,
+                model_id=model_id,
+                model_run_id=model_run_id,
+                objects=objects,
+                split=None,
+                rng=extra,
+                labeled=False,
+            )
+            export.write(json.dumps(row, separators=(",", ":")) + "\n")
     (folder / "model_run.json").write_text(
         json.dumps({"id": model_run_id, "model_id": model_id, "name": _run_name(scene, seed)}, indent=1)
     )
@@ -237,10 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("var/model_runs"))
     parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--unlabeled", type=int, default=0, help="rows nobody labeled yet, after the others")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scene", choices=sorted(SCENES), default=DEMO.name)
     args = parser.parse_args(argv)
-    folder = create_demo_model_run(args.out, images=args.images, seed=args.seed, scene=SCENES[args.scene])
+    folder = create_demo_model_run(
+        args.out, images=args.images, seed=args.seed, scene=SCENES[args.scene], unlabeled=args.unlabeled
+    )
     print(folder)
 
 

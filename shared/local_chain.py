@@ -44,6 +44,8 @@ FUNCTIONS = ("models", "model_run", "etl", "train", "monitor", "inference")
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SECONDS_VAR = "LOCAL_ENGINE_TRAIN_SECONDS"
 STEPS_VAR = "LOCAL_ENGINE_STEPS"
+DEMO_UNLABELED = 30  # the demo's rows nobody labeled yet: the chain ranks them for labeling
+LABEL_NEXT_SHOWN = 5  # of the rows to label next, the summary prints this many (the report shows all)
 DEMO_SHARD_ROWS = {"ETL_SHARD_ROWS": 100, "INFERENCE_SHARD_ROWS": 25}  # 300 rows: 3 ETL, 3 delivery shards
 _TRAIN_SECONDS_RANGE = (1.0, 86_400.0)  # what shared.config accepts for LOCAL_ENGINE_TRAIN_SECONDS
 
@@ -271,6 +273,17 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
         print(f"  Labelbox model run {record['model_run_id']} (predictions, metrics and status uploaded there)")
     else:
         print(f"  model run folder   {chain.model_run_dir(record['model_run_id'])}")
+    label_next = metrics.get("label_next") or {}
+    rows = label_next.get("rows") or []
+    if rows:
+        strategy = str(label_next.get("strategy", "")).replace("_", " ")
+        print(
+            f"  label these next   {len(rows)} of {label_next.get('rows_ranked')} unlabeled or unassigned rows, "
+            f"by {strategy}:"
+        )
+        for row in rows[:LABEL_NEXT_SHOWN]:
+            flag = ", no detection" if row.get("no_detection") else ""
+            print(f"    {row.get('global_key') or row['data_row_id']:<20} score {row['score']:.3f}{flag}")
 
 
 def _train_seconds(text: str) -> float:
@@ -292,6 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--data-dir", type=Path, default=ROOT / "var")
     demo.add_argument("--model-type", default="local_detector")
     demo.add_argument("--images", type=int, default=300)
+    demo.add_argument(
+        "--unlabeled", type=int, default=DEMO_UNLABELED, help="rows nobody labeled yet: predicted and ranked"
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--force", action="store_true", help="restart the run if it already finished")
     run = sub.add_parser(
@@ -403,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         if variable not in os.environ:
             chain.env[variable] = str(rows)
     model_run_id, _model_id = _ids(args.seed)
-    folder = create_demo_model_run(args.data_dir / "model_runs", images=args.images, seed=args.seed)
-    print(f"demo model run: {folder} ({args.images} images)")
+    folder = create_demo_model_run(
+        args.data_dir / "model_runs", images=args.images, seed=args.seed, unlabeled=args.unlabeled
+    )
+    print(f"demo model run: {folder} ({args.images} images, {args.unlabeled} of them more nobody labeled yet)")
     started = time.monotonic()
     with chain:
         print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")

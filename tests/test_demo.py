@@ -58,3 +58,15 @@ def test_the_demo_scene_is_unchanged_so_the_readme_figures_still_hold(tmp_path: 
 
 
 DEMO_DIGEST = "f36b85eae14800f7b7e4d380c39d55b67ca506973e3172807fa5b35dfaddae86"  # from the generator before scenes
+
+
+def test_unlabeled_rows_come_after_the_labeled_ones_and_leave_them_unchanged(tmp_path: Path) -> None:
+    plain = create_demo_model_run(tmp_path / "a", images=10, seed=5)
+    more = create_demo_model_run(tmp_path / "b", images=10, seed=5, unlabeled=4)
+    rows = _rows(more)
+    assert rows[:10] == _rows(plain)
+    for row in rows[10:]:
+        run = next(iter(next(iter(row["experiments"].values()))["runs"].values()))
+        assert "labels" not in run and "split" not in run
+        assert (more / row["data_row"]["row_data"]).is_file()
+    assert len({row["data_row"]["id"] for row in rows}) == 14

@@ -21,11 +21,12 @@ FAST_MONITOR = {"MONITOR_INITIAL_DELAY_S": "1", "MONITOR_MAX_DELAY_S": "3"}
 
 
 def _splits(model_run_dir: Path) -> dict[str, str | None]:
+    """Each row's split; "unlabeled" for a row nobody labeled yet."""
     out = {}
     for line in (model_run_dir / "export.ndjson").read_text().splitlines():
         row = json.loads(line)
         run = next(iter(next(iter(row["experiments"].values()))["runs"].values()))
-        out[row["data_row"]["id"]] = run.get("split")
+        out[row["data_row"]["id"]] = run.get("split") if "labels" in run else "unlabeled"
     return out
 
 
@@ -35,14 +36,20 @@ def _uploaded(model_run_dir: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice(tmp_path: Path) -> None:
-    create_demo_model_run(tmp_path / "model_runs", images=150, seed=3)
+    create_demo_model_run(tmp_path / "model_runs", images=150, seed=3, unlabeled=12)
     model_run_id, _ = _ids(3)
-    env = {"LOCAL_ENGINE_TRAIN_SECONDS": "25", "ETL_SHARD_ROWS": "50", "INFERENCE_SHARD_ROWS": "10", **FAST_MONITOR}
+    env = {
+        "LOCAL_ENGINE_TRAIN_SECONDS": "25",
+        "ETL_SHARD_ROWS": "50",
+        "INFERENCE_SHARD_ROWS": "10",
+        "LABEL_NEXT_COUNT": "5",
+        **FAST_MONITOR,
+    }
     with LocalChain(tmp_path, env=env) as chain:
         assert chain.webhook(model_run_id, "local_detector").status_code == 202
         record = chain.wait(model_run_id, timeout_s=500)
         assert record["status"] == "complete", record.get("error")
-        assert record["shards"]["etl"]["count"] == 3 and record["shards"]["etl"]["finished"]  # ETL in 3 shards
+        assert record["shards"]["etl"]["count"] == 4 and record["shards"]["etl"]["finished"]  # 162 rows, 4 shards
         assert record["shards"]["inference"]["count"] >= 2 and record["shards"]["inference"]["finished"]
         assert [e["event"] for e in record["events"] if e["stage"] == "etl"].count("shards_done") == 1
         folder = chain.model_run_dir(model_run_id)
@@ -61,22 +68,46 @@ def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice
 
         splits = _splits(folder)
         held_out = {i for i, s in splits.items() if s in ("validation", "test")}
+        to_rank = {i for i, s in splits.items() if s in (None, "unlabeled")}  # unassigned, and nobody labeled
+        assert len([s for s in splits.values() if s == "unlabeled"]) == 12
         rows = [json.loads(line) for content in _uploaded(folder).values() for line in content.splitlines()]
         predictions = [r for r in rows if "bbox" in r]
         metrics = [r for r in rows if "metricValue" in r]
+        diagnostics = [r for r in metrics if not r["metricName"].startswith("al_")]
         assert predictions, "no predictions uploaded"
-        assert {r["dataRow"]["id"] for r in predictions} <= held_out
+        assert {r["dataRow"]["id"] for r in predictions} <= held_out | to_rank
         assert all(0 <= r["confidence"] <= 1 and r["name"] in {"circle", "square", "triangle"} for r in predictions)
-        assert {r["dataRow"]["id"] for r in metrics} == held_out
-        assert {r["metricName"] for r in metrics} == {"50pct_iou", "custom_iou"}
+        assert {r["dataRow"]["id"] for r in diagnostics} == held_out
+        assert {r["metricName"] for r in diagnostics} == {"50pct_iou", "custom_iou"}
         assert not {r["metricName"] for r in metrics} & {"iou", "precision", "recall", "f1"}
+        uncertainty = [r for r in metrics if r["metricName"].startswith("al_")]
+        assert {r["dataRow"]["id"] for r in uncertainty} == to_rank
+        assert {r["metricName"] for r in uncertainty} == {
+            "al_least_confidence",
+            "al_margin",
+            "al_entropy",
+            "al_boxes",
+            "al_no_detection",
+        }
+
+        # the loop: the rows to label next are the most uncertain of those, listed in the record and status
+        listed = record["metrics"]["label_next"]
+        assert listed["strategy"] == "entropy" and listed["rows_ranked"] == len(to_rank)
+        ranked = [r["data_row_id"] for r in listed["rows"]]
+        assert len(ranked) == 5 and set(ranked) <= to_rank
+        entropy = {r["dataRow"]["id"]: r["metricValue"] for r in uncertainty if r["metricName"] == "al_entropy"}
+        assert [entropy[i] for i in ranked] == sorted((entropy[i] for i in ranked), reverse=True)
+        assert min(entropy[i] for i in ranked) >= max(entropy[i] for i in to_rank - set(ranked))
+        assert final["label_next"] == f"{len(ranked)} of {len(to_rank)} rows to rank, by entropy"
 
         config = json.loads((folder / "config.json").read_text())
         assert 0 <= config["chain"]["metrics"]["map50"] <= 1 and "per_class" in config["chain"]["metrics"]
         report = tmp_path / "bucket" / "runs" / model_run_id / "report.html"
         html = report.read_text()
-        for section in ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples"):
+        for section in ("summary", "data-quality", "metrics", "pr-curves", "confusion-matrix", "samples", "label-next"):
             assert f'id="{section}"' in html
+        label_next = html[html.index('id="label-next"') :]
+        assert all(data_row_id in label_next for data_row_id in ranked)
 
         # re-running inference by hand uploads nothing twice
         before = _uploaded(folder)
