@@ -7,9 +7,12 @@ the same run: the same network untrained (what the training bought), batch size 
 batched prediction job (what batching buys), class-wise NMS against the default class-agnostic
 one (what suppressing duplicate boxes across classes does to precision and mAP), and the eager torch
 network against its ONNX export in onnxruntime (what `runtime` "onnx" buys; see `runtime_rates`).
-It trains a fixed number of steps (the engine's default), so its metrics are the same on every machine.
+Then the hard scene (`bench/hard_set.py`: 640x480 pictures, 3-10 shapes of 12-64 px among clutter) trains
+the scratch backbone and the ImageNet-pretrained MobileNetV2 at the same steps, seed and input, and
+scores both. It trains a fixed number of steps, so its metrics are the same on every machine.
 
     .venv/bin/python -m bench.engine_bench [--max-steps 500 | --seconds S] [--images 300] [--seed 7] [--threads N]
+        [--hard-images 160 --hard-steps 300 --hard-input-size 256]
         [--backbone scratch|mobilenet_v2]
     .venv/bin/python -m bench.engine_bench --runtimes-only --threads 2   # eager torch vs onnxruntime alone
 """
@@ -239,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="scratch", choices=BACKBONES, help="mobilenet_v2: ImageNet-pretrained")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--runtimes-only", action="store_true", help="only eager torch vs onnxruntime, untrained")
+    parser.add_argument("--hard-images", type=int, default=160, help="hard-scene pictures (0: skip that part)")
+    parser.add_argument("--hard-steps", type=int, default=300, help="steps for each backbone on the hard scene")
+    parser.add_argument("--hard-input-size", type=int, default=256, help="the input side on the hard scene")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -324,6 +330,19 @@ def main(argv: list[str] | None = None) -> None:
         f"network + box decoding alone, batch {len(test)}: {model_rate:.1f} images/s"
     )
     print(_runtime_line(runtimes, args.threads, 64))
+    if args.hard_images:
+        from bench.hard_set import print_hard_set, run_hard_set
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hard_splits, results = run_hard_set(
+                args.workdir or Path(tmp),
+                images=args.hard_images,
+                seed=args.seed,
+                steps=args.hard_steps,
+                input_size=args.hard_input_size,
+                device=device,
+            )
+        print_hard_set(hard_splits, results, images=args.hard_images, input_size=args.hard_input_size)
 
 
 if __name__ == "__main__":

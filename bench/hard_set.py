@@ -2,7 +2,7 @@
 MobileNetV2, at the same steps, seed and input size. Called by `bench/engine_bench.py`.
 
 640x480 pictures with 3-10 shapes of 12-64 px among unlabeled clutter, letterboxed into a square input:
-at 160 a 12 px shape is 3 px, so this set is measured at a larger input (320 by default).
+at 160 a 12 px shape is 3 px, so this set is measured at a larger input (256 by default).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import torch
 
 from bench.engine_bench import build_import, predict_split, pycocotools_map
 from shared.demo import HARD
-from shared.engine.model import load_checkpoint
+from shared.engine.model import BACKBONES, load_checkpoint
 from shared.engine.predict import Predictor
 from shared.engine.train import TrainSettings, train
 from shared.engine.vertex_io import parse_import_line
-
-BACKBONES = ("scratch", "mobilenet_v2")
 
 
 @dataclass(frozen=True)
@@ -82,11 +80,10 @@ def print_hard_set(splits: dict[str, int], results: list[HardResult], *, images:
     for r in results:
         print(
             f"  {r.backbone:<13} {r.steps} steps, {r.images_per_s} training images/s ({r.train_s} s), "
-            f"test mAP@0.5 {r.map50:.4f}, mAP@[.5:.95] {r.map50_95:.4f}"
-            + (
-                ""
-                if r is scratch
-                else f"  ({r.map50 / max(scratch.map50, 1e-9):.2f}x scratch's mAP@0.5, "
-                f"{r.images_per_s / max(scratch.images_per_s, 1e-9):.2f}x its speed)"
-            )
+            f"test mAP@0.5 {r.map50:.4f}, mAP@[.5:.95] {r.map50_95:.4f}" + ("" if r is scratch else _versus(r, scratch))
         )
+
+
+def _versus(r: HardResult, scratch: HardResult) -> str:
+    accuracy = f"{r.map50 / scratch.map50:.2f}x" if scratch.map50 > 0 else "n/a (scratch scored 0), so no ratio of"
+    return f"  ({accuracy} scratch's mAP@0.5, {r.images_per_s / max(scratch.images_per_s, 1e-9):.2f}x its speed)"

@@ -25,3 +25,30 @@ def test_runtime_rates_measures_both_runtimes_on_the_same_model_and_prints_the_r
     line = _runtime_line(rates, 2, 4)
     assert f"eager torch {rates['eager_images_per_s']:.1f} images/s" in line
     assert f"onnxruntime {rates['onnx_images_per_s']:.1f} images/s, ratio {rates['onnx_over_eager']:.2f}" in line
+
+
+@pytest.mark.slow
+def test_the_whole_bench_at_a_tiny_size_prints_every_figure_both_backbones_included() -> None:
+    """Its correctness, never its speed: the demo part and the hard scene, scratch against pretrained."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.engine_bench",
+        *("--images", "40", "--max-steps", "3", "--threads", "1"),
+        *("--hard-images", "24", "--hard-steps", "2", "--hard-input-size", "128"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for needle in ("training (3 steps)", "test split, pycocotools", "untrained:", "eager torch", "onnxruntime"):
+        assert needle in out, out
+    assert "hard scene: 24 pictures of 640x480 at input 128" in out
+    hard = [
+        line.split() for line in out.splitlines() if line.startswith("  scratch") or line.startswith("  mobilenet_v2")
+    ]
+    assert [r[0] for r in hard] == ["scratch", "mobilenet_v2"] and all(r[1] == "2" for r in hard)
+    assert "x scratch's mAP@0.5" in out
