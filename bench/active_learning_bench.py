@@ -43,7 +43,7 @@ from bench.engine_bench import SHOWN_THRESHOLD, build_import, predict_split, pyc
 from shared.demo import SCENES, Scene
 from shared.engine.model import load_checkpoint
 from shared.engine.predict import Predictor
-from shared.engine.train import TrainSettings, resolve_device, train
+from shared.engine.train import DEFAULT_INPUT_SIZE, TrainSettings, resolve_device, train
 from shared.formats.vertex_import import ML_USE
 from shared.metrics.uncertainty import DETECTION_FLOOR, Strategy, Uncertainty, detection, label_next
 from shared.store.local_folder import LocalFolderStore
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     scene = SCENES[args.scene]
 
-    size = args.input_size or "the engine's default"
+    size = args.input_size or DEFAULT_INPUT_SIZE.get(device.type, DEFAULT_INPUT_SIZE["cpu"])
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
         f"device {device}, threads {args.threads}"
