@@ -287,9 +287,8 @@ def main(argv: list[str] | None = None) -> None:
             train_s += initial.train_s + sum(o.train_s for o in outcomes.values())
             rates += [initial.images_per_s, *(o.images_per_s for o in outcomes.values())]
             figures = "; ".join(f"{name} {o.map50:.4f} {o.map_coco:.4f}" for name, o in outcomes.items())
-            print(
-                f"seed {seed}: test mAP@0.5 mAP@[.5:.95]: initial {initial.map50:.4f} {initial.map_coco:.4f}; {figures}"
-            )
+            head = f"seed {seed}: test mAP@0.5 mAP@[.5:.95]: initial {initial.map50:.4f} {initial.map_coco:.4f}"
+            print(f"{head}; {figures}", flush=True)  # progress: a seed takes minutes
             seeds[str(seed)] = {
                 "test": [r.row_id for r in split.test],
                 "labeled": [r.row_id for r in split.labeled],
