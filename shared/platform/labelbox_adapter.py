@@ -674,6 +674,10 @@ class LabelboxPlatform:
                     params=PROJECT_EXPORT_PARAMS,
                 )
                 task_id = str(task.uid)
+                user = getattr(task._task, "_user", None)
+            with self._lock:
+                if self._user_instance is None and user is not None:
+                    self._user_instance = user
             self._wait_for_export(task_id, f"project {project.uid}", self.send_timeout_s)
             rows = export_stream.read_stream(self._client, task_id, export_stream.RESULT, session=self._media_session())
             for row in self._guarded(rows, f"export of project {project.uid}"):
