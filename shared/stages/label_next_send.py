@@ -29,6 +29,7 @@ from shared.services import Services
 log = logging.getLogger(__name__)
 
 RETRY_HINT = "the run's results are intact; re-run inference with force to send again"
+SHOWN_CHARS = 500  # a status metadata value (only the error message has Labelbox's 255-character limit)
 
 
 def features_of_run(record: RunRecord, label_next: Sequence[LabelNextCandidate]) -> list[str]:
@@ -60,7 +61,7 @@ def shown(outcome: dict[str, Any]) -> str:
     """The status line: what went where, or why nothing did."""
     project = outcome["project"]
     if outcome.get("error"):
-        return cut_message(f"failed: {outcome['error']}; {RETRY_HINT}")
+        return cut_message(f"failed: {outcome['error']}; {RETRY_HINT}", SHOWN_CHARS)
     skipped = int(outcome.get("skipped", 0))
     if not outcome.get("sent"):
         text = f"no rows sent to project {project}: all {skipped} are there already"
@@ -70,7 +71,7 @@ def shown(outcome: dict[str, Any]) -> str:
         text = f"{outcome['sent']} rows to project {project} (batch {outcome['batch']}{there}{before})"
     if outcome.get("unmatched_features"):
         text += f"; not pre-labeled, the project's ontology lacks: {', '.join(outcome['unmatched_features'])}"
-    return cut_message(text)
+    return cut_message(text, SHOWN_CHARS)
 
 
 def send_label_next(
