@@ -145,7 +145,7 @@ class LabelboxPlatform:
         export_block_bytes: int = export_stream.BLOCK_BYTES,
         export_max_line_bytes: int = export_stream.MAX_LINE_BYTES,
         import_poll_s: float = 10,
-        send_timeout_s: float = 300,
+        send_timeout_s: float = 120,  # each of two waits: the project export, the send task
         media_timeout_s: float = 60,
         media_chunk_bytes: int = 1 << 20,
     ) -> None:

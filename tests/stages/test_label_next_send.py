@@ -87,30 +87,26 @@ def test_the_rows_to_label_next_go_to_the_project_with_their_pre_labels(
 
 
 def test_a_forced_re_run_or_a_duplicate_call_sends_nothing_twice(
-    completed: Callable[..., tuple[Flow, StageAnswer]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    completed: Callable[..., tuple[Flow, StageAnswer]], tmp_path: Path
 ) -> None:
     create_demo_project(tmp_path / "projects")
     f, _answer = completed(LABEL_NEXT_PROJECT_ID=DEMO_PROJECT)
     sent = f.record().metrics["label_next"]["sent"]
     folder = project_of(f)
     written = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
-    asked: list[str] = []
-    real = LocalModelRuns.send_to_project
-    monkeypatch.setattr(
-        LocalModelRuns, "send_to_project", lambda self, *a, **k: asked.append("send") or real(self, *a, **k)
-    )
+    assert [(p, b) for p, b, _ids in f.platform.sends] == [(DEMO_PROJECT, f"lbchain-{f.run_id}-r0-label-next")]
 
     assert f.inference().body["outcome"] in ("already_done", "run_finished")  # a duplicate delivery
     forced = f.inference(force=True)  # the fan-in runs again
     assert forced.status == 200 and forced.body["outcome"] == "complete"
-    assert asked == []  # the record holds the send as done: the project is not even asked
+    assert len(f.platform.sends) == 1  # the record holds the send as done: the project is not even asked
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"} == written
     assert f.record().metrics["label_next"]["sent"] == sent and f.record().status is rr.RunStatus.COMPLETE
 
     # the send's record lost (a kill between the send and its record): the platform knows it by name
     f.services.runs.update(f.run_id, lambda r: r.metrics["label_next"].pop("sent", None))
     assert f.inference(force=True).body["label_next_sent"].endswith(", sent before)")
-    assert asked == ["send"] and len(f.platform.batches(DEMO_PROJECT)) == 1
+    assert len(f.platform.sends) == 2 and len(f.platform.batches(DEMO_PROJECT)) == 1
     assert f.record().metrics["label_next"]["sent"]["already_sent"] is True
 
 
