@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
+from shared.domain.label_next import (
+    BATCH_PRIORITIES,
+    DEFAULT_BATCH_PRIORITY,
+    MAX_LABEL_NEXT,
+    Strategy,
+    project_id_problem,
+)
 from shared.domain.model_types import Backend, ModelType, Task, offered
 from shared.domain.run_record import CHAIN_STAGES
 from shared.secret import Secret
@@ -88,6 +94,7 @@ class LocalSettings:
     bucket_dir: Path
     bucket_name: str
     model_runs_dir: Path
+    projects_dir: Path  # the local platform's labeling projects, one folder each (model-assisted labeling)
     engine_dir: Path
     schedule_dir: Path
     concurrent_calls: int  # stage calls each function process delivers at once (a queue's concurrency)
@@ -179,6 +186,8 @@ class PredictSettings:
     unlabeled: bool = True  # also predict on unlabeled and UNASSIGNED rows, to rank them for labeling
     label_next_strategy: str = "entropy"
     label_next_count: int = 20
+    label_next_project: str = ""  # a labeling project to send the rows to label next to ("" = off)
+    label_next_priority: int = 5  # the batch's priority in that project: 1 (highest) to 5, Labelbox's scale
 
 
 @dataclass(frozen=True)
@@ -379,6 +388,15 @@ def _optional_steps(r: _Reader) -> int | None:
     return DEFAULT_ENGINE_STEPS
 
 
+def _project_id(r: _Reader, name: str) -> str:
+    value = r.text(name)
+    problem = project_id_problem(value)
+    if problem:
+        r.problems.append(f"{name} {problem}")
+        return ""
+    return value
+
+
 def _ports(r: _Reader, mode: str) -> Ports:
     """Each port's choice: its own variable, else the profile's; then the combinations that cannot work."""
     profile = PROFILES[mode]
@@ -423,6 +441,7 @@ def _local_settings(r: _Reader) -> LocalSettings:
         bucket_dir=Path(r.text("LOCAL_BUCKET_DIR", str(root / "bucket"))).resolve(),
         bucket_name=r.text("LOCAL_BUCKET_NAME", "local-bucket"),
         model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
+        projects_dir=Path(r.text("LOCAL_PROJECTS_DIR", str(root / "projects"))).resolve(),
         engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
         schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
         concurrent_calls=int(r.number("LOCAL_CONCURRENT_CALLS", 8, low=1, high=256, integer=True)),
@@ -525,6 +544,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             unlabeled=r.flag("PREDICT_UNLABELED", True),
             label_next_strategy=r.choice("LABEL_NEXT_STRATEGY", "entropy", tuple(Strategy)),
             label_next_count=int(r.number("LABEL_NEXT_COUNT", 20, low=0, high=MAX_LABEL_NEXT, integer=True)),
+            label_next_project=_project_id(r, "LABEL_NEXT_PROJECT_ID"),
+            label_next_priority=int(
+                r.number(
+                    "LABEL_NEXT_PRIORITY",
+                    DEFAULT_BATCH_PRIORITY,
+                    low=BATCH_PRIORITIES[0],
+                    high=BATCH_PRIORITIES[1],
+                    integer=True,
+                )
+            ),
         ),
         vertex=vertex,
         local=local,
