@@ -105,7 +105,7 @@ class LocalSettings:
     engine_class_agnostic_nms: bool  # one detection per object, whatever its class
     engine_seed: int
     engine_device: str
-    engine_backbone: str  # scratch, or mobilenet_v2 (ImageNet-pretrained, from an installed wheel)
+    engine_backbone: str  # auto (by device), scratch, or mobilenet_v2 (ImageNet-pretrained, from a wheel)
 
 
 @dataclass(frozen=True)
@@ -452,7 +452,7 @@ def _local_settings(r: _Reader) -> LocalSettings:
         engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
         engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
         engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
-        engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "scratch", ENGINE_BACKBONES),
+        engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "auto", ("auto", *ENGINE_BACKBONES)),
     )
 
 

@@ -81,7 +81,10 @@ KEYS: dict[str, _Key] = {
     "batch_size": _Key(_LOCAL, int, "the engine's batch size", lambda t: (1, 1024)),
     "input_size": _Key(_LOCAL, int, "the engine's input side in pixels (a multiple of 32)", lambda t: (64, 1024)),
     "backbone": _Key(
-        _LOCAL, str, "the engine's backbone (mobilenet_v2: ImageNet-pretrained)", lambda t: ENGINE_BACKBONES
+        _LOCAL,
+        str,
+        "the engine's backbone (mobilenet_v2: ImageNet-pretrained; auto: by device)",
+        lambda t: ("auto", *ENGINE_BACKBONES),
     ),
 }
 
