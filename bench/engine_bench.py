@@ -44,7 +44,7 @@ from shared.engine.model import BACKBONES, LoadedModel, ModelConfig, build_model
 from shared.engine.onnx_model import OnnxRunner, export_onnx
 from shared.engine.predict import PredictionJob, Predictor, run_batch_prediction
 from shared.engine.train import TrainSettings, resolve_device, train
-from shared.engine.vertex_io import parse_import_line
+from shared.engine.vertex_io import ImportRow, parse_import_line
 from shared.formats.labelbox_export import Converted, example_from_row
 from shared.formats.vertex_import import ML_USE, LabelNames, import_line, normalize_boxes
 from shared.store.local_folder import LocalFolderStore
@@ -76,6 +76,17 @@ def build_import(
     import_key = f"runs/{run_id}/vertex_import.jsonl"
     store.write(import_key, "".join(json.dumps(line) + "\n" for line in lines).encode())
     return store, store.uri(import_key), lines
+
+
+def split_test_rows(
+    store: LocalFolderStore, lines: list[dict], instances_key: str
+) -> tuple[list[ImportRow], dict[str, list], str]:
+    """The import's test rows, their ground truth by image, and an instances file of their images."""
+    test = [row for line in lines if (row := parse_import_line(json.dumps(line), "object_detection")).split == "test"]
+    truth = {row.image_uri: list(row.boxes) for row in test}
+    body = "".join(json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test)
+    store.write(instances_key, body.encode())
+    return test, truth, store.uri(instances_key)
 
 
 SHOWN_THRESHOLD = 0.3  # PREDICT_CONFIDENCE_THRESHOLD's default: the boxes a user sees
@@ -256,15 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         store, import_uri, lines = build_import(workdir, args.images, args.seed)
-        test = [parse_import_line(json.dumps(line), "object_detection") for line in lines]
-        test = [row for row in test if row.split == "test"]
-        truth = {row.image_uri: list(row.boxes) for row in test}
-        instances_key = "bench/test_instances.jsonl"
-        store.write(
-            instances_key,
-            "".join(json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test).encode(),
-        )
-        instances_uri = store.uri(instances_key)
+        test, truth, instances_uri = split_test_rows(store, lines, "bench/test_instances.jsonl")
         splits = {
             s: sum(line["dataItemResourceLabels"][ML_USE] == s for line in lines)
             for s in ("training", "validation", "test")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.engine_bench import build_import, predict_split, pycocotools_map
+from bench.engine_bench import build_import, predict_split, pycocotools_map, split_test_rows
 from shared.demo import HARD
 from shared.engine.model import BACKBONES, load_checkpoint
 from shared.engine.predict import Predictor
@@ -37,13 +37,7 @@ def run_hard_set(
     """Trains each backbone on the hard scene's training split and scores its test-split predictions."""
     store, import_uri, lines = build_import(workdir, images, seed, scene=HARD)
     rows = [parse_import_line(json.dumps(line), "object_detection") for line in lines]
-    test = [row for row in rows if row.split == "test"]
-    truth = {row.image_uri: list(row.boxes) for row in test}
-    instances_key = "bench/hard_test_instances.jsonl"
-    store.write(
-        instances_key,
-        "".join(json.dumps({"content": r.image_uri, "mimeType": "image/jpeg"}) + "\n" for r in test).encode(),
-    )
+    _test, truth, instances_uri = split_test_rows(store, lines, "bench/hard_test_instances.jsonl")
     splits = {s: sum(row.split == s for row in rows) for s in ("training", "validation", "test")}
     results = []
     for backbone in BACKBONES:
@@ -59,7 +53,7 @@ def run_hard_set(
         checkpoint = workdir / f"hard-{backbone}.pt"
         summary = train(settings, store, checkpoint, device=device)
         predictor = Predictor(load_checkpoint(checkpoint, device), device)
-        found, _rate = predict_split(predictor, store, store.uri(instances_key), f"hard-{backbone}", 64)
+        found, _rate = predict_split(predictor, store, instances_uri, f"hard-{backbone}", 64)
         map50, map_coco = pycocotools_map(truth, found, HARD.width, HARD.height)
         results.append(
             HardResult(
