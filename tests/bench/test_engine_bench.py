@@ -51,4 +51,4 @@ def test_the_whole_bench_at_a_tiny_size_prints_every_figure_both_backbones_inclu
         line.split() for line in out.splitlines() if line.startswith("  scratch") or line.startswith("  mobilenet_v2")
     ]
     assert [r[0] for r in hard] == ["scratch", "mobilenet_v2"] and all(r[1] == "2" for r in hard)
-    assert "x scratch's mAP@0.5" in out
+    assert "scratch's mAP@0.5" in out and "its speed)" in out
