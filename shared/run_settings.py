@@ -20,6 +20,7 @@ from shared.config import (
     VERTEX_EDGE_MODEL_TYPES,
     VERTEX_OD_MODEL_TYPES,
     Settings,
+    slice_id_problem,
     vertex_budget_range,
 )
 from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
@@ -58,6 +59,7 @@ KEYS: dict[str, _Key] = {
         _BOTH, str, "what ranks the unlabeled rows to label next", lambda t: tuple(s.value for s in Strategy)
     ),
     "label_next_count": _Key(_BOTH, int, "how many rows to list to label next", lambda t: (0, MAX_LABEL_NEXT)),
+    "label_next_slice": _Key(_BOTH, str, "a Catalog slice whose rows are added to the model run to rank (null: none)"),
     "model_type": _Key(_VERTEX, str, "the AutoML model type", _model_types),
     "budget_milli_node_hours": _Key(_VERTEX, int, "the AutoML training budget (1000 = one node hour)"),
     "early_stopping": _Key(_VERTEX, bool, "let AutoML stop once the model converges"),
@@ -84,6 +86,7 @@ class RunSettings:
     from_config: tuple[str, ...] = ()
     label_next_strategy: str = Strategy.ENTROPY.value
     label_next_count: int = 20
+    label_next_slice: str | None = None  # added to the model run at ETL, so its rows are predicted and ranked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class RunSettings:
             "max_predictions": self.max_predictions,
             "label_next_strategy": self.label_next_strategy,
             "label_next_count": self.label_next_count,
+            "label_next_slice": self.label_next_slice,
             "training": dict(self.training),
             "from_config": list(self.from_config),
         }
@@ -104,6 +108,7 @@ class RunSettings:
             from_config=tuple(data.get("from_config", ())),
             label_next_strategy=str(data.get("label_next_strategy", Strategy.ENTROPY.value)),
             label_next_count=int(data.get("label_next_count", 20)),
+            label_next_slice=data.get("label_next_slice") or None,
         )
 
     def shown(self) -> dict[str, str]:
@@ -113,6 +118,7 @@ class RunSettings:
             "max_predictions": self.max_predictions,
             "label_next_strategy": self.label_next_strategy,
             "label_next_count": self.label_next_count,
+            "label_next_slice": self.label_next_slice,
         }
         values.update(self.training)
         return {
@@ -143,6 +149,7 @@ def deployment_defaults(settings: Settings, task: Task, backend: Backend) -> Run
         training,
         label_next_strategy=predict.label_next_strategy,
         label_next_count=predict.label_next_count,
+        label_next_slice=predict.label_next_slice,
     )
 
 
@@ -185,6 +192,7 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
         from_config=tuple(sorted(values)),
         label_next_strategy=values.get("label_next_strategy", defaults.label_next_strategy),
         label_next_count=values.get("label_next_count", defaults.label_next_count),
+        label_next_slice=values.get("label_next_slice", defaults.label_next_slice) or None,
     )
 
 
@@ -196,6 +204,9 @@ def _check(key: str, value: Any, task: Task, backend: Backend) -> str | None:
         return f"unknown key {name}; the keys are {', '.join(usable)}"
     if backend not in spec.backends:
         return f"{name} is not a setting of the {backend.value} backend; its keys are {', '.join(usable)}"
+    if key == "label_next_slice":  # null or "" turns the deployment's slice off for this run
+        problem = None if value is None or value == "" else slice_id_problem(value)
+        return f"{name} {problem}" if problem else None
     if spec.kind is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, not {value!r}"
     if spec.kind is str:
