@@ -7,7 +7,7 @@ local file-backed model run is a faithful stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -47,6 +47,10 @@ class PlatformError(RuntimeError):
 
 class ModelRunNotFound(PlatformError):
     """The model run does not exist (or this key cannot see it): retrying will not help, the id must change."""
+
+
+class SliceNotFound(PlatformError):
+    """The Catalog slice does not exist (or this key cannot see it): the config must name another."""
 
 
 class ExportState(StrEnum):
@@ -127,4 +131,15 @@ class LabelingPlatform(Protocol):
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
         """Imports prediction and metric rows (Labelbox NDJSON) and waits for the import to finish."""
+        ...
+
+    def add_rows_from_slice(
+        self, model_run_id: str, slice_id: str, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Adds the Catalog slice's data rows to the model run, unlabeled, so its export carries them.
+
+        Returns how many rows the slice has, those already in the run included (adding one again is
+        harmless, and Labelbox does not say which were new); `progress(rows so far)` is called between
+        batches. SliceNotFound when there is no such slice, before anything is added.
+        """
         ...
