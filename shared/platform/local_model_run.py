@@ -242,9 +242,10 @@ class LocalModelRuns:
         with open(folder / "export.ndjson", "a+", encoding="utf-8") as export:
             fcntl.flock(export, fcntl.LOCK_EX)  # another delivery adding the same slice waits, then adds nothing
             export.seek(0)
-            text = export.read()
-            present = set()
-            for line in text.splitlines():
+            present: set[str] = set()
+            last = ""
+            for line in export:
+                last = line
                 try:
                     present.add(json.loads(line)["data_row"]["id"])
                 except (json.JSONDecodeError, KeyError, TypeError):
@@ -255,7 +256,7 @@ class LocalModelRuns:
                 if member["data_row"]["id"] not in present
             ]
             if new:
-                lead = "\n" if text and not text.endswith("\n") else ""
+                lead = "\n" if last and not last.endswith("\n") else ""
                 export.write(lead + "".join(json.dumps(r, sort_keys=True) + "\n" for r in new))
         if progress is not None:
             progress(len(members))

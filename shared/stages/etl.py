@@ -19,6 +19,8 @@ shards) and shards run in parallel, as many at once as the queue allows:
    checked; and the run moves on to `train`, once.
 
 A re-run before the fan-in redoes only the unfinished shards; a forced re-run exports and splits anew.
+Before an export starts, the run's `label_next_slice` (if any) is added to the model run, once per run
+and again when forced, so the export brings its rows to rank (`_add_slice_rows`).
 """
 
 from __future__ import annotations
