@@ -1,6 +1,7 @@
 """`label_next_slice` at ETL, in-process on the demo model run: the slice's rows are added to the model
 run before its export, once, come out of it as unlabeled manifest rows and are predicted on; a slice
-that does not exist fails the run at ETL, naming what to change, before anything is exported."""
+that does not exist fails the run at ETL, naming what to change, before anything is exported. The last
+test runs the same ETL on the Labelbox adapter, through the SDK against the fake Labelbox's Catalog."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from typing import Any
 
 from shared.dataset.manifest import read_manifest
 from shared.domain.run_paths import RunPaths
+from shared.platform.labelbox_adapter import LabelboxPlatform
 from shared.platform.port import ExportState
+from shared.secret import Secret
 from tests.demo_run import DemoRun
 from tests.demo_slice import write_demo_slice
 from tests.fakes import RecordingChain, RecordingModelRuns
+from tests.platform.fake_catalog import running_fake_catalog
 from tests.stages.test_inference import flow_up_to_inference
 from tests.stages.world import call, create_run, services_for
 
@@ -126,3 +130,38 @@ def test_a_config_that_turns_the_deployments_slice_off_adds_nothing(tmp_path: Pa
     answer = call(services, "etl", demo.model_run_id)
     assert answer.body["outcome"] == "succeeded" and "rows_from_slice" not in answer.body["data_quality"]
     assert platform.slices_added == []
+
+
+def test_on_labelbox_the_slice_is_added_through_the_sdk_before_the_export_that_brings_it(
+    tmp_path: Path, demo: DemoRun
+) -> None:
+    slices = tmp_path / "slice-files"
+    ids = write_demo_slice(slices, SLICE, images=3)
+    with running_fake_catalog([], model_run_id=demo.model_run_id, model_id=demo.model_id) as fake:
+
+        def served(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+            name = row["data_row"]["row_data"]
+            url = fake.add_media(name.replace("/", "_"), (folder / name).read_bytes())
+            return {**row, "data_row": {**row["data_row"], "row_data": url}}
+
+        fake.rows = [served(r, demo.folder) for r in demo.rows()]
+        catalog = [served(json.loads(line), slices) for line in (slices / f"{SLICE}.ndjson").read_text().splitlines()]
+        fake.catalog = {r["data_row"]["id"]: r for r in catalog}
+        fake.slices = {SLICE: ids}
+        fake.training_metadata = {"train": {"label_next_slice": SLICE}}
+        platform = LabelboxPlatform(Secret(fake.api_key), endpoint=fake.endpoint, rest_endpoint=fake.rest_endpoint)
+        services = services_for(tmp_path, platform, chain=RecordingChain())
+        create_run(services, demo.model_run_id, model_id=demo.model_id)
+
+        answer = call(services, "etl", demo.model_run_id)
+
+        assert answer.body["outcome"] == "succeeded", answer.body
+        names = fake.operation_names()
+        assert names.index("createMEAModelRunDataRowRegistrationTaskPyApi") < names.index(
+            "exportDataRowsInModelRunPyApi"
+        )
+        (upsert,) = fake.named("createMEAModelRunDataRowRegistrationTaskPyApi")
+        assert upsert.variables["dataRowIds"] == ids
+        assert answer.body["data_quality"]["rows_from_slice"] == 3
+        manifest = {row.data_row_id: row for row in read_manifest(services.store, demo.model_run_id)}
+        assert len(manifest) == 23 and all(not manifest[i].labeled for i in ids)
