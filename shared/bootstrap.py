@@ -60,7 +60,8 @@ def _gcs_store(settings: Settings, svc: Services) -> ObjectStore:
 def _local_platform(settings: Settings, svc: Services) -> LabelingPlatform:
     from shared.platform.local_model_run import LocalModelRuns
 
-    return LocalModelRuns(_local(settings).model_runs_dir)
+    local = _local(settings)
+    return LocalModelRuns(local.model_runs_dir, local.projects_dir)
 
 
 def _labelbox_platform(settings: Settings, svc: Services) -> LabelingPlatform:

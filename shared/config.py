@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
+from shared.domain.label_next import (
+    BATCH_PRIORITIES,
+    DEFAULT_BATCH_PRIORITY,
+    MAX_LABEL_NEXT,
+    Strategy,
+    project_id_problem,
+)
 from shared.domain.model_types import Backend, ModelType, Task, offered
 from shared.domain.run_record import CHAIN_STAGES
 from shared.secret import Secret
@@ -99,6 +105,7 @@ class LocalSettings:
     bucket_dir: Path
     bucket_name: str
     model_runs_dir: Path
+    projects_dir: Path  # the local platform's labeling projects, one folder each (model-assisted labeling)
     engine_dir: Path
     schedule_dir: Path
     concurrent_calls: int  # stage calls each function process delivers at once (a queue's concurrency)
@@ -109,7 +116,7 @@ class LocalSettings:
     engine_class_agnostic_nms: bool  # one detection per object, whatever its class
     engine_seed: int
     engine_device: str
-    engine_backbone: str  # scratch, or mobilenet_v2 (ImageNet-pretrained, from an installed wheel)
+    engine_backbone: str  # auto (by device), scratch, or mobilenet_v2 (ImageNet-pretrained, from a wheel)
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,8 @@ class PredictSettings:
     unlabeled: bool = True  # also predict on unlabeled and UNASSIGNED rows, to rank them for labeling
     label_next_strategy: str = "entropy"
     label_next_count: int = 20
+    label_next_project: str = ""  # a labeling project to send the rows to label next to ("" = off)
+    label_next_priority: int = 5  # the batch's priority in that project: 1 (highest) to 5, Labelbox's scale
     label_next_slice: str | None = None  # a Catalog slice whose rows are added to each model run, to rank
 
 
@@ -391,6 +400,15 @@ def _optional_steps(r: _Reader) -> int | None:
     return DEFAULT_ENGINE_STEPS
 
 
+def _project_id(r: _Reader, name: str) -> str:
+    value = r.text(name)
+    problem = project_id_problem(value)
+    if problem:
+        r.problems.append(f"{name} {problem}")
+        return ""
+    return value
+
+
 def _ports(r: _Reader, mode: str) -> Ports:
     """Each port's choice: its own variable, else the profile's; then the combinations that cannot work."""
     profile = PROFILES[mode]
@@ -435,6 +453,7 @@ def _local_settings(r: _Reader) -> LocalSettings:
         bucket_dir=Path(r.text("LOCAL_BUCKET_DIR", str(root / "bucket"))).resolve(),
         bucket_name=r.text("LOCAL_BUCKET_NAME", "local-bucket"),
         model_runs_dir=Path(r.text("LOCAL_MODEL_RUNS_DIR", str(root / "model_runs"))).resolve(),
+        projects_dir=Path(r.text("LOCAL_PROJECTS_DIR", str(root / "projects"))).resolve(),
         engine_dir=Path(r.text("LOCAL_ENGINE_DIR", str(root / "engine"))).resolve(),
         schedule_dir=Path(r.text("LOCAL_SCHEDULE_DIR", str(root / "schedule"))).resolve(),
         concurrent_calls=int(r.number("LOCAL_CONCURRENT_CALLS", 8, low=1, high=256, integer=True)),
@@ -445,7 +464,7 @@ def _local_settings(r: _Reader) -> LocalSettings:
         engine_class_agnostic_nms=r.flag("LOCAL_ENGINE_CLASS_AGNOSTIC_NMS", True),
         engine_seed=int(r.number("LOCAL_ENGINE_SEED", 0, low=0, high=2**31, integer=True)),
         engine_device=r.choice("LOCAL_ENGINE_DEVICE", "auto", ("auto", "cpu", "cuda")),
-        engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "scratch", ENGINE_BACKBONES),
+        engine_backbone=r.choice("LOCAL_ENGINE_BACKBONE", "auto", ("auto", *ENGINE_BACKBONES)),
     )
 
 
@@ -549,6 +568,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             unlabeled=r.flag("PREDICT_UNLABELED", True),
             label_next_strategy=r.choice("LABEL_NEXT_STRATEGY", "entropy", tuple(Strategy)),
             label_next_count=int(r.number("LABEL_NEXT_COUNT", 20, low=0, high=MAX_LABEL_NEXT, integer=True)),
+            label_next_project=_project_id(r, "LABEL_NEXT_PROJECT_ID"),
+            label_next_priority=int(
+                r.number(
+                    "LABEL_NEXT_PRIORITY",
+                    DEFAULT_BATCH_PRIORITY,
+                    low=BATCH_PRIORITIES[0],
+                    high=BATCH_PRIORITIES[1],
+                    integer=True,
+                )
+            ),
             label_next_slice=_slice_id(r, "LABEL_NEXT_SLICE_ID"),
         ),
         vertex=vertex,

@@ -256,6 +256,45 @@ def create_demo_model_run(
     return folder
 
 
+DEMO_PROJECT = "demo-labeling"
+
+
+def demo_ontology() -> dict:
+    """The demo's features as Labelbox's normalized ontology JSON: a rectangle per shape, the two
+    questions with the shapes as options (what a labeling project for the demo would have)."""
+    options = [{"value": c, "label": c, "featureSchemaId": f"schema-option-{c}"} for c in CLASSES]
+    return {
+        "tools": [
+            {"tool": "rectangle", "name": c, "featureSchemaId": f"schema-{c}", "classifications": []} for c in CLASSES
+        ],
+        "classifications": [
+            {
+                "type": "radio",
+                "name": RADIO,
+                "instructions": RADIO,
+                "featureSchemaId": f"schema-{RADIO}",
+                "options": options,
+            },
+            {
+                "type": "checklist",
+                "name": CHECKLIST,
+                "instructions": CHECKLIST,
+                "featureSchemaId": f"schema-{CHECKLIST}",
+                "options": options,
+            },
+        ],
+    }
+
+
+def create_demo_project(projects_dir: Path, project_id: str = DEMO_PROJECT) -> Path:
+    """A local labeling project for the demo's rows to label next (`LABEL_NEXT_PROJECT_ID=<project_id>`):
+    its folder with the demo's ontology.json. Existing batches are kept."""
+    folder = Path(projects_dir) / project_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ontology.json").write_text(json.dumps(demo_ontology(), indent=1))
+    return folder
+
+
 def _run_name(scene: Scene, seed: int) -> str:
     return f"demo shapes (seed {seed})" if scene is DEMO else f"demo shapes, {scene.name} scene (seed {seed})"
 
@@ -267,11 +306,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unlabeled", type=int, default=0, help="rows nobody labeled yet, after the others")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scene", choices=sorted(SCENES), default=DEMO.name)
+    parser.add_argument(
+        "--project",
+        metavar="ID",
+        help="also write a local labeling project of this id beside the model runs (<out>/../projects/ID)",
+    )
     args = parser.parse_args(argv)
     folder = create_demo_model_run(
         args.out, images=args.images, seed=args.seed, scene=SCENES[args.scene], unlabeled=args.unlabeled
     )
     print(folder)
+    if args.project:
+        print(create_demo_project(Path(args.out).resolve().parent / "projects", args.project))
 
 
 if __name__ == "__main__":

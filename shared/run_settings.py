@@ -23,7 +23,13 @@ from shared.config import (
     slice_id_problem,
     vertex_budget_range,
 )
-from shared.domain.label_next import MAX_LABEL_NEXT, Strategy
+from shared.domain.label_next import (
+    BATCH_PRIORITIES,
+    DEFAULT_BATCH_PRIORITY,
+    MAX_LABEL_NEXT,
+    Strategy,
+    project_id_problem,
+)
 from shared.domain.model_types import Backend, Task
 from shared.domain.run_record import RunRecord
 
@@ -59,6 +65,12 @@ KEYS: dict[str, _Key] = {
         _BOTH, str, "what ranks the unlabeled rows to label next", lambda t: tuple(s.value for s in Strategy)
     ),
     "label_next_count": _Key(_BOTH, int, "how many rows to list to label next", lambda t: (0, MAX_LABEL_NEXT)),
+    "label_next_project": _Key(
+        _BOTH, str, 'the labeling project the rows to label next are sent to, with pre-labels ("" = none)'
+    ),
+    "label_next_priority": _Key(
+        _BOTH, int, "the priority of that batch in the project (1 highest, 5 lowest)", lambda t: BATCH_PRIORITIES
+    ),
     "label_next_slice": _Key(_BOTH, str, "a Catalog slice whose rows are added to the model run to rank (null: none)"),
     "model_type": _Key(_VERTEX, str, "the AutoML model type", _model_types),
     "budget_milli_node_hours": _Key(_VERTEX, int, "the AutoML training budget (1000 = one node hour)"),
@@ -71,7 +83,10 @@ KEYS: dict[str, _Key] = {
     "batch_size": _Key(_LOCAL, int, "the engine's batch size", lambda t: (1, 1024)),
     "input_size": _Key(_LOCAL, int, "the engine's input side in pixels (a multiple of 32)", lambda t: (64, 1024)),
     "backbone": _Key(
-        _LOCAL, str, "the engine's backbone (mobilenet_v2: ImageNet-pretrained)", lambda t: ENGINE_BACKBONES
+        _LOCAL,
+        str,
+        "the engine's backbone (mobilenet_v2: ImageNet-pretrained; auto: by device)",
+        lambda t: ("auto", *ENGINE_BACKBONES),
     ),
 }
 
@@ -86,6 +101,8 @@ class RunSettings:
     from_config: tuple[str, ...] = ()
     label_next_strategy: str = Strategy.ENTROPY.value
     label_next_count: int = 20
+    label_next_project: str = ""  # "" = the rows to label next are listed, not sent anywhere
+    label_next_priority: int = DEFAULT_BATCH_PRIORITY
     label_next_slice: str | None = None  # added to the model run at ETL, so its rows are predicted and ranked
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +111,8 @@ class RunSettings:
             "max_predictions": self.max_predictions,
             "label_next_strategy": self.label_next_strategy,
             "label_next_count": self.label_next_count,
+            "label_next_project": self.label_next_project,
+            "label_next_priority": self.label_next_priority,
             "label_next_slice": self.label_next_slice,
             "training": dict(self.training),
             "from_config": list(self.from_config),
@@ -108,6 +127,8 @@ class RunSettings:
             from_config=tuple(data.get("from_config", ())),
             label_next_strategy=str(data.get("label_next_strategy", Strategy.ENTROPY.value)),
             label_next_count=int(data.get("label_next_count", 20)),
+            label_next_project=str(data.get("label_next_project", "")),
+            label_next_priority=int(data.get("label_next_priority", DEFAULT_BATCH_PRIORITY)),
             label_next_slice=data.get("label_next_slice") or None,
         )
 
@@ -118,6 +139,8 @@ class RunSettings:
             "max_predictions": self.max_predictions,
             "label_next_strategy": self.label_next_strategy,
             "label_next_count": self.label_next_count,
+            "label_next_project": self.label_next_project or None,  # unset: not shown
+            "label_next_priority": self.label_next_priority if self.label_next_project else None,
             "label_next_slice": self.label_next_slice,
         }
         values.update(self.training)
@@ -149,6 +172,8 @@ def deployment_defaults(settings: Settings, task: Task, backend: Backend) -> Run
         training,
         label_next_strategy=predict.label_next_strategy,
         label_next_count=predict.label_next_count,
+        label_next_project=predict.label_next_project,
+        label_next_priority=predict.label_next_priority,
         label_next_slice=predict.label_next_slice,
     )
 
@@ -192,6 +217,8 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
         from_config=tuple(sorted(values)),
         label_next_strategy=values.get("label_next_strategy", defaults.label_next_strategy),
         label_next_count=values.get("label_next_count", defaults.label_next_count),
+        label_next_project=values.get("label_next_project", defaults.label_next_project),
+        label_next_priority=values.get("label_next_priority", defaults.label_next_priority),
         label_next_slice=values.get("label_next_slice", defaults.label_next_slice) or None,
     )
 
@@ -209,6 +236,9 @@ def _check(key: str, value: Any, task: Task, backend: Backend) -> str | None:
         return f"{name} {problem}" if problem else None
     if spec.kind is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, not {value!r}"
+    if key == "label_next_project":
+        problem = project_id_problem(value)
+        return f"{name} {problem}" if problem else None
     if spec.kind is str:
         allowed = spec.limits(task) if spec.limits else ()
         if not isinstance(value, str) or (allowed and value not in allowed):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 
 from shared.domain.model_types import Task
 from shared.platform.local_model_run import LocalModelRuns
-from shared.platform.port import ExportState, ExportStatus, UploadResult
+from shared.platform.port import ExportState, ExportStatus, SendResult, UploadResult
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
 # -- the training backend -----------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class RecordingChain:
 
 
 class RecordingModelRuns(LocalModelRuns):
-    """The real local platform (a model-run folder), recording what it is asked.
+    """The real local platform (a model-run folder, its labeling projects), recording what it is asked.
 
     With `export_state` set, every look at an export answers that state (and `export_error`) instead of
     the folder's own COMPLETE, so a test can keep an export running or make it fail."""
@@ -170,6 +170,7 @@ class RecordingModelRuns(LocalModelRuns):
         self.opened: list[str] = []  # row_data of every media opened
         self.exports_started: list[str] = []  # model run ids
         self.uploads: list[tuple[str, int]] = []  # (import name, rows) of every prediction import
+        self.sends: list[tuple[str, str, list[str]]] = []  # (project, batch name, data row ids) of every send
         self.export_state: ExportState | None = None
         self.export_error: str | None = None
 
@@ -189,6 +190,21 @@ class RecordingModelRuns(LocalModelRuns):
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
         self.uploads.append((name, len(rows)))
         return super().upload_predictions(model_run_id, name, rows)
+
+    def send_to_project(
+        self,
+        model_run_id: str,
+        project_id: str,
+        data_row_ids: Sequence[str],
+        *,
+        batch_name: str,
+        priority: int,
+        features: Collection[str] = (),
+    ) -> SendResult:
+        self.sends.append((project_id, batch_name, list(data_row_ids)))
+        return super().send_to_project(
+            model_run_id, project_id, data_row_ids, batch_name=batch_name, priority=priority, features=features
+        )
 
 
 # -- a downstream stage over HTTP -----------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ STAGE_HELPERS = {
     "shared.stages.inference_outcome",
     "shared.stages.inference_delivery",
     "shared.stages.inference_fan_in",
+    "shared.stages.label_next_send",
 }
 
 

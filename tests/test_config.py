@@ -68,7 +68,7 @@ def test_local_mode_works_with_only_the_stage_urls_and_the_webhook_secret(tmp_pa
         root / "model_runs",
         root / "engine",
     )
-    assert (local.bucket_name, local.engine_device, local.engine_backbone) == ("local-bucket", "auto", "scratch")
+    assert (local.bucket_name, local.engine_device, local.engine_backbone) == ("local-bucket", "auto", "auto")
     assert settings.vertex.od_model_type == "CLOUD_HIGH_ACCURACY_1"
     assert settings.vertex.budget_milli_node_hours(Task.OBJECT_DETECTION) == 20_000
     assert settings.monitor.initial_delay_s == 2.0  # local defaults look sooner than the cloud's
@@ -322,7 +322,7 @@ def test_bad_numbers_ranges_flags_and_choices_are_all_named(tmp_path: Path) -> N
         "PREDICT_MAX_PREDICTIONS must be between 1 and 500, got 0",
         "PREDICT_ON_TRAINING must be true or false, got 'maybe'",
         "LOCAL_ENGINE_DEVICE must be one of auto, cpu, cuda, got 'tpu'",
-        "LOCAL_ENGINE_BACKBONE must be one of scratch, mobilenet_v2, got 'resnet50'",
+        "LOCAL_ENGINE_BACKBONE must be one of auto, scratch, mobilenet_v2, got 'resnet50'",
         "VERTEX_OD_MODEL_TYPE must be one of CLOUD_HIGH_ACCURACY_1,",
     ]
     for text in expected:

@@ -109,7 +109,7 @@ def test_the_vertex_backend_takes_its_model_type_budget_and_early_stopping() -> 
         (
             {"train": {"backbone": "resnet50"}},
             Backend.LOCAL,
-            "train.backbone must be one of scratch, mobilenet_v2 for object_detection, not 'resnet50'",
+            "train.backbone must be one of auto, scratch, mobilenet_v2 for object_detection, not 'resnet50'",
         ),
         ({"train": {"backbone": "mobilenet_v2"}}, Backend.VERTEX, "train.backbone is not a setting of the vertex"),
         ({"train": [1, 2]}, Backend.LOCAL, 'the model run config\'s "train" must be an object of settings, not list'),

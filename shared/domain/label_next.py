@@ -3,6 +3,7 @@ function (the `models` function has no numpy) names these."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -25,3 +26,23 @@ def in_pool(split: str, labeled: bool) -> bool:
 
 
 MAX_LABEL_NEXT = 1000  # rows listed at most: the run record and the report carry each one
+
+# Model-assisted labeling: the rows to label next go to a labeling project as one batch.
+BATCH_PRIORITIES = (1, 5)  # Labelbox's batch priority: 1 is the highest, 5 (its default) the lowest
+DEFAULT_BATCH_PRIORITY = 5
+_PROJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a Labelbox cuid, or a local project folder's name
+
+
+def project_id_problem(value: object) -> str | None:
+    """Why `value` cannot be a labeling project id, or None; "" is allowed and means "send nothing"."""
+    if not isinstance(value, str):
+        return f"must be a project id (a string), not {value!r}"
+    if value and not _PROJECT_ID.fullmatch(value):
+        return f"must be a project id (letters, digits, - and _), not {value!r}"
+    return None
+
+
+def label_next_batch_name(run_id: str, restarts: int) -> str:
+    """The batch's name, the same for every delivery of one pass of a run (idempotency rides on it), a
+    new one for a restarted run (whose rows already in the project are then skipped)."""
+    return f"lbchain-{run_id}-r{restarts}-label-next"

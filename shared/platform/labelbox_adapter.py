@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -30,6 +30,7 @@ from urllib3.util.retry import Retry
 
 from shared.domain.examples import Split
 from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
+from shared.formats.labelbox_ontology import FeatureMatch, features_of, match_features
 from shared.platform import export_stream
 from shared.platform.export_stream import url_without_query
 from shared.platform.port import (
@@ -39,6 +40,8 @@ from shared.platform.port import (
     ModelRunNotFound,
     ModelRunStatus,
     PlatformError,
+    ProjectRefused,
+    SendResult,
     SliceNotFound,
     UploadResult,
     cut_message,
@@ -46,7 +49,8 @@ from shared.platform.port import (
 from shared.secret import Secret, redact
 
 if TYPE_CHECKING:
-    from labelbox import Client, ModelRun
+    from labelbox import Client, ModelRun, Project
+    from labelbox.schema.batch import Batch
     from labelbox.schema.slice import CatalogSlice
     from labelbox.schema.task import Task
     from labelbox.schema.user import User
@@ -65,6 +69,19 @@ EXPORT_TASK_NAME = "training chain export"
 MAX_ERROR_TEXT = 1000
 ERROR_SAMPLES = 5
 EXPORT_POLL_S = 2.0  # the SDK's own minimum between two looks at a task
+PROJECT_EXPORT_PARAMS = {  # which of the rows the project has: the data row ids are all it needs
+    "attachments": False,
+    "embeddings": False,
+    "metadata_fields": False,
+    "data_row_details": False,
+    "project_details": False,
+    "performance_details": False,
+    "label_details": False,
+    "interpolated_frames": False,
+}
+PROJECT_EXPORT_IDS = 2000  # the SDK's SEARCH_LIMIT_PER_EXPORT_V2: data row ids one export filter takes
+PROJECT_EXPORT_TASK_NAME = "training chain: rows already in the project"
+LABELING_QUEUE = "INITIAL_LABELING_QUEUE"  # rows sent there are labeled with the predictions as pre-labels
 _SIGNED_QUERY = re.compile(r"(\bhttps?://[^\s?#'\"<>]+)\?[^\s#'\"<>]*")
 
 
@@ -130,6 +147,7 @@ class LabelboxPlatform:
         export_block_bytes: int = export_stream.BLOCK_BYTES,
         export_max_line_bytes: int = export_stream.MAX_LINE_BYTES,
         import_poll_s: float = 10,
+        send_timeout_s: float = 120,  # each of two waits: the project export, the send task
         media_timeout_s: float = 60,
         media_chunk_bytes: int = 1 << 20,
     ) -> None:
@@ -141,6 +159,7 @@ class LabelboxPlatform:
         self.export_block_bytes = export_block_bytes
         self.export_max_line_bytes = export_max_line_bytes
         self.import_poll_s = import_poll_s
+        self.send_timeout_s = send_timeout_s
         self.media_timeout_s = media_timeout_s
         self.media_chunk_bytes = media_chunk_bytes
         self.export_errors: dict[str, ExportErrors] = {}
@@ -234,21 +253,27 @@ class LabelboxPlatform:
     def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
         """Start, look every `export_poll_s` up to `export_timeout_s`, then stream: for callers that wait in one go."""
         task_id = self.start_export(model_run_id)
-        deadline = time.monotonic() + self.export_timeout_s
+        status = self._wait_for_export(task_id, f"model run {model_run_id}", self.export_timeout_s)
+        if status.row_errors:
+            self._note_export_errors(model_run_id, status)
+        yield from self.read_export(model_run_id, task_id)
+
+    def _wait_for_export(self, task_id: str, what: str, timeout_s: float) -> ExportStatus:
+        """Looks every `export_poll_s` until the export is done; PlatformError if it failed or outlasted
+        `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
         while (status := self.export_status(task_id)).state is ExportState.RUNNING:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PlatformError(
-                    f"Labelbox export of model run {model_run_id} did not finish within {self.export_timeout_s:g} s "
+                    f"Labelbox export of {what} did not finish within {timeout_s:g} s "
                     f"(task {task_id} is still running); try again later"
                 )
             time.sleep(min(self.export_poll_s, left))
         if status.state is ExportState.FAILED:
             why = f"(task {task_id} FAILED): {status.error}"
-            raise PlatformError(self._safe(f"Labelbox could not export model run {model_run_id} {why}"))
-        if status.row_errors:
-            self._note_export_errors(model_run_id, status)
-        yield from self.read_export(model_run_id, task_id)
+            raise PlatformError(self._safe(f"Labelbox could not export {what} {why}"))
+        return status
 
     def start_export(self, model_run_id: str) -> str:
         """Creates the export task; the SDK's `export` only creates it and fetches it once, it never waits."""
@@ -503,6 +528,165 @@ class LabelboxPlatform:
             {"dataRow": f.get("dataRow"), "uuid": f.get("uuid"), "errors": f.get("errors") or []} for f in failures
         ]
         return UploadResult(name=name, accepted=accepted, errors=errors)
+
+    # -- model-assisted labeling -------------------------------------------------------------------
+
+    def send_to_project(
+        self,
+        model_run_id: str,
+        project_id: str,
+        data_row_ids: Sequence[str],
+        *,
+        batch_name: str,
+        priority: int,
+        features: Collection[str] = (),
+    ) -> SendResult:
+        """`ModelRun.send_to_annotate_from_model`: one server-side task makes the batch and imports the
+        model run's own predictions on its rows as pre-labels, so nothing is uploaded a second time.
+
+        Before it: the project (ProjectRefused if missing or foreign), a batch of this name (then it was
+        sent: nothing again), the feature mapping by name from the model's ontology to the project's,
+        its initial labeling queue, and which rows it has already (one project export filtered on the
+        ids), which are left out and counted; `exclude_data_rows_in_project` guards a race.
+        """
+        from labelbox.schema.conflict_resolution_strategy import ConflictResolutionStrategy
+        from labelbox.schema.identifiables import UniqueIds
+
+        ids = list(dict.fromkeys(data_row_ids))
+        model_run = self._model_run(model_run_id)
+        project = self._project(project_id)
+        found = self._batch_named(project, batch_name)
+        if found is not None:
+            return self._already_sent(project_id, batch_name, found, len(ids))
+        if not ids:
+            return SendResult(project_id, batch_name, 0, 0)
+        match = self._feature_match(model_run, project, features)
+        queue = self._labeling_queue(project)
+        in_project = self._rows_in_project(project, ids)
+        new = [i for i in ids if i not in in_project]
+        if not new:  # every row is there already: no batch to make
+            return SendResult(project_id, batch_name, 0, len(ids), unmatched_features=match.unmatched)
+        what = f"sending {len(new)} rows of model run {model_run_id} to project {project_id}"
+        try:
+            with self._calling(what, model_run_id=model_run_id):
+                task = model_run.send_to_annotate_from_model(
+                    destination_project_id=project_id,
+                    task_queue_id=queue,
+                    batch_name=batch_name,
+                    data_rows=UniqueIds(new),
+                    params={
+                        "predictions_ontology_mapping": match.schema_mapping(),
+                        "exclude_data_rows_in_project": True,
+                        "override_existing_annotations_rule": ConflictResolutionStrategy.KeepExisting,
+                        "batch_priority": priority,
+                    },
+                )
+        except PlatformError:  # a batch of this name made meanwhile (Labelbox refuses a second): sent
+            found = self._batch_named(project, batch_name)
+            if found is None:
+                raise
+            return self._already_sent(project_id, batch_name, found, len(ids))
+        with self._calling(f"waiting for the task {what}"):
+            task.wait_till_done(timeout_seconds=self.send_timeout_s, check_frequency=max(2.0, self.export_poll_s))
+        status = str(task.status).upper()
+        if status == "IN_PROGRESS":
+            raise PlatformError(
+                f"Labelbox task {task.uid} ({what}) did not finish within {self.send_timeout_s:g} s; it may "
+                f"still finish: batch {batch_name} then shows in the project"
+            )
+        if status != "COMPLETE":
+            with self._calling(f"reading why the task {what} failed"):
+                errors = task.errors
+            why = _describe_error(errors) if errors else "Labelbox gave no reason"
+            raise PlatformError(self._safe(f"Labelbox task {task.uid} ({what}) ended {status}: {why}"))
+        batch = self._batch_named(project, batch_name)
+        sent = int(batch.size) if batch is not None and batch.size is not None else len(new)
+        return SendResult(
+            project_id,
+            batch_name,
+            sent=sent,
+            skipped_in_project=len(ids) - sent,
+            batch_id=batch.uid if batch is not None else None,
+            import_id=str(task.uid),
+            unmatched_features=match.unmatched,
+        )
+
+    def _already_sent(self, project_id: str, batch_name: str, batch: Batch, rows: int) -> SendResult:
+        sent = int(batch.size or 0)
+        return SendResult(project_id, batch_name, sent, max(0, rows - sent), batch_id=batch.uid, already_sent=True)
+
+    def _project(self, project_id: str) -> Project:
+        from lbox.exceptions import AuthorizationError, ResourceNotFoundError
+
+        client = self._client
+        with self._calling(f"lookup of project {project_id}"):
+            try:
+                return client.get_project(project_id)
+            except (ResourceNotFoundError, AuthorizationError) as exc:
+                raise ProjectRefused(
+                    self._safe(
+                        f"Labelbox has no labeling project {project_id} visible to this API key "
+                        f"({type(exc).__name__}); check the project id and that the key's organization owns it"
+                    )
+                ) from None
+
+    def _batch_named(self, project: Project, name: str) -> Batch | None:
+        with self._calling(f"listing the batches of project {project.uid}"):
+            return next((b for b in project.batches() if b.name == name), None)
+
+    def _feature_match(self, model_run: ModelRun, project: Project, features: Collection[str]) -> FeatureMatch:
+        """The model's ontology (its model's) matched by name and kind to the project's."""
+        client = self._client
+        with self._calling(f"reading the ontologies of model run {model_run.uid} and project {project.uid}"):
+            model = client.get_model(model_run.model_id)
+            mine = client.get_ontology(model.ontology_id).normalized
+            ontology = project.ontology()
+            theirs = ontology.normalized if ontology is not None else None
+        match = match_features(features_of(mine), features_of(theirs), only=features)
+        if not match.pairs:
+            listed = ", ".join(match.unmatched) or "it has none"
+            raise ProjectRefused(
+                f"the ontology of labeling project {project.uid} has none of the model's features ({listed}): "
+                "add them to the project's ontology (same names and kinds), or send to another project"
+            )
+        return match
+
+    def _labeling_queue(self, project: Project) -> str:
+        """The project's initial labeling queue: rows sent to "Done" (no queue) would make the
+        predictions labels instead of pre-labels."""
+        with self._calling(f"listing the task queues of project {project.uid}"):
+            queues = project.task_queues()
+        for queue in queues:
+            if queue.queue_type == LABELING_QUEUE:
+                return str(queue.uid)
+        raise ProjectRefused(
+            f"labeling project {project.uid} has no initial labeling task queue ({LABELING_QUEUE}); "
+            "send to a project with a labeling workflow"
+        )
+
+    def _rows_in_project(self, project: Project, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the project has: a project export filtered on them, in slices the filter takes."""
+        found: set[str] = set()
+        for start in range(0, len(ids), PROJECT_EXPORT_IDS):
+            chunk = list(ids[start : start + PROJECT_EXPORT_IDS])
+            with self._calling(f"export of project {project.uid}"):
+                task = project.export(
+                    task_name=PROJECT_EXPORT_TASK_NAME,
+                    filters={"data_row_ids": chunk},
+                    params=PROJECT_EXPORT_PARAMS,
+                )
+                task_id = str(task.uid)
+                user = getattr(task._task, "_user", None)
+            with self._lock:
+                if self._user_instance is None and user is not None:
+                    self._user_instance = user
+            self._wait_for_export(task_id, f"project {project.uid}", self.send_timeout_s)
+            rows = export_stream.read_stream(self._client, task_id, export_stream.RESULT, session=self._media_session())
+            for row in self._guarded(rows, f"export of project {project.uid}"):
+                data_row = row.get("data_row") if isinstance(row, Mapping) else None
+                if isinstance(data_row, Mapping) and data_row.get("id") in chunk:
+                    found.add(str(data_row["id"]))
+        return found
 
     # -- rows from a Catalog slice, to rank for labeling -----------------------------------------
 

@@ -17,6 +17,14 @@ model run"):
                           relative row_data is a file next to it. Adding it to a model run appends
                           its rows the export lacks, unlabeled and without a split.
 
+Labeling projects (model-assisted labeling) are folders too, beside the model runs by default
+(`LOCAL_PROJECTS_DIR`, `<LOCAL_DATA_DIR>/projects`); the user (or `shared.demo`) creates one:
+
+    <projects_dir>/<project_id>/
+        ontology.json                 the project's ontology, Labelbox's normalized ontology JSON
+        batches/<batch name>.json     written here: each batch sent (Labelbox's batch fields, its rows)
+        prelabels/<batch name>.ndjson written here: the batch's pre-labels, Labelbox MAL import rows
+
 An export needs no wait here: `start_export` names a task derived from the model run id, which is
 COMPLETE at once, and `read_export` streams `export.ndjson` line by line.
 
@@ -27,10 +35,12 @@ known data rows, confidences in [0, 1], no reserved metric names), so errors sur
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -39,8 +49,10 @@ import requests
 
 from shared.atomic_file import write_bytes_atomically, write_json_atomically
 from shared.domain.examples import Split
+from shared.domain.label_next import project_id_problem
 from shared.domain.run_record import iso
 from shared.formats.labelbox_metrics import RESERVED_METRIC_NAMES
+from shared.formats.labelbox_ontology import features_of, features_of_rows, mal_rows, match_features
 from shared.platform.port import (
     ExportState,
     ExportStatus,
@@ -48,6 +60,8 @@ from shared.platform.port import (
     ModelRunNotFound,
     ModelRunStatus,
     PlatformError,
+    ProjectRefused,
+    SendResult,
     SliceNotFound,
     UploadResult,
     cut_message,
@@ -58,8 +72,9 @@ EXPORT_TASK_PREFIX = "local-export-"
 
 
 class LocalModelRuns:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, projects_dir: Path | None = None) -> None:
         self.root = Path(root).resolve()
+        self.projects_dir = Path(projects_dir).resolve() if projects_dir else self.root.parent / "projects"
 
     def folder(self, model_run_id: str) -> Path:
         folder = (self.root / model_run_id).resolve()
@@ -221,6 +236,131 @@ class LocalModelRuns:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
         return ids
+
+    # -- labeling projects (model-assisted labeling) -------------------------------------------------
+
+    def project_folder(self, project_id: str) -> Path:
+        """The project's folder; ProjectRefused unless it exists with an ontology.json."""
+        folder = (self.projects_dir / project_id).resolve()
+        if project_id_problem(project_id) or not project_id or folder.parent != self.projects_dir:
+            raise ProjectRefused(f"{project_id!r} is not a labeling project id")
+        if not folder.is_dir():
+            raise ProjectRefused(
+                f"there is no labeling project {project_id} in {self.projects_dir}: create the folder {folder} "
+                "with the project's ontology.json, or set another project id"
+            )
+        if not (folder / "ontology.json").is_file():
+            raise ProjectRefused(
+                f"labeling project {project_id} has no ontology.json: write the project's ontology "
+                f"(Labelbox's normalized ontology JSON) to {folder / 'ontology.json'}"
+            )
+        return folder
+
+    def project_ontology(self, project_id: str) -> dict[str, Any]:
+        path = self.project_folder(project_id) / "ontology.json"
+        try:
+            ontology = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProjectRefused(f"labeling project {project_id}'s ontology.json is not JSON: {exc}") from None
+        if not isinstance(ontology, dict):
+            raise ProjectRefused(f"labeling project {project_id}'s ontology.json must hold a JSON object")
+        return ontology
+
+    def batches(self, project_id: str) -> list[dict[str, Any]]:
+        """The project's batches, oldest first (by creation, then name)."""
+        folder = self.project_folder(project_id) / "batches"
+        found = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+        return sorted(found, key=lambda b: (b.get("createdAt", ""), b.get("name", "")))
+
+    def prelabels(self, project_id: str, batch_name: str) -> list[dict[str, Any]]:
+        path = self.project_folder(project_id) / "prelabels" / f"{_safe_name(batch_name)}.ndjson"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @contextmanager
+    def _project_lock(self, folder: Path) -> Iterator[None]:
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def send_to_project(
+        self,
+        model_run_id: str,
+        project_id: str,
+        data_row_ids: Sequence[str],
+        *,
+        batch_name: str,
+        priority: int,
+        features: Collection[str] = (),
+    ) -> SendResult:
+        """Writes the pre-labels, then the batch (which marks the send done); rows of earlier batches are
+        skipped. A batch file of this name already there means sent: nothing is written again."""
+        run = self.folder(model_run_id)
+        folder = self.project_folder(project_id)
+        ids = list(dict.fromkeys(data_row_ids))
+        name = _safe_name(batch_name)
+        batch_path = folder / "batches" / f"{name}.json"
+        with self._project_lock(folder):
+            if batch_path.is_file():
+                batch = json.loads(batch_path.read_text())
+                return SendResult(
+                    project_id,
+                    batch_name,
+                    sent=int(batch.get("size", 0)),
+                    skipped_in_project=len(batch.get("excludedDataRowIds", ())),
+                    batch_id=batch.get("id"),
+                    import_id=batch.get("preLabels"),
+                    already_sent=True,
+                    unmatched_features=tuple(batch.get("unmatchedFeatures", ())),
+                )
+            known, wanted = self._data_row_ids(run), set(ids)
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise PlatformError(f"data rows {', '.join(unknown[:5])} are not in model run {model_run_id}")
+            predictions = [r for r in self.uploaded(model_run_id) if (r.get("dataRow") or {}).get("id") in wanted]
+            model = features_of_rows(predictions)
+            match = match_features(model, features_of(self.project_ontology(project_id)), only=features)
+            if not match.pairs and match.unmatched:
+                raise ProjectRefused(
+                    f"labeling project {project_id}'s ontology has none of the model's features "
+                    f"({', '.join(match.unmatched)}): add them to its ontology.json, or send to another project"
+                )
+            in_project = {i for b in self.batches(project_id) for i in b.get("dataRowIds", ())}
+            new = [i for i in ids if i not in in_project]
+            skipped = [i for i in ids if i in in_project]
+            if not new:  # nothing to send: no batch, as Labelbox creates none for no rows
+                return SendResult(project_id, batch_name, 0, len(skipped), unmatched_features=match.unmatched)
+            rows = mal_rows(predictions, match, data_row_ids=new, uuid_seed=f"{project_id}/{batch_name}")
+            prelabels = folder / "prelabels" / f"{name}.ndjson"
+            prelabels.parent.mkdir(exist_ok=True)
+            write_bytes_atomically(prelabels, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+            now = iso(time.time())
+            batch = {
+                "id": "local-batch-" + hashlib.sha256(f"{project_id}/{batch_name}".encode()).hexdigest()[:20],
+                "name": batch_name,
+                "createdAt": now,
+                "updatedAt": now,
+                "size": len(new),
+                "priority": priority,
+                "projectId": project_id,
+                "dataRowIds": new,
+                "excludedDataRowIds": skipped,  # already in the project (excludeDataRowsInProject)
+                "source": {"modelRunId": model_run_id},
+                "preLabels": f"prelabels/{name}.ndjson",
+                "unmatchedFeatures": list(match.unmatched),
+            }
+            batch_path.parent.mkdir(exist_ok=True)
+            write_json_atomically(batch_path, batch)
+        return SendResult(
+            project_id,
+            batch_name,
+            sent=len(new),
+            skipped_in_project=len(skipped),
+            batch_id=batch["id"],
+            import_id=batch["preLabels"],
+            unmatched_features=match.unmatched,
+        )
 
     # -- rows from a Catalog slice, to rank for labeling -----------------------------------------
 

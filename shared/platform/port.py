@@ -7,7 +7,7 @@ local file-backed model run is a faithful stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -41,8 +41,32 @@ class UploadResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of sending rows to a labeling project as one batch with the model run's pre-labels.
+
+    `sent` rows are in the batch; `skipped_in_project` were in the project already and were left out.
+    `already_sent`: a batch of this name was there, so nothing was sent now (a retry or a duplicate).
+    `unmatched_features`: the model's features the project's ontology lacks, so they are not pre-labeled.
+    """
+
+    project_id: str
+    batch_name: str
+    sent: int
+    skipped_in_project: int
+    batch_id: str | None = None
+    import_id: str | None = None  # Labelbox's send-to-annotate task, or the local pre-label file
+    already_sent: bool = False
+    unmatched_features: tuple[str, ...] = ()
+
+
 class PlatformError(RuntimeError):
     """The labeling platform refused or failed a call; the message is safe to show a user."""
+
+
+class ProjectRefused(PlatformError):
+    """Rows could not go to the labeling project (missing or foreign project, an ontology without the
+    model's features): retrying will not help, the project or its ontology must change."""
 
 
 class ModelRunNotFound(PlatformError):
@@ -131,6 +155,26 @@ class LabelingPlatform(Protocol):
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> UploadResult:
         """Imports prediction and metric rows (Labelbox NDJSON) and waits for the import to finish."""
+        ...
+
+    def send_to_project(
+        self,
+        model_run_id: str,
+        project_id: str,
+        data_row_ids: Sequence[str],
+        *,
+        batch_name: str,
+        priority: int,
+        features: Collection[str] = (),
+    ) -> SendResult:
+        """Sends the rows to the labeling project as one batch named `batch_name`, with the model run's
+        predictions on them as pre-labels, each feature mapped by name onto the project's ontology.
+
+        `features` are the names of the features the pre-labels use (empty: all of the model's). Rows
+        already in the project are skipped and counted. Idempotent by `batch_name`: when the project has
+        a batch of that name, nothing is sent again (`already_sent`). ProjectRefused for a missing or
+        foreign project and for an ontology with none of the features; PlatformError otherwise.
+        """
         ...
 
     def add_rows_from_slice(

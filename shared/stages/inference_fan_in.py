@@ -6,6 +6,8 @@ The run-level metrics are merged from the shards' partials (`shared.metrics.merg
 rows by data row id of all shards' candidates, and the model run gets its config, its report and
 COMPLETE, as a single pass ends. Uploads were made by the shards; the fan-in only records them, so a
 fan-in run again (after a kill) redoes nothing the platform sees twice but the config and status.
+Last, when the run's settings name a labeling project, the rows to label next are sent there with
+their pre-labels (`label_next_send`): after COMPLETE, so that a failure there loses no result.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from shared.report.assemble import (
     top_label_next,
 )
 from shared.stages.inference_outcome import DeliveryTotals, ShardOutcome
+from shared.stages.label_next_send import send_label_next, shown
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import shard_states
 from shared.stages.upload import recorded_uploads
@@ -150,6 +153,8 @@ def fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
             **frozen.shown(),
         },
     )
-    return StageAnswer(
-        200, {"run_id": ctx.run_id, "stage": Stage.INFERENCE, "outcome": "complete", **summary, "report": report_uri}
-    )
+    body = {"run_id": ctx.run_id, "stage": Stage.INFERENCE, "outcome": "complete", **summary, "report": report_uri}
+    sent = send_label_next(services, record, frozen, label_next)  # never raises: the run is complete
+    if sent is not None:
+        body["label_next_sent"] = shown(sent)
+    return StageAnswer(200, body)

@@ -57,6 +57,8 @@ PROGRESS_KEYS = (
     "onnx",
     "onnx_error",
     "runtime",
+    "backbone",
+    "input_size",
 )
 
 

@@ -15,7 +15,7 @@ from shared.engine.images import decode_image
 from shared.engine.mobilenet import weights_file
 from shared.engine.model import CHANNELS_LAST, LoadedModel, load_checkpoint
 from shared.engine.predict import Predictor
-from shared.engine.train import TrainSettings, read_dataset, train
+from shared.engine.train import TrainSettings, backbone_for, input_size_for, read_dataset, train
 from tests.engine.engine_data import TINY_TRAIN, TinyData, tiny_data
 
 CPU = torch.device("cpu")
@@ -78,3 +78,19 @@ def test_read_dataset_skips_bad_lines_by_reason_and_keeps_splits(data: TinyData)
     assert len(dataset.training) == 2
     assert sum(dataset.skipped.values()) == 2
     assert dataset.classes == sorted({b[0] for b in dataset.training[0].boxes})
+
+
+def test_a_run_that_sets_no_backbone_or_input_gets_the_devices_defaults() -> None:
+    """Small and from scratch on a CPU (the demo's 3 minutes); pretrained and larger on a GPU."""
+    plain = TrainSettings("object_detection", "gs://b/i.jsonl")
+    assert (backbone_for(plain, CPU), input_size_for(plain, CPU)) == ("scratch", 160)
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert (backbone_for(plain, cuda), input_size_for(plain, cuda)) == ("mobilenet_v2", 512)
+    chosen = TrainSettings("object_detection", "gs://b/i.jsonl", backbone="scratch", input_size=320)
+    assert (backbone_for(chosen, cuda), input_size_for(chosen, cuda)) == ("scratch", 320)
+
+
+def test_the_summary_says_which_backbone_and_input_the_defaults_chose(data: TinyData, tmp_path: Path) -> None:
+    settings = TrainSettings("object_detection", data.detection_import(), max_steps=1, **TINY_TRAIN)
+    summary = train(settings, data.store, tmp_path / "model.pt", device=CPU)
+    assert (summary["backbone"], summary["input_size"]) == ("scratch", TINY_TRAIN["input_size"])

@@ -2,12 +2,15 @@
 
 It answers the operations the SDK 7.17 sends for the chain (captured by running the SDK against it):
 model run lookup, the streamable model-run export (task lookup and polling, metadata header, file
-offsets; the adapter's own export reader sends the same queries),
-`model_run_data_rows()`, pipeline status on `/_gql`, config, and the multipart prediction import
-with its polling and status files. Every GraphQL request is recorded, so tests assert exactly what
-the SDK sent. Files (export chunks, import status/error files, media) are plain GET URLs whose query
-string carries a fake signature, like Labelbox's signed URLs. It never answers 5xx (the SDK would
-retry for minutes); failures are GraphQL errors or task states, as Labelbox reports them.
+offsets; the adapter's own export reader sends the same queries), `model_run_data_rows()`, pipeline
+status on `/_gql`, config, the multipart prediction import with its polling and status files, and
+model-assisted labeling: labeling projects (lookup, batches, task queues, ontology, a project export
+filtered on data row ids), the model's ontology, and `sendToAnnotateFromMea`, which makes the batch
+and the pre-labels (the model run's imported predictions of the batch's rows, mapped by feature
+schema id) as one task. Every GraphQL request is recorded, so tests assert exactly what the SDK sent.
+Files (export chunks, import status/error files, media) are plain GET URLs whose query string carries
+a fake signature, like Labelbox's signed URLs. It never answers 5xx (the SDK would retry for
+minutes); failures are GraphQL errors or task states, as Labelbox reports them.
 
     with running_fake_labelbox(rows, model_run_id=..., model_id=...) as fake:
         platform = LabelboxPlatform(Secret(fake.api_key), endpoint=fake.endpoint, rest_endpoint=fake.rest_endpoint)
@@ -16,6 +19,7 @@ retry for minutes); failures are GraphQL errors or task states, as Labelbox repo
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import threading
@@ -87,6 +91,108 @@ class PredictionImport:
         return [s for s in self.statuses if s["status"] == "FAILURE"]
 
 
+def feature_schema_id(kind: str, name: str) -> str:
+    """A stable 25-character cuid-like feature schema id for a feature of the fake's ontologies."""
+    return "c" + hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()[:24]
+
+
+def ontology_of_rows(rows: Sequence[Mapping[str, Any]], *, salt: str = "model") -> dict[str, Any]:
+    """A normalized ontology with the features the export rows' labels use: a rectangle tool per box
+    name, a radio or checklist classification per question, its options the answers seen."""
+    tools: dict[str, dict[str, Any]] = {}
+    questions: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for experiment in (row.get("experiments") or {}).values():
+            for run in (experiment.get("runs") or {}).values():
+                for label in run.get("labels") or ():
+                    annotations = label.get("annotations") or {}
+                    for obj in annotations.get("objects") or ():
+                        tools.setdefault(obj["name"], {"tool": "rectangle", "name": obj["name"]})
+                    for c in annotations.get("classifications") or ():
+                        kind = "radio" if "radio_answer" in c else "checklist"
+                        answers = [c["radio_answer"]] if kind == "radio" else c.get("checklist_answers", [])
+                        q = questions.setdefault(c["name"], {"type": kind, "name": c["name"], "options": {}})
+                        for a in answers:
+                            q["options"].setdefault(a["name"], None)
+    return {
+        "tools": [
+            {**t, "featureSchemaId": feature_schema_id(f"{salt}/rectangle", n), "classifications": []}
+            for n, t in sorted(tools.items())
+        ],
+        "classifications": [
+            {
+                "type": q["type"],
+                "name": n,
+                "instructions": n,
+                "featureSchemaId": feature_schema_id(f"{salt}/{q['type']}", n),
+                "options": [
+                    {"value": o, "label": o, "featureSchemaId": feature_schema_id(f"{salt}/{n}/option", o)}
+                    for o in sorted(q["options"])
+                ],
+            }
+            for n, q in sorted(questions.items())
+        ],
+    }
+
+
+@dataclass
+class FakeBatch:
+    id: str
+    name: str
+    priority: int
+    data_row_ids: list[str]
+    created_at: str = TIMESTAMP
+
+
+@dataclass
+class MalImport:
+    """What one `sendToAnnotateFromMea` imported as pre-labels, and how it was asked."""
+
+    project_id: str
+    batch_name: str
+    model_run_id: str
+    task_queue: dict[str, Any]
+    mapping: dict[str, str]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class FakeProject:
+    """A labeling project: its ontology, the data rows it has, its batches and its pre-label imports."""
+
+    id: str
+    name: str
+    ontology: dict[str, Any] | None
+    data_row_ids: list[str] = field(default_factory=list)
+    batches: list[FakeBatch] = field(default_factory=list)
+    mal_imports: list[MalImport] = field(default_factory=list)
+    queues: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            self.queues = [
+                {
+                    "id": f"cqueue{self.id[-12:]}label0",
+                    "name": "Initial labeling task",
+                    "queueType": "INITIAL_LABELING_QUEUE",
+                },
+                {
+                    "id": f"cqueue{self.id[-12:]}review",
+                    "name": "Initial review task",
+                    "queueType": "MANUAL_REVIEW_QUEUE",
+                },
+            ]
+
+
+@dataclass
+class SendTask:
+    id: str
+    input: dict[str, Any]
+    status: str
+    in_progress_polls: int
+    failure: str | None = None
+
+
 class _SmallReads:
     """The request stream, except that one `read` returns at most 64 KiB.
 
@@ -147,7 +253,13 @@ class FakeLabelbox:
     - import_running_polls: import polls answered RUNNING before it settles;
     - import_failure: the whole import ends FAILED;
     - reject_prediction: row -> error message or None (default: rows whose data row is not in the run);
-    - fail_operations: operation name -> message, answered as a GraphQL error.
+    - fail_operations: operation name -> message, answered as a GraphQL error;
+    - projects: project id -> {"ontology": normalized ontology, "data_row_ids": rows it has already,
+      "queues": task queues (default: an initial labeling and a review queue)};
+    - foreign_projects: project ids of another organization (AUTHORIZATION_ERROR);
+    - model_ontology: the model's normalized ontology (default: the features the rows' labels use);
+    - send_failure: every send-to-annotate task ends FAILED with this message;
+    - send_in_progress_polls: send-to-annotate task looks answered IN_PROGRESS first.
     """
 
     def __init__(
@@ -176,6 +288,11 @@ class FakeLabelbox:
         import_failure: bool = False,
         reject_prediction: Callable[[dict[str, Any]], str | None] | None = None,
         fail_operations: Mapping[str, str] | None = None,
+        projects: Mapping[str, Mapping[str, Any]] | None = None,
+        foreign_projects: Sequence[str] = (),
+        model_ontology: Mapping[str, Any] | None = None,
+        send_failure: str | None = None,
+        send_in_progress_polls: int = 0,
     ) -> None:
         self.rows = [copy.deepcopy(dict(r)) for r in rows]
         self.model_run_id = model_run_id
@@ -200,6 +317,22 @@ class FakeLabelbox:
         self.fail_operations = dict(fail_operations or {})
         self.reject_prediction = reject_prediction or self._not_in_model_run
         self.splits = dict(splits) if splits is not None else None
+        self.projects = {
+            pid: FakeProject(
+                pid,
+                str(spec.get("name", f"project {pid}")),
+                copy.deepcopy(dict(spec["ontology"])) if spec.get("ontology") is not None else None,
+                list(spec.get("data_row_ids", ())),
+                queues=[dict(q) for q in spec.get("queues", ())],
+            )
+            for pid, spec in (projects or {}).items()
+        }
+        self.foreign_projects = set(foreign_projects)
+        self.model_ontology = dict(model_ontology) if model_ontology is not None else None
+        self.ontology_id = "contology" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        self.send_failure = send_failure
+        self.send_in_progress_polls = send_in_progress_polls
+        self.send_tasks: list[SendTask] = []
 
         self.operations: list[Operation] = []
         self.downloads: list[str] = []  # GET paths with their query strings
@@ -370,6 +503,14 @@ class FakeLabelbox:
             "ModelRunPyApi": self._get_config,
             "createMEAPredictionImportByFilePyApi": self._create_import,
             "getModelErrorAnalysisPredictionImportPyApi": self._get_import,
+            "GetProjectPyApi": self._get_project,
+            "GetProjectBatchesPyApi": self._get_batches,
+            "GetModelPyApi": self._get_model,
+            "GetOntologyPyApi": self._get_ontology,
+            "GetProjectOntologyPyApi": self._get_project_ontology,
+            "GetProjectTaskQueuesPyApi": self._get_task_queues,
+            "exportDataRowsInProjectPyApi": self._create_project_export,
+            "SendToAnnotateFromMeaPyApi": self._send_to_annotate,
         }
 
     def _not_in_model_run(self, row: dict[str, Any]) -> str | None:
@@ -498,6 +639,9 @@ class FakeLabelbox:
         if op.variables["param_1"] != USER_ID:
             raise GraphQLError("You may only list your own tasks", "AUTHORIZATION_ERROR")
         job = next((j for j in self.exports if j.task_id == op.variables["param_0"]), None)
+        send = next((t for t in self.send_tasks if t.id == op.variables["param_0"]), None)
+        if send is not None:
+            return {"user": {"createdTasks": [self._send_task_json(send)]}}
         if job is None:
             return {"user": {"createdTasks": []}}  # a filter that matches nothing
         if job.in_progress_polls > 0:
@@ -672,6 +816,224 @@ class FakeLabelbox:
                     job.state = job.final_state
                 return {"modelErrorAnalysisPredictionImport": self._import_json(job)}
         raise GraphQLError("Prediction import not found", "RESOURCE_NOT_FOUND")
+
+    # -- model-assisted labeling -----------------------------------------------------------------
+
+    def the_model_ontology(self) -> dict[str, Any]:
+        return self.model_ontology if self.model_ontology is not None else ontology_of_rows(self.rows)
+
+    def _project(self, project_id: str | None) -> FakeProject:
+        if project_id in self.foreign_projects:
+            raise GraphQLError(f"You do not have access to project {project_id}", "AUTHORIZATION_ERROR")
+        project = self.projects.get(str(project_id))
+        if project is None:
+            raise GraphQLError(f"Project {project_id} not found", "RESOURCE_NOT_FOUND")
+        return project
+
+    def _get_project(self, op: Operation) -> dict[str, Any]:
+        project = self._project(op.variables["param_0"])
+        return {
+            "project": {
+                "id": project.id,
+                "name": project.name,
+                "description": "",
+                "updatedAt": TIMESTAMP,
+                "createdAt": TIMESTAMP,
+                "setupComplete": TIMESTAMP,
+                "lastActivityTime": TIMESTAMP,
+                "autoAuditNumberOfLabels": 1,
+                "autoAuditPercentage": 1.0,
+                "allowedMediaType": "IMAGE",
+                "editorTaskType": None,
+                "dataRowCount": len(project.data_row_ids),
+                "modelSetupComplete": None,
+                "uploadType": None,
+                "isBenchmarkEnabled": False,
+                "isConsensusEnabled": False,
+            }
+        }
+
+    def _get_batches(self, op: Operation) -> dict[str, Any]:
+        project = self._project(op.variables["projectId"])
+        start = int(op.variables.get("from") or 0)
+        size = min(int(op.variables.get("first") or 100), self.max_page_size)
+        page = project.batches[start : start + size]
+        after = start + len(page)
+        nodes = [
+            {
+                "id": b.id,
+                "name": b.name,
+                "createdAt": b.created_at,
+                "updatedAt": b.created_at,
+                "size": len(b.data_row_ids),
+                "consensusSettingsJson": None,
+            }
+            for b in page
+        ]
+        cursor = str(after) if after < len(project.batches) else None
+        return {"project": {"id": project.id, "batches": {"nodes": nodes, "pageInfo": {"endCursor": cursor}}}}
+
+    def _get_model(self, op: Operation) -> dict[str, Any]:
+        if op.variables["param_0"] != self.model_id:
+            raise GraphQLError(f"Model {op.variables['param_0']} not found", "RESOURCE_NOT_FOUND")
+        return {"model": {"id": self.model_id, "name": "fake model", "ontologyId": self.ontology_id}}
+
+    def _ontology_json(self, ontology_id: str, normalized: Mapping[str, Any] | None) -> dict[str, Any]:
+        normalized = normalized or {"tools": [], "classifications": []}
+        return {
+            "id": ontology_id,
+            "name": f"ontology {ontology_id}",
+            "description": "",
+            "createdAt": TIMESTAMP,
+            "updatedAt": TIMESTAMP,
+            "mediaType": "IMAGE",
+            "normalized": normalized,
+            "objectSchemaCount": len(normalized.get("tools", [])),
+            "classificationSchemaCount": len(normalized.get("classifications", [])),
+        }
+
+    def _get_ontology(self, op: Operation) -> dict[str, Any]:
+        if op.variables["param_0"] != self.ontology_id:
+            raise GraphQLError(f"Ontology {op.variables['param_0']} not found", "RESOURCE_NOT_FOUND")
+        return {"ontology": self._ontology_json(self.ontology_id, self.the_model_ontology())}
+
+    def _get_project_ontology(self, op: Operation) -> dict[str, Any]:
+        project = self._project(op.variables["param_0"])
+        if project.ontology is None:
+            return {"project": {"ontology": None}}
+        return {"project": {"ontology": self._ontology_json(f"contology{project.id[-16:]}", project.ontology)}}
+
+    def _get_task_queues(self, op: Operation) -> dict[str, Any]:
+        project = self._project(op.variables["projectId"])
+        queues = [{"description": "", "dataRowCount": 0, **q} for q in project.queues]
+        return {"project": {"taskQueues": queues}}
+
+    def _create_project_export(self, op: Operation) -> dict[str, Any]:
+        """A project export; the only filter served is `data_row_id is [...]` (what the adapter sends)."""
+        data = op.variables["input"]
+        project = self._project(data["filters"]["projectId"])
+        wanted: set[str] | None = None
+        for clause in data["filters"]["searchQuery"]["query"]:
+            if clause["type"] != "data_row_id" or clause["operator"] != "is":
+                raise GraphQLError(f"the fake serves no {clause['type']} filter", "BAD_USER_INPUT")
+            wanted = set(clause["ids"])
+        keys = {r["data_row"]["id"]: r["data_row"].get("global_key") for r in self.rows}
+        lines = [
+            json.dumps(
+                {
+                    "data_row": {"id": i, "global_key": keys.get(i)},
+                    "projects": {project.id: {"name": project.name, "labels": []}},
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+            for i in project.data_row_ids
+            if wanted is None or i in wanted
+        ]
+        task_id = "cexport" + uuid.uuid4().hex[:18]
+        self.exports.append(
+            ExportJob(
+                task_id=task_id,
+                input=data,
+                chunks=[b"".join(lines)] if lines else [],
+                chunk_lines=[len(lines)] if lines else [],
+                errors=b"",
+                failed=False,
+                in_progress_polls=self.export_in_progress_polls,
+            )
+        )
+        return {"exportDataRowsInProject": {"taskId": task_id, "isStreamable": True}}
+
+    def _send_task_json(self, task: SendTask) -> dict[str, Any]:
+        if task.in_progress_polls > 0:
+            task.in_progress_polls -= 1
+            status = "IN_PROGRESS"
+        else:
+            status = task.status
+        return {
+            "id": task.id,
+            "completionPercentage": 100.0 if status != "IN_PROGRESS" else 10.0,
+            "createdAt": TIMESTAMP,
+            "updatedAt": TIMESTAMP,
+            "errors": None,
+            "metadata": None,
+            "name": "Send to annotate from model run",
+            "result": json.dumps({"message": task.failure}) if status == "FAILED" else None,
+            "status": status,
+            "type": "send-to-annotate",
+        }
+
+    def _prelabels(self, ids: set[str], mapping: Mapping[str, str], low: float, high: float) -> list[dict[str, Any]]:
+        """The model run's imported predictions of `ids` (annotations only, accepted ones), each feature
+        mapped to the project's by `mapping`; a feature it does not map is not imported."""
+        model: dict[str, tuple[str, dict[str, str]]] = {}
+        for tool in self.the_model_ontology().get("tools", []):
+            model[tool["name"]] = (tool["featureSchemaId"], {})
+        for q in self.the_model_ontology().get("classifications", []):
+            model[q["name"]] = (q["featureSchemaId"], {o["value"]: o["featureSchemaId"] for o in q.get("options", [])})
+        out = []
+        for job in self.imports:
+            accepted = {s["uuid"] for s in job.statuses if s["status"] == "SUCCESS"}
+            for row in job.rows:
+                data_row = row.get("dataRow") or {}
+                if row.get("uuid") not in accepted or "metricValue" in row or data_row.get("id") not in ids:
+                    continue
+                if not low <= float(row.get("confidence", 1.0)) <= high or row.get("name") not in model:
+                    continue
+                schema_id, options = model[row["name"]]
+                if schema_id not in mapping:
+                    continue
+                prelabel = {k: v for k, v in row.items() if k not in ("name", "confidence", "customMetrics")}
+                prelabel["schemaId"] = mapping[schema_id]
+                if "answer" in row:
+                    answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+                    mapped = [
+                        {"schemaId": mapping[options[a["name"]]]} for a in answers if options.get(a["name"]) in mapping
+                    ]
+                    if not mapped:
+                        continue
+                    prelabel["answer"] = mapped if isinstance(row["answer"], list) else mapped[0]
+                out.append(prelabel)
+        return out
+
+    def _send_to_annotate(self, op: Operation) -> dict[str, Any]:
+        data = op.variables["input"]
+        self._check_run(data["sourceModelRunId"])
+        project = self._project(data["destinationProjectId"])
+        queue = data["destinationTaskQueue"]
+        if queue.get("type") == "id" and queue.get("value") not in {q["id"] for q in project.queues}:
+            raise GraphQLError(f"Task queue {queue.get('value')} is not in project {project.id}", "BAD_USER_INPUT")
+        name = data["batchInput"]["batchName"]
+        if any(b.name == name for b in project.batches):
+            raise GraphQLError(f"A batch named {name} already exists in this project", "RESOURCE_CONFLICT")
+        (clause,) = data["searchQuery"]
+        if clause["type"] != "data_row_id" or clause["operator"] != "is":
+            raise GraphQLError(f"the fake serves no {clause['type']} search", "BAD_USER_INPUT")
+        known = {r["data_row"]["id"] for r in self.rows}
+        ids = [i for i in clause["ids"] if i in known]
+        if data.get("excludeDataRowsInProject"):
+            ids = [i for i in ids if i not in project.data_row_ids]
+        task = SendTask(
+            "csend" + uuid.uuid4().hex[:20],
+            data,
+            "FAILED" if self.send_failure else "COMPLETE",
+            self.send_in_progress_polls,
+            self.send_failure,
+        )
+        self.send_tasks.append(task)
+        if self.send_failure:
+            return {"sendToAnnotateFromMea": {"taskId": task.id}}
+        predictions = data["predictionsInput"]
+        mapping = predictions.get("featureSchemaIdsMapping") or {}
+        if ids:
+            batch = FakeBatch("cbatch" + uuid.uuid4().hex[:19], name, int(data["batchInput"]["batchPriority"]), ids)
+            project.batches.append(batch)
+            project.data_row_ids.extend(ids)
+            rows = self._prelabels(
+                set(ids), mapping, float(predictions["minConfidence"]), float(predictions["maxConfidence"])
+            )
+            project.mal_imports.append(MalImport(project.id, name, self.model_run_id, dict(queue), dict(mapping), rows))
+        return {"sendToAnnotateFromMea": {"taskId": task.id}}
 
 
 @contextmanager
