@@ -53,6 +53,17 @@ def vertex_budget_range(model_type: str, *, classification: bool) -> tuple[int, 
     return VERTEX_CLS_BUDGET_RANGE if classification else VERTEX_OD_BUDGET_RANGE
 
 
+# A Catalog slice id: a Labelbox id, or locally the name of a slice file, so no path can be named.
+SLICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def slice_id_problem(value: object) -> str | None:
+    """Why `value` cannot be a Catalog slice id (letters, digits, `_` and `-`), or None."""
+    if isinstance(value, str) and SLICE_ID.fullmatch(value):
+        return None
+    return f"must be a Catalog slice id (letters, digits, _ and -), not {value!r}"
+
+
 @dataclass(frozen=True)
 class Ports:
     """Which adapter serves each port: the profile's, unless its own variable says otherwise."""
@@ -188,6 +199,7 @@ class PredictSettings:
     label_next_count: int = 20
     label_next_project: str = ""  # a labeling project to send the rows to label next to ("" = off)
     label_next_priority: int = 5  # the batch's priority in that project: 1 (highest) to 5, Labelbox's scale
+    label_next_slice: str | None = None  # a Catalog slice whose rows are added to each model run, to rank
 
 
 @dataclass(frozen=True)
@@ -484,6 +496,18 @@ def _labelbox_settings(r: _Reader, ports: Ports) -> tuple[LabelboxSettings, Secr
     return labelbox, api_key
 
 
+def _slice_id(r: _Reader, name: str) -> str | None:
+    """An optional Catalog slice id; unset is None (no slice)."""
+    value = r.text(name)
+    if not value:
+        return None
+    problem = slice_id_problem(value)
+    if problem:
+        r.problems.append(f"{name} {problem}")
+        return None
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Builds the validated settings, or raises ConfigError naming every missing or wrong variable."""
     env = os.environ if env is None else env
@@ -554,6 +578,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                     integer=True,
                 )
             ),
+            label_next_slice=_slice_id(r, "LABEL_NEXT_SLICE_ID"),
         ),
         vertex=vertex,
         local=local,

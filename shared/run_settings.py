@@ -20,6 +20,7 @@ from shared.config import (
     VERTEX_EDGE_MODEL_TYPES,
     VERTEX_OD_MODEL_TYPES,
     Settings,
+    slice_id_problem,
     vertex_budget_range,
 )
 from shared.domain.label_next import (
@@ -70,6 +71,7 @@ KEYS: dict[str, _Key] = {
     "label_next_priority": _Key(
         _BOTH, int, "the priority of that batch in the project (1 highest, 5 lowest)", lambda t: BATCH_PRIORITIES
     ),
+    "label_next_slice": _Key(_BOTH, str, "a Catalog slice whose rows are added to the model run to rank (null: none)"),
     "model_type": _Key(_VERTEX, str, "the AutoML model type", _model_types),
     "budget_milli_node_hours": _Key(_VERTEX, int, "the AutoML training budget (1000 = one node hour)"),
     "early_stopping": _Key(_VERTEX, bool, "let AutoML stop once the model converges"),
@@ -101,6 +103,7 @@ class RunSettings:
     label_next_count: int = 20
     label_next_project: str = ""  # "" = the rows to label next are listed, not sent anywhere
     label_next_priority: int = DEFAULT_BATCH_PRIORITY
+    label_next_slice: str | None = None  # added to the model run at ETL, so its rows are predicted and ranked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class RunSettings:
             "label_next_count": self.label_next_count,
             "label_next_project": self.label_next_project,
             "label_next_priority": self.label_next_priority,
+            "label_next_slice": self.label_next_slice,
             "training": dict(self.training),
             "from_config": list(self.from_config),
         }
@@ -125,6 +129,7 @@ class RunSettings:
             label_next_count=int(data.get("label_next_count", 20)),
             label_next_project=str(data.get("label_next_project", "")),
             label_next_priority=int(data.get("label_next_priority", DEFAULT_BATCH_PRIORITY)),
+            label_next_slice=data.get("label_next_slice") or None,
         )
 
     def shown(self) -> dict[str, str]:
@@ -136,6 +141,7 @@ class RunSettings:
             "label_next_count": self.label_next_count,
             "label_next_project": self.label_next_project or None,  # unset: not shown
             "label_next_priority": self.label_next_priority if self.label_next_project else None,
+            "label_next_slice": self.label_next_slice,
         }
         values.update(self.training)
         return {
@@ -168,6 +174,7 @@ def deployment_defaults(settings: Settings, task: Task, backend: Backend) -> Run
         label_next_count=predict.label_next_count,
         label_next_project=predict.label_next_project,
         label_next_priority=predict.label_next_priority,
+        label_next_slice=predict.label_next_slice,
     )
 
 
@@ -212,6 +219,7 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
         label_next_count=values.get("label_next_count", defaults.label_next_count),
         label_next_project=values.get("label_next_project", defaults.label_next_project),
         label_next_priority=values.get("label_next_priority", defaults.label_next_priority),
+        label_next_slice=values.get("label_next_slice", defaults.label_next_slice) or None,
     )
 
 
@@ -223,6 +231,9 @@ def _check(key: str, value: Any, task: Task, backend: Backend) -> str | None:
         return f"unknown key {name}; the keys are {', '.join(usable)}"
     if backend not in spec.backends:
         return f"{name} is not a setting of the {backend.value} backend; its keys are {', '.join(usable)}"
+    if key == "label_next_slice":  # null or "" turns the deployment's slice off for this run
+        problem = None if value is None or value == "" else slice_id_problem(value)
+        return f"{name} {problem}" if problem else None
     if spec.kind is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, not {value!r}"
     if key == "label_next_project":

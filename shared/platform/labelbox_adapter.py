@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -42,6 +42,7 @@ from shared.platform.port import (
     PlatformError,
     ProjectRefused,
     SendResult,
+    SliceNotFound,
     UploadResult,
     cut_message,
 )
@@ -50,6 +51,7 @@ from shared.secret import Secret, redact
 if TYPE_CHECKING:
     from labelbox import Client, ModelRun, Project
     from labelbox.schema.batch import Batch
+    from labelbox.schema.slice import CatalogSlice
     from labelbox.schema.task import Task
     from labelbox.schema.user import User
 
@@ -684,4 +686,52 @@ class LabelboxPlatform:
                 data_row = row.get("data_row") if isinstance(row, Mapping) else None
                 if isinstance(data_row, Mapping) and data_row.get("id") in chunk:
                     found.add(str(data_row["id"]))
+        return found
+
+    # -- rows from a Catalog slice, to rank for labeling -----------------------------------------
+
+    slice_batch_rows = 10_000  # data row ids per `upsert_data_rows` call (Labelbox states no limit)
+    slice_upsert_timeout_s = 300.0  # per batch; the SDK's own default (an hour) outlasts any function
+
+    def add_rows_from_slice(
+        self, model_run_id: str, slice_id: str, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """The slice's data row ids (`get_data_row_identifiers`, pages of 100 as the SDK asks), added in
+        batches with `upsert_data_rows`, which waits for each registration task (a look every 5 s)."""
+        model_run = self._model_run(model_run_id)
+        found = self._catalog_slice(slice_id)
+        listing = f"listing the data rows of Catalog slice {slice_id}"
+        with self._calling(listing):  # a generator: iter() on the SDK's collection would restart it
+            identifiers = (member for member in found.get_data_row_identifiers())
+        added = 0
+        while True:
+            with self._calling(listing):
+                batch = [str(member.id.key) for member in islice(identifiers, self.slice_batch_rows)]
+            if not batch:
+                return added
+            what = f"adding {len(batch)} data rows of Catalog slice {slice_id} to model run {model_run_id}"
+            with self._calling(what, model_run_id=model_run_id):
+                model_run.upsert_data_rows(data_row_ids=batch, timeout_seconds=self.slice_upsert_timeout_s)
+            added += len(batch)
+            if progress is not None:
+                progress(added)
+
+    def _catalog_slice(self, slice_id: str) -> CatalogSlice:
+        """The slice by id; SliceNotFound for Labelbox's not-found answer or a null one (the SDK's TypeError)."""
+        from labelbox.schema.slice import CatalogSlice
+        from lbox.exceptions import ResourceNotFoundError
+
+        client = self._client
+        with self._calling(f"lookup of Catalog slice {slice_id}"):
+            try:
+                found = client.get_catalog_slice(slice_id=slice_id)
+            except (ResourceNotFoundError, TypeError):
+                found = None
+        if not isinstance(found, CatalogSlice):
+            raise SliceNotFound(
+                self._safe(
+                    f"Labelbox has no Catalog slice {slice_id} visible to this API key "
+                    "(check the id in the slice's URL and the key's organization)"
+                )
+            )
         return found

@@ -12,6 +12,10 @@ model run"):
         config.json           optional: the model run's config (its "train" object sets the run's
                               settings); the chain adds its results under "chain"
         predictions/<name>.ndjson   written here: each prediction import, as uploaded
+    <model_runs_dir>/../slices/<slice_id>.ndjson   a Catalog slice: one data row per line,
+                          {"data_row": {"id", "row_data", "global_key"?}, "media_attributes"?}; a
+                          relative row_data is a file next to it. Adding it to a model run appends
+                          its rows the export lacks, unlabeled and without a split.
 
 Labeling projects (model-assisted labeling) are folders too, beside the model runs by default
 (`LOCAL_PROJECTS_DIR`, `<LOCAL_DATA_DIR>/projects`); the user (or `shared.demo`) creates one:
@@ -35,7 +39,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ from shared.platform.port import (
     PlatformError,
     ProjectRefused,
     SendResult,
+    SliceNotFound,
     UploadResult,
     cut_message,
 )
@@ -356,6 +361,74 @@ class LocalModelRuns:
             import_id=batch["preLabels"],
             unmatched_features=match.unmatched,
         )
+
+    # -- rows from a Catalog slice, to rank for labeling -----------------------------------------
+
+    @property
+    def slices_dir(self) -> Path:
+        """Next to the model runs, as Catalog is beside them in Labelbox: a slice is not one run's."""
+        return self.root.parent / "slices"
+
+    def add_rows_from_slice(
+        self, model_run_id: str, slice_id: str, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Appends the slice's rows that the export lacks, in export shape, with a run object holding no
+        labels and no split (so ETL keeps them unlabeled and UNASSIGNED, as Labelbox's upsert does)."""
+        folder = self.folder(model_run_id)
+        members = self._slice_rows(slice_id)
+        info = json.loads((folder / "model_run.json").read_text())
+        run: dict[str, Any] = {"name": info.get("name") or model_run_id, "labels": []}
+        experiment = {"name": "local model", "runs": {model_run_id: run}}
+        with open(folder / "export.ndjson", "a+", encoding="utf-8") as export:
+            fcntl.flock(export, fcntl.LOCK_EX)  # another delivery adding the same slice waits, then adds nothing
+            export.seek(0)
+            present: set[str] = set()
+            last = ""
+            for line in export:
+                last = line
+                try:
+                    present.add(json.loads(line)["data_row"]["id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+            new = [
+                {**member, "experiments": {info.get("model_id") or "local-model": experiment}}
+                for member in members
+                if member["data_row"]["id"] not in present
+            ]
+            if new:
+                lead = "\n" if last and not last.endswith("\n") else ""
+                export.write(lead + "".join(json.dumps(r, sort_keys=True) + "\n" for r in new))
+        if progress is not None:
+            progress(len(members))
+        return len(members)
+
+    def _slice_rows(self, slice_id: str) -> list[dict[str, Any]]:
+        """The slice file's data rows (each id once), relative media made absolute `file://` URIs."""
+        path = (self.slices_dir / f"{slice_id}.ndjson").resolve()
+        if path.parent != self.slices_dir.resolve() or not path.is_file():
+            raise SliceNotFound(f"no Catalog slice {slice_id}: {self.slices_dir / f'{slice_id}.ndjson'} does not exist")
+        rows: dict[str, dict[str, Any]] = {}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                data_row = dict(entry["data_row"])
+                data_row_id, row_data = data_row["id"], data_row["row_data"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise PlatformError(
+                    f"slice file {path.name} line {number} is not a data row "
+                    '({"data_row": {"id": ..., "row_data": ...}})'
+                ) from None
+            if not (isinstance(data_row_id, str) and data_row_id and isinstance(row_data, str) and row_data):
+                raise PlatformError(f"slice file {path.name} line {number}: data_row id and row_data must be text")
+            if not urlparse(row_data).scheme:
+                data_row["row_data"] = (path.parent / row_data).resolve().as_uri()
+            member: dict[str, Any] = {"data_row": data_row}
+            if isinstance(entry.get("media_attributes"), Mapping):
+                member["media_attributes"] = dict(entry["media_attributes"])
+            rows.setdefault(data_row_id, member)
+        return list(rows.values())
 
 
 def _export_lines(path: Path) -> Iterator[dict[str, Any]]:

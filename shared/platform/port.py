@@ -7,7 +7,7 @@ local file-backed model run is a faithful stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -71,6 +71,10 @@ class ProjectRefused(PlatformError):
 
 class ModelRunNotFound(PlatformError):
     """The model run does not exist (or this key cannot see it): retrying will not help, the id must change."""
+
+
+class SliceNotFound(PlatformError):
+    """The Catalog slice does not exist (or this key cannot see it): the config must name another."""
 
 
 class ExportState(StrEnum):
@@ -170,5 +174,16 @@ class LabelingPlatform(Protocol):
         already in the project are skipped and counted. Idempotent by `batch_name`: when the project has
         a batch of that name, nothing is sent again (`already_sent`). ProjectRefused for a missing or
         foreign project and for an ontology with none of the features; PlatformError otherwise.
+        """
+        ...
+
+    def add_rows_from_slice(
+        self, model_run_id: str, slice_id: str, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Adds the Catalog slice's data rows to the model run, unlabeled, so its export carries them.
+
+        Returns how many rows the slice has, those already in the run included (adding one again is
+        harmless, and Labelbox does not say which were new); `progress(rows so far)` is called between
+        batches. SliceNotFound when there is no such slice, before anything is added.
         """
         ...

@@ -19,6 +19,8 @@ shards) and shards run in parallel, as many at once as the queue allows:
    checked; and the run moves on to `train`, once.
 
 A re-run before the fan-in redoes only the unfinished shards; a forced re-run exports and splits anew.
+Before an export starts, the run's `label_next_slice` (if any) is added to the model run, once per run
+and again when forced, so the export brings its rows to rank (`_add_slice_rows`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from shared.domain.model_types import Backend, Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
 from shared.domain.shards import ShardSet
-from shared.platform.port import ExportState, ExportStatus, ModelRunStatus, PlatformError
+from shared.platform.port import ExportState, ExportStatus, ModelRunStatus, PlatformError, SliceNotFound
 from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import ShardContext, fan_out, shard_states, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
@@ -56,6 +58,7 @@ T = TypeVar("T")
 EXPORT_POLL_S = 2.0
 TIMEOUT_MARGIN_S = 120.0  # what ETL keeps of its function's time for work after the wait
 EXPORT_ERROR_REASON = "row Labelbox could not export"
+SLICE_ARTIFACT = "label_next_slice"  # {"slice", "rows", "restarts"}: the slice this run life added
 
 
 class _SplitLookup:
@@ -79,6 +82,7 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
     record = ctx.record()
     task_id = None if ctx.force else record.artifacts.get("export_task")
     if task_id is None:
+        _add_slice_rows(ctx, record)  # before the export that is to carry them
         task_id = services.platform.start_export(record.model_run_id)
         ctx.update(lambda r: r.artifacts.__setitem__("export_task", task_id))
     wait_s = max(0.0, min(settings.etl.export_wait_s, settings.function_timeout_s - TIMEOUT_MARGIN_S))
@@ -152,6 +156,46 @@ def _freeze_settings(ctx: StageContext, record: rr.RunRecord) -> None:
             r.log(ctx.now, Stage.ETL, "settings", from_config=list(resolved.from_config))
 
     ctx.update(freeze)
+
+
+def _add_slice_rows(ctx: StageContext, record: rr.RunRecord) -> None:
+    """Adds the run's `label_next_slice` to the model run, so the export brings its rows unlabeled and
+    they are predicted and ranked. Once per run life (recorded, so a re-delivery does not repeat it);
+    again when forced, as a slice is a saved query whose rows may have changed."""
+    frozen = run_settings.of_record(ctx.services.settings, record)
+    slice_id = frozen.label_next_slice
+    if slice_id is None:
+        return
+    done = json.loads(record.artifacts.get(SLICE_ARTIFACT) or "{}")
+    if not ctx.force and done.get("slice") == slice_id and done.get("restarts") == record.restarts:
+        return
+    in_config = "label_next_slice" in frozen.from_config
+    where = (
+        f"{run_settings.NAMESPACE}.label_next_slice in the model run's config" if in_config else "LABEL_NEXT_SLICE_ID"
+    )
+    try:
+        rows = ctx.services.platform.add_rows_from_slice(
+            record.model_run_id, slice_id, progress=lambda n: ctx.heartbeat(slice_rows_added=n)
+        )
+    except SliceNotFound as exc:  # what to change comes first: Labelbox keeps 255 characters of it
+        message = f"label_next_slice {slice_id} does not exist: fix {where} (or remove it) and click Train model again"
+        raise StageFailed(f"{message}; {exc}") from None
+    except PlatformError as exc:
+        raise StageFailed(
+            f"could not add the rows of Catalog slice {slice_id} to the model run: {exc}; click Train model again"
+        ) from None
+
+    def note(r: rr.RunRecord) -> None:
+        r.artifacts[SLICE_ARTIFACT] = json.dumps({"slice": slice_id, "rows": rows, "restarts": r.restarts})
+        r.log(ctx.now, Stage.ETL, "slice_rows_added", slice=slice_id, rows=rows)
+
+    ctx.update(note)
+
+
+def _rows_from_slice(record: rr.RunRecord) -> int | None:
+    """How many rows this run life's slice had (the data quality's `rows_from_slice`), None if none."""
+    done = json.loads(record.artifacts.get(SLICE_ARTIFACT) or "{}")
+    return int(done["rows"]) if "rows" in done and done.get("restarts") == record.restarts else None
 
 
 def _split(ctx: StageContext, export_task: str, export: ExportStatus) -> ShardSet:
@@ -252,6 +296,8 @@ def _fan_in(ctx: StageContext, shards: ShardSet) -> StageAnswer:
     report = {**merged.to_dict(), **copies}
     if plan.export_errors:
         report["export_error_samples"] = list(plan.export_errors)
+    if (from_slice := _rows_from_slice(record)) is not None:
+        report["rows_from_slice"] = from_slice
     artifacts = {
         "import_jsonl": store.uri(paths.import_pattern),  # Vertex accepts wildcards; so does the engine
         "manifest": store.uri(paths.manifest_pattern),
