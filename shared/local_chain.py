@@ -277,6 +277,7 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
     rows = label_next.get("rows") or []
     if rows:
         strategy = str(label_next.get("strategy", "")).replace("_", " ")
+        sent = label_next.get("sent") or {}
         print(
             f"  label these next   {len(rows)} of {label_next.get('rows_ranked')} unlabeled or unassigned rows, "
             f"by {strategy}:"
@@ -284,6 +285,10 @@ def _print_result(chain: LocalChain, record: dict[str, Any], started: float) -> 
         for row in rows[:LABEL_NEXT_SHOWN]:
             flag = ", no detection" if row.get("no_detection") else ""
             print(f"    {row.get('global_key') or row['data_row_id']:<20} score {row['score']:.3f}{flag}")
+        if sent:
+            from shared.stages.label_next_send import shown as sent_line
+
+            print(f"  sent to label      {sent_line(sent)}")
 
 
 def _train_seconds(text: str) -> float:
@@ -386,7 +391,7 @@ def _train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.demo import _ids, create_demo_model_run
+    from shared.demo import _ids, create_demo_model_run, create_demo_project
 
     args = parse_args(argv)
     env = engine_env(args, os.environ)
@@ -423,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir / "model_runs", images=args.images, seed=args.seed, unlabeled=args.unlabeled
     )
     print(f"demo model run: {folder} ({args.images} images, {args.unlabeled} of them more nobody labeled yet)")
+    if "LABEL_NEXT_PROJECT_ID" not in os.environ:  # the loop closes: the rows to label next go to a project
+        project = create_demo_project(Path(os.environ.get("LOCAL_PROJECTS_DIR") or args.data_dir / "projects"))
+        chain.env["LABEL_NEXT_PROJECT_ID"] = project.name
+        print(f"demo labeling project: {project}")
     started = time.monotonic()
     with chain:
         print(f"functions on {', '.join(f'{n}:{p}' for n, p in chain.ports.items())}; logs in {chain.log_dir}")

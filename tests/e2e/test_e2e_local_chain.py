@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo import _ids, create_demo_model_run
+from shared.demo import _ids, create_demo_model_run, create_demo_project
 from shared.local_chain import LocalChain
 
 FAST_MONITOR = {"MONITOR_INITIAL_DELAY_S": "1", "MONITOR_MAX_DELAY_S": "3"}
@@ -37,12 +37,14 @@ def _uploaded(model_run_dir: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice(tmp_path: Path) -> None:
     create_demo_model_run(tmp_path / "model_runs", images=150, seed=3, unlabeled=12)
+    project = create_demo_project(tmp_path / "projects")
     model_run_id, _ = _ids(3)
     env = {
         "LOCAL_ENGINE_TRAIN_SECONDS": "25",
         "ETL_SHARD_ROWS": "50",
         "INFERENCE_SHARD_ROWS": "10",
         "LABEL_NEXT_COUNT": "5",
+        "LABEL_NEXT_PROJECT_ID": project.name,
         **FAST_MONITOR,
     }
     with LocalChain(tmp_path, env=env) as chain:
@@ -57,7 +59,9 @@ def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice
         statuses = [s["status"] for s in chain.statuses(model_run_id)]
         assert statuses[0] == "EXPORTING_DATA" and statuses[-1] == "COMPLETE"
         assert statuses.index("PREPARING_DATA") < statuses.index("TRAINING_MODEL") < statuses.index("COMPLETE")
-        final = chain.statuses(model_run_id)[-1]["metadata"]
+        final: dict = {}  # Labelbox merges the metadata of successive status updates
+        for status in chain.statuses(model_run_id):
+            final.update(status.get("metadata") or {})
         assert {"map50", "map50_95", "report", "predictions_uploaded"} <= set(final)
 
         # monitor looked several times, each look ending at once with the next one scheduled (no sleeping)
@@ -99,6 +103,17 @@ def test_detector_run_from_webhook_to_complete_and_a_rerun_uploads_nothing_twice
         assert [entropy[i] for i in ranked] == sorted((entropy[i] for i in ranked), reverse=True)
         assert min(entropy[i] for i in ranked) >= max(entropy[i] for i in to_rank - set(ranked))
         assert final["label_next"] == f"{len(ranked)} of {len(to_rank)} rows to rank, by entropy"
+
+        # and they went to the labeling project as one batch, with the model's boxes as pre-labels
+        (batch_file,) = (project / "batches").glob("*.json")
+        batch = json.loads(batch_file.read_text())
+        assert batch["dataRowIds"] == ranked or sorted(batch["dataRowIds"]) == sorted(ranked)
+        prelabels = [json.loads(line) for line in (project / "prelabels" / f"{batch_file.stem}.ndjson").open()]
+        assert {r["dataRow"]["id"] for r in prelabels} <= set(ranked)
+        boxed = {r["dataRow"]["id"] for r in predictions if r["dataRow"]["id"] in set(ranked)}
+        assert {r["dataRow"]["id"] for r in prelabels} == boxed
+        sent = chain.statuses(model_run_id)[-1]["metadata"]["label_next_sent"]  # the last update
+        assert sent.startswith(f"5 rows to project {project.name}")
 
         config = json.loads((folder / "config.json").read_text())
         assert 0 <= config["chain"]["metrics"]["map50"] <= 1 and "per_class" in config["chain"]["metrics"]
