@@ -26,15 +26,19 @@ SEED = 21
 MODEL_TYPE = "vertex_automl_object_detection"
 
 
-def _held_out(folder: Path) -> dict[str, str]:
-    """data row id -> split, for the validation and test rows of a demo model run."""
+def _splits(folder: Path) -> dict[str, str | None]:
+    """data row id -> split (None: unassigned) of every row of a demo model run."""
     out = {}
     for line in (folder / "export.ndjson").read_text().splitlines():
         row = json.loads(line)
         run = next(iter(next(iter(row["experiments"].values()))["runs"].values()))
-        if run.get("split") in ("validation", "test"):
-            out[row["data_row"]["id"]] = run["split"]
+        out[row["data_row"]["id"]] = run.get("split")
     return out
+
+
+def _held_out(folder: Path) -> dict[str, str]:
+    """data row id -> split, for the validation and test rows of a demo model run."""
+    return {i: s for i, s in _splits(folder).items() if s in ("validation", "test")}
 
 
 RUN_CONFIG = {
@@ -111,13 +115,17 @@ def test_a_signed_webhook_reaches_complete_with_predictions_metrics_and_status_i
     assert final["failed_predictions"] == "1"
 
     held_out = set(_held_out(folder))
+    to_rank = {i for i, s in _splits(folder).items() if s is None}  # unassigned: predicted and ranked
     rows = [row for job in labelbox.imports for row in job.rows]
     predicted = {r["dataRow"]["id"] for r in rows if "bbox" in r}
-    metric_rows = {r["dataRow"]["id"] for r in rows if "metricValue" in r}
-    assert predicted and predicted <= held_out - {failed_row}
+    metric_rows = {r["dataRow"]["id"] for r in rows if "metricValue" in r and not r["metricName"].startswith("al_")}
+    ranked_rows = {r["dataRow"]["id"] for r in rows if "metricValue" in r and r["metricName"].startswith("al_")}
+    assert predicted and predicted <= (held_out | to_rank) - {failed_row}
     # the instance Vertex could not predict is neither uploaded nor scored as a miss: it is counted
     assert failed_row not in predicted | metric_rows
     assert metric_rows == held_out - {failed_row}
+    assert to_rank and ranked_rows == to_rank  # uncertainty, never diagnostics, on the rows to rank
+    assert {r["data_row_id"] for r in record["metrics"]["label_next"]["rows"]} == to_rank
     assert sum(record["data_quality"]["failed_predictions"].values()) == 1
     assert 0 < record["metrics"]["summary"]["map50"] <= 1
     written = labelbox.configs[-1]
