@@ -30,14 +30,15 @@ ENGINE = {
 }
 
 
-def _held_out(folder: Path) -> set[str]:
-    held_out = set()
+def _rows_of(folder: Path, *splits: str | None) -> set[str]:
+    """The data rows of these splits (None: unassigned)."""
+    out = set()
     for line in (folder / "export.ndjson").read_text().splitlines():
         row = json.loads(line)
         run = next(iter(next(iter(row["experiments"].values()))["runs"].values()))
-        if run.get("split") in ("validation", "test"):
-            held_out.add(row["data_row"]["id"])
-    return held_out
+        if run.get("split") in splits:
+            out.add(row["data_row"]["id"])
+    return out
 
 
 @pytest.fixture
@@ -94,14 +95,16 @@ def test_run_trains_a_labelbox_model_run_here_and_writes_everything_back_to_labe
     rows = [json.loads(line) for line in upload.files[part].decode().splitlines()]
     (job,) = fake.imports
     assert job.rows == rows and job.state == "FINISHED" and job.errors == []
-    held_out = _held_out(folder)
+    held_out, to_rank = _rows_of(folder, "validation", "test"), _rows_of(folder, None)
     predictions = [r for r in rows if "bbox" in r]
-    metrics = [r for r in rows if "metricValue" in r]
-    assert predictions and len(predictions) + len(metrics) == len(rows)
-    assert {r["dataRow"]["id"] for r in predictions} <= held_out
+    metrics = [r for r in rows if "metricValue" in r and not r["metricName"].startswith("al_")]
+    uncertainty = [r for r in rows if "metricValue" in r and r["metricName"].startswith("al_")]
+    assert predictions and len(predictions) + len(metrics) + len(uncertainty) == len(rows)
+    assert {r["dataRow"]["id"] for r in predictions} <= held_out | to_rank
     assert all(0 <= r["confidence"] <= 1 and r["name"] in {"circle", "square", "triangle"} for r in predictions)
     assert {r["dataRow"]["id"] for r in metrics} == held_out
     assert {r["metricName"] for r in metrics} == {"50pct_iou", "custom_iou"}
+    assert to_rank and {r["dataRow"]["id"] for r in uncertainty} == to_rank  # the unassigned rows, ranked
     assert record["uploads"]["accepted"] == len(rows) and record["uploads"]["rejected"] == 0
     assert fake.configs[-1]["chain"]["metrics"]["map50"] == record["metrics"]["summary"]["map50"]
 
