@@ -44,8 +44,7 @@ class UriStore:
 
         return self._given_client if self._given_client is not None else storage.Client()
 
-    def _route(self, key: str) -> tuple[ObjectStore, str]:
-        bucket, name = split_gs_uri(key)
+    def _bucket(self, bucket: str) -> ObjectStore:
         store = self._stores.get(bucket)
         if store is None:
             if bucket in self._folders:
@@ -57,7 +56,11 @@ class UriStore:
 
                 store = GcsStore(bucket, client=self._client)
             self._stores[bucket] = store
-        return store, name
+        return store
+
+    def _route(self, key: str) -> tuple[ObjectStore, str]:
+        bucket, name = split_gs_uri(key)
+        return self._bucket(bucket), name
 
     def uri(self, key: str) -> str:
         return key
@@ -136,8 +139,9 @@ class UriStore:
         if not prefix.startswith("gs://"):
             raise ValueError(f"not a gs:// URI: {prefix!r}")
         bucket, _, name = prefix[len("gs://") :].partition("/")
-        store, _ = self._route(gs_uri(bucket, "x"))
-        for key in store.list(name):
+        if not bucket:
+            raise ValueError(f"a gs:// prefix needs a bucket: {prefix!r}")
+        for key in self._bucket(bucket).list(name):
             yield gs_uri(bucket, key)
 
     def delete(self, key: str) -> None:
