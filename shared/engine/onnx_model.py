@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from shared.atomic_file import write_bytes_atomically
 from shared.engine.augment import MEAN, STD
-from shared.engine.model import LoadedModel, ModelConfig
+from shared.engine.model import LoadedModel, ModelConfig, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,23 @@ def export_onnx(loaded: LoadedModel, path: Path) -> None:
     _check(module, OnnxRunner(data, config, name=str(path)), config)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(path, data)
+
+
+def export_checkpoint(
+    checkpoint: Path, target: Path, *, passing: tuple[type[BaseException], ...] = ()
+) -> dict[str, str]:
+    """Exports a saved checkpoint to `target`: `{"onnx": target's name}`, or `{"onnx_error": why}` when
+    the export fails. The checkpoint is saved first and a failed export fails nothing: the model is
+    still usable (prediction then runs on torch), only not as ONNX. `passing`: exceptions that are not
+    the export's failure and go through (the job process's SIGTERM)."""
+    try:
+        export_onnx(load_checkpoint(checkpoint), target)
+    except passing:
+        raise
+    except Exception as exc:
+        log.exception("ONNX export failed; the torch checkpoint %s stands", checkpoint.name)
+        return {"onnx_error": f"{type(exc).__name__}: {exc}"[:1000]}
+    return {"onnx": target.name}
 
 
 @torch.no_grad()

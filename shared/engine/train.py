@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -160,6 +161,16 @@ def _sample(row: ImportRow, cache: ImageCache, index: dict[str, int], task: str)
             if name in index:
                 labels[index[name]] = 1.0
     return Sample(pixels, boxes, labels)
+
+
+def configure_torch(threads: int | None = None) -> None:
+    """What every engine process sets before it trains or predicts: its CPU threads (default: every
+    core), deterministic algorithms where torch has them, and the cuBLAS workspace they need on CUDA.
+    Shared by the local job process (`worker`) and the Vertex job (`vertex_job`), so both run alike."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, after this
+    torch.set_num_threads(int(threads or os.cpu_count() or 1))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_device(name: str) -> torch.device:

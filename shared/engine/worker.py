@@ -50,13 +50,9 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _configure_torch(spec: dict[str, Any]) -> None:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
-    import torch
+    from shared.engine.train import configure_torch
 
-    threads = int(spec.get("threads") or os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+    configure_torch(spec.get("threads"))
 
 
 def _store(spec: dict[str, Any]) -> ObjectStore:
@@ -84,20 +80,10 @@ def _run_training(folder: Path, spec: dict[str, Any], state: StateWriter) -> dic
 
 
 def _export(folder: Path) -> dict[str, Any]:
-    """Exports the saved checkpoint to `model.onnx` beside it: `{"onnx": "model.onnx"}`, or
-    `{"onnx_error": why}` when the export fails. The checkpoint is saved first and a failed export does
-    not fail the job: the model is still usable (prediction then runs on torch), only not as ONNX."""
-    from shared.engine.model import load_checkpoint
-    from shared.engine.onnx_model import export_onnx
+    """`model.onnx` beside the checkpoint (see `onnx_model.export_checkpoint`); SIGTERM goes through."""
+    from shared.engine.onnx_model import export_checkpoint
 
-    try:
-        export_onnx(load_checkpoint(folder / CHECKPOINT), folder / ONNX_MODEL)
-    except Terminated:
-        raise
-    except Exception as exc:
-        log.exception("ONNX export failed; the torch checkpoint %s stands", CHECKPOINT)
-        return {"onnx_error": f"{type(exc).__name__}: {exc}"[:1000]}
-    return {"onnx": ONNX_MODEL}
+    return export_checkpoint(folder / CHECKPOINT, folder / ONNX_MODEL, passing=(Terminated,))
 
 
 def _run_batch_prediction(folder: Path, spec: dict[str, Any], state: StateWriter) -> dict[str, Any]:
