@@ -213,9 +213,10 @@ def create_demo_model_run(
     media.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     with open(folder / "export.ndjson", "w") as export:
-        for index in range(images):
-            data_row_id = _cuid(rng)
-            jpeg, objects = _draw_image(rng, scene)
+
+        def write(index: int, draw: random.Random, split: str | None, labeled: bool) -> None:
+            data_row_id = _cuid(draw)
+            jpeg, objects = _draw_image(draw, scene)
             name = f"shape-{index:05d}.jpg"
             (media / name).write_bytes(jpeg)
             row = export_row(
@@ -227,29 +228,17 @@ def create_demo_model_run(
                 model_id=model_id,
                 model_run_id=model_run_id,
                 objects=objects,
-                split=_split_for(index, images),
-                rng=rng,
+                split=split,
+                rng=draw,
+                labeled=labeled,
             )
             export.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+        for index in range(images):
+            write(index, rng, _split_for(index, images), labeled=True)
         extra = random.Random(f"unlabeled-{scene.name}-{seed}")
         for index in range(images, images + unlabeled):
-            jpeg, objects = _draw_image(extra, scene)
-            name = f"shape-{index:05d}.jpg"
-            (media / name).write_bytes(jpeg)
-            row = export_row(
-                data_row_id=_cuid(extra),
-                global_key=name,
-                row_data=f"media/{name}",
-                width=scene.width,
-                height=scene.height,
-                model_id=model_id,
-                model_run_id=model_run_id,
-                objects=objects,
-                split=None,
-                rng=extra,
-                labeled=False,
-            )
-            export.write(json.dumps(row, separators=(",", ":")) + "\n")
+            write(index, extra, None, labeled=False)
     (folder / "model_run.json").write_text(
         json.dumps({"id": model_run_id, "model_id": model_id, "name": _run_name(scene, seed)}, indent=1)
     )

@@ -178,20 +178,24 @@ def example_from_row(
     mime = media.get("mime_type") or media.get("mimeType")
     global_key = data_row.get("global_key")
 
-    labels = run.get("labels")
-    if not isinstance(labels, list) or not labels:
-        # nobody labeled it yet: kept to predict on, so it can be ranked for labeling (active learning)
-        unlabeled = Example(
+    def example(boxes: list[PixelBox], answers: list[str], *, labeled: bool = True) -> Example:
+        return Example(
             data_row_id=data_row_id,
             media_url=row_data,
             mime_type=mime if isinstance(mime, str) else None,
             width=_positive_int(media.get("width")),
             height=_positive_int(media.get("height")),
             split=split,
+            boxes=tuple(boxes),
+            labels=tuple(answers),
             global_key=global_key if isinstance(global_key, str) else None,
-            labeled=False,
+            labeled=labeled,
         )
-        return Converted(unlabeled, Counter(), warnings)
+
+    labels = run.get("labels")
+    if not isinstance(labels, list) or not labels:
+        # nobody labeled it yet: kept to predict on, so it can be ranked for labeling (active learning)
+        return Converted(example([], [], labeled=False), Counter(), warnings)
     if not isinstance(labels[0], Mapping):
         return Skipped(data_row_id, "label is not a JSON object")
     annotations = labels[0].get("annotations")
@@ -221,18 +225,7 @@ def example_from_row(
         if not labels_out:
             return Skipped(data_row_id, "row without a classification answer")
 
-    example = Example(
-        data_row_id=data_row_id,
-        media_url=row_data,
-        mime_type=mime if isinstance(mime, str) else None,
-        width=_positive_int(media.get("width")),
-        height=_positive_int(media.get("height")),
-        split=split,
-        boxes=tuple(boxes),
-        labels=tuple(labels_out),
-        global_key=global_key if isinstance(global_key, str) else None,
-    )
-    return Converted(example, dropped, warnings)
+    return Converted(example(boxes, labels_out), dropped, warnings)
 
 
 def _split(

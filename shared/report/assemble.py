@@ -201,19 +201,15 @@ def report_data_of_samples(
 ) -> ReportData:
     """The report of a finished run showing the `chosen` samples and the rows to label next, their
     images read through `image_of`."""
-    shown_samples = [
-        ReportSample(
-            c.row.data_row_id,
-            image_of(c.row.image_uri),
-            c.row.mime_type,
-            c.row.width,
-            c.row.height,
-            c.ground_truth,
-            c.predictions,
-            c.row.split,
+
+    def sample(
+        row: ManifestRow, truth: list[SampleItem], shown: list[SampleItem], split: str, note: str = ""
+    ) -> ReportSample:
+        return ReportSample(
+            row.data_row_id, image_of(row.image_uri), row.mime_type, row.width, row.height, truth, shown, split, note
         )
-        for c in chosen
-    ]
+
+    shown_samples = [sample(c.row, c.ground_truth, c.predictions, c.row.split) for c in chosen]
     return ReportData(
         run_id=record.run_id,
         model_run_id=record.model_run_id,
@@ -232,16 +228,12 @@ def report_data_of_samples(
         metrics=metrics,
         samples=shown_samples,
         label_next=[
-            ReportSample(
-                c.row.data_row_id,
-                image_of(c.row.image_uri),
-                c.row.mime_type,
-                c.row.width,
-                c.row.height,
+            sample(
+                c.row,
                 [],
                 c.predictions,
                 c.row.split.value if c.row.labeled else f"{c.row.split.value}, unlabeled",
-                note=_note(c, label_next_strategy),
+                _note(c, label_next_strategy),
             )
             for c in label_next
         ],
