@@ -17,18 +17,14 @@ for it, and the package's Requires-Python admits it.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from email.parser import Parser
 from pathlib import Path
 
-from .function_envs import MARKER, REPO, FunctionEnvError, _has_pip, _locked, _pip, _retarget, _run, venv_python
+from .function_envs import REPO, FunctionEnvError, _has_pip, _pip, _run, cached_venv, clean_env
 
 CACHE = REPO / "build" / "engine-envs"
 CONSTRAINTS = REPO / "constraints.txt"
@@ -56,13 +52,6 @@ def wheel_requirements(wheel: Path) -> list[str]:
     return sorted(metadata.get_all("Requires-Dist") or [])
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    env.pop("PYTHONPATH", None)
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
 def _new_venv(path: Path) -> None:
     _run("creating the venv", [sys.executable, "-m", "venv", *(["--without-pip"] if _has_pip() else []), str(path)])
 
@@ -80,31 +69,18 @@ def _requirements_key(requirements: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _build_requirements(requirements: list[str], final: Path) -> dict[str, object]:
+def _fill(built: Path, requirements: list[str]) -> dict[str, object]:
+    """Resolves and installs `requirements` (with constraints.txt) into a new venv at `built`."""
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
-    try:
-        built = work / "venv"
-        _new_venv(built)
-        listed = work / "requirements.txt"
-        listed.write_text("".join(f"{line}\n" for line in requirements))
-        # --no-compile: byte-compiling torch is most of an install's time; imports compile what they use
-        install = ["install", "--no-compile", "--progress-bar", "off", "-c", str(CONSTRAINTS), "-r", str(listed)]
-        _run("pip install", [*_pip(built), *install], env=_env())
-        installed = time.monotonic() - started
-        frozen = _run("pip freeze", [*_pip(built), "freeze", "--all"], env=_env()).stdout.split()
-        figures: dict[str, object] = {
-            "requirements": requirements,
-            "installed": frozen,
-            "install_s": round(installed, 1),
-            "build_s": round(time.monotonic() - started, 1),
-        }
-        _retarget(built, final)
-        (built / MARKER).write_text(json.dumps(figures, indent=1) + "\n")  # last: only a whole venv has it
-        built.rename(final)
-        return figures
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    _new_venv(built)
+    listed = built.parent / "requirements.txt"
+    listed.write_text("".join(f"{line}\n" for line in requirements))
+    # --no-compile: byte-compiling torch is most of an install's time; imports compile what they use
+    install = ["install", "--no-compile", "--progress-bar", "off", "-c", str(CONSTRAINTS), "-r", str(listed)]
+    _run("pip install", [*_pip(built), *install], env=clean_env())
+    installed = time.monotonic() - started
+    frozen = _run("pip freeze", [*_pip(built), "freeze", "--all"], env=clean_env()).stdout.split()
+    return {"requirements": requirements, "installed": frozen, "install_s": round(installed, 1)}
 
 
 def requirements_env(requirements: list[str], *, cache_dir: Path = CACHE) -> Path:
@@ -112,16 +88,12 @@ def requirements_env(requirements: list[str], *, cache_dir: Path = CACHE) -> Pat
     key = _requirements_key(requirements)
     final = cache_dir / key
     label = f"engine requirements -> {key[:12]}"
-    with _locked(cache_dir / f"{key}.lock"):
-        marker = final / MARKER
-        if marker.is_file() and venv_python(final).exists():
-            figures = {**json.loads(marker.read_text()), "cached": True}
-            print(f"engine-envs: {label}: reused (built earlier in {figures['build_s']} s)")
-        else:
-            if final.exists():  # no marker: a build that died half-way; never reused
-                shutil.rmtree(final)
-            figures = {**_build_requirements(requirements, final), "cached": False}
-            print(f"engine-envs: {label}: built in {figures['build_s']} s (pip install {figures['install_s']} s)")
+    figures, cached = cached_venv(final, lambda built: _fill(built, requirements))
+    figures = {**figures, "cached": cached}
+    if cached:
+        print(f"engine-envs: {label}: reused (built earlier in {figures['build_s']} s)")
+    else:
+        print(f"engine-envs: {label}: built in {figures['build_s']} s (pip install {figures['install_s']} s)")
     BUILD_TIMES[label] = figures
     return final
 
@@ -131,8 +103,8 @@ def engine_venv(wheel: Path, venv: Path) -> Path:
     deps = requirements_env(wheel_requirements(wheel))
     _new_venv(venv)
     (site_packages(venv) / "engine-requirements.pth").write_text(f"{site_packages(deps)}\n")
-    _run("pip install the wheel", [*_pip(venv), "install", "--no-deps", "--no-compile", str(wheel)], env=_env())
-    checked = _run("pip check", [*_pip(venv), "check"], env=_env())
+    _run("pip install the wheel", [*_pip(venv), "install", "--no-deps", "--no-compile", str(wheel)], env=clean_env())
+    checked = _run("pip check", [*_pip(venv), "check"], env=clean_env())
     if "No broken requirements" not in checked.stdout:
         raise FunctionEnvError(f"pip check: {checked.stdout}")
     return venv

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -26,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "function-envs"
@@ -161,42 +163,74 @@ def _retarget(built: Path, final: Path) -> None:
             path.write_bytes(data.replace(old, new))
 
 
-def _build(requirements: Path, final: Path, python: Interpreter) -> dict[str, object]:
-    """Builds the venv beside `final`, marks it complete, renames it into place; returns what it cost."""
+def clean_env() -> dict[str, str]:
+    """What pip runs in: no user site, no inherited venv or PYTHONPATH, no prompts or version check."""
+    env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of scripts/ as a module (they are not a package). Registered under its name: a script
+    imports another by name, and dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cached_venv(final: Path, fill: Callable[[Path], dict[str, object]]) -> tuple[dict[str, object], bool]:
+    """The venv at `final`: reused when whole, else built by `fill(venv)`, which returns what to record.
+
+    Under a file lock per entry; built in a temporary folder beside it, its marker (the figures) written
+    last, then renamed into place, so a build that died half-way is never reused. Returns the figures and
+    whether they were cached."""
+    with _locked(final.parent / f"{final.name}.lock"):
+        marker = final / MARKER
+        if marker.is_file() and venv_python(final).exists():
+            return json.loads(marker.read_text()), True
+        if final.exists():  # no marker: a build that died half-way
+            shutil.rmtree(final)
+        started = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
+        try:
+            built = work / "venv"
+            figures = {**fill(built), "build_s": round(time.monotonic() - started, 1)}
+            _retarget(built, final)
+            (built / MARKER).write_text(json.dumps(figures, indent=1) + "\n")  # last: only a whole venv has it
+            built.rename(final)
+            return figures, False
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _fill(built: Path, requirements: Path, python: Interpreter) -> dict[str, object]:
+    """Installs exactly the staged lock into a new venv at `built` and `pip check`s it."""
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
-    try:
-        built = work / "venv"
-        env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-        env.pop("PYTHONPATH", None)
-        env.pop("VIRTUAL_ENV", None)
-        # Putting pip into each venv costs ~6 s; this interpreter's pip can drive it instead (pip --python).
-        # --no-compile: byte-compiling google-cloud-aiplatform's thousands of modules is most of an install's
-        # time, and nothing here needs it (a boot compiles what it imports).
-        with_pip = not _has_pip()
-        _run("creating the venv", [python.path, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(built)])
-        _run(
-            "pip install --no-deps",
-            [*_pip(built), "install", "--no-deps", "--no-compile", "--progress-bar", "off", "-r", str(requirements)],
-            env=env,
-        )
-        installed = time.monotonic() - started
-        checked = _run("pip check", [*_pip(built), "check"], env=env)
-        figures: dict[str, object] = {
-            "python": python.path,
-            "python_version": python.version,
-            "packages": len(requirement_lines(requirements.read_text())),
-            "install_s": round(installed, 1),
-            "build_s": round(time.monotonic() - started, 1),
-            "pip_check": checked.stdout.strip(),
-            "requirements": requirement_lines(requirements.read_text()),
-        }
-        _retarget(built, final)
-        (built / MARKER).write_text(json.dumps(figures, indent=1) + "\n")  # last: only a whole venv has it
-        built.rename(final)
-        return figures
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    env = clean_env()
+    # Putting pip into each venv costs ~6 s; this interpreter's pip can drive it instead (pip --python).
+    # --no-compile: byte-compiling google-cloud-aiplatform's thousands of modules is most of an install's
+    # time, and nothing here needs it (a boot compiles what it imports).
+    with_pip = not _has_pip()
+    _run("creating the venv", [python.path, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(built)])
+    _run(
+        "pip install --no-deps",
+        [*_pip(built), "install", "--no-deps", "--no-compile", "--progress-bar", "off", "-r", str(requirements)],
+        env=env,
+    )
+    installed = time.monotonic() - started
+    checked = _run("pip check", [*_pip(built), "check"], env=env)
+    return {
+        "python": python.path,
+        "python_version": python.version,
+        "packages": len(requirement_lines(requirements.read_text())),
+        "install_s": round(installed, 1),
+        "pip_check": checked.stdout.strip(),
+        "requirements": requirement_lines(requirements.read_text()),
+    }
 
 
 def function_venv(staged_dir: Path, *, cache_dir: Path = CACHE) -> Path:
@@ -207,22 +241,18 @@ def function_venv(staged_dir: Path, *, cache_dir: Path = CACHE) -> Path:
     final = cache_dir / key
     label = f"{Path(staged_dir).name} -> {key[:12]}"
     started = time.monotonic()
-    with _locked(cache_dir / f"{key}.lock"):
-        marker = final / MARKER
-        if marker.is_file() and venv_python(final).exists():
-            earlier = json.loads(marker.read_text())
-            figures = {**earlier, "cached": True, "wait_s": round(time.monotonic() - started, 1)}
-            print(
-                f"function-envs: {label}: reused ({earlier['packages']} packages, Python {earlier['python_version']};"
-                f" built earlier in {earlier['build_s']} s)"
-            )
-        else:
-            if final.exists():  # no marker: a build that died half-way; never reused
-                shutil.rmtree(final)
-            figures = {**_build(requirements, final, python), "cached": False}
-            print(
-                f"function-envs: {label}: built in {figures['build_s']} s (pip install {figures['install_s']} s,"
-                f" {figures['packages']} packages, Python {python.version} at {python.path}; {python.why})"
-            )
+    figures, cached = cached_venv(final, lambda built: _fill(built, requirements, python))
+    if cached:
+        figures = {**figures, "cached": True, "wait_s": round(time.monotonic() - started, 1)}
+        print(
+            f"function-envs: {label}: reused ({figures['packages']} packages, Python {figures['python_version']};"
+            f" built earlier in {figures['build_s']} s)"
+        )
+    else:
+        figures = {**figures, "cached": False}
+        print(
+            f"function-envs: {label}: built in {figures['build_s']} s (pip install {figures['install_s']} s,"
+            f" {figures['packages']} packages, Python {python.version} at {python.path}; {python.why})"
+        )
     BUILD_TIMES[label] = figures
     return final

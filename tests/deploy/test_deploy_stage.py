@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -10,20 +9,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from .function_envs import REPO, load_script
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # lock_functions imports stage_function by name; dataclasses look modules up
-    spec.loader.exec_module(module)
-    return module
-
-
-stage_function = _load("stage_function")
-lock_functions = _load("lock_functions")
+stage_function = load_script("stage_function")
+lock_functions = load_script("lock_functions")
 
 PINS = stage_function.read_pins("# pins\nFlask==3.1.3\nlabelbox==7.17.0\ngoogle_auth==2.62.2  # note\n-c other.txt\n")
 FAKE_CONSTRAINTS = "Flask==3.1.3\nWerkzeug==3.1.9\nclick==8.5.1\nunrelated==1.0\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -11,21 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from .function_envs import REPO
+from .function_envs import REPO, load_script
 
-
-def _load(name: str):
-    """A script of scripts/ as a module (they are not a package), as tests/deploy/test_deploy_stage.py does."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # build_engine_package imports stage_function by name; dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
-
-
-stage_function = _load("stage_function")
-builder = _load("build_engine_package")
+stage_function = load_script("stage_function")
+builder = load_script("build_engine_package")
 
 
 def _build(out: Path, *flags: str) -> Path:
