@@ -22,6 +22,8 @@ from pathlib import Path
 from shared.domain.label_next import (
     BATCH_PRIORITIES,
     DEFAULT_BATCH_PRIORITY,
+    DEFAULT_LABEL_NEXT_COUNT,
+    DEFAULT_STRATEGY,
     MAX_LABEL_NEXT,
     Strategy,
     project_id_problem,
@@ -195,8 +197,8 @@ class PredictSettings:
     on_training: bool
     shard_rows: int  # held-out rows per inference delivery shard (one invocation each)
     unlabeled: bool = True  # also predict on unlabeled and UNASSIGNED rows, to rank them for labeling
-    label_next_strategy: str = "entropy"
-    label_next_count: int = 20
+    label_next_strategy: str = DEFAULT_STRATEGY
+    label_next_count: int = DEFAULT_LABEL_NEXT_COUNT
     label_next_project: str = ""  # a labeling project to send the rows to label next to ("" = off)
     label_next_priority: int = 5  # the batch's priority in that project: 1 (highest) to 5, Labelbox's scale
     label_next_slice: str | None = None  # a Catalog slice whose rows are added to each model run, to rank
@@ -566,8 +568,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             on_training=r.flag("PREDICT_ON_TRAINING", False),
             shard_rows=int(r.number("INFERENCE_SHARD_ROWS", 10_000, low=1, high=1_000_000, integer=True)),
             unlabeled=r.flag("PREDICT_UNLABELED", True),
-            label_next_strategy=r.choice("LABEL_NEXT_STRATEGY", "entropy", tuple(Strategy)),
-            label_next_count=int(r.number("LABEL_NEXT_COUNT", 20, low=0, high=MAX_LABEL_NEXT, integer=True)),
+            label_next_strategy=r.choice("LABEL_NEXT_STRATEGY", DEFAULT_STRATEGY, tuple(Strategy)),
+            label_next_count=int(
+                r.number("LABEL_NEXT_COUNT", DEFAULT_LABEL_NEXT_COUNT, low=0, high=MAX_LABEL_NEXT, integer=True)
+            ),
             label_next_project=_project_id(r, "LABEL_NEXT_PROJECT_ID"),
             label_next_priority=int(
                 r.number(

@@ -26,6 +26,8 @@ from shared.config import (
 from shared.domain.label_next import (
     BATCH_PRIORITIES,
     DEFAULT_BATCH_PRIORITY,
+    DEFAULT_LABEL_NEXT_COUNT,
+    DEFAULT_STRATEGY,
     MAX_LABEL_NEXT,
     Strategy,
     project_id_problem,
@@ -99,8 +101,8 @@ class RunSettings:
     max_predictions: int
     training: dict[str, Any]  # the backend's training settings (the keys of KEYS for that backend)
     from_config: tuple[str, ...] = ()
-    label_next_strategy: str = Strategy.ENTROPY.value
-    label_next_count: int = 20
+    label_next_strategy: str = DEFAULT_STRATEGY
+    label_next_count: int = DEFAULT_LABEL_NEXT_COUNT
     label_next_project: str = ""  # "" = the rows to label next are listed, not sent anywhere
     label_next_priority: int = DEFAULT_BATCH_PRIORITY
     label_next_slice: str | None = None  # added to the model run at ETL, so its rows are predicted and ranked
@@ -125,8 +127,8 @@ class RunSettings:
             max_predictions=int(data["max_predictions"]),
             training=dict(data.get("training", {})),
             from_config=tuple(data.get("from_config", ())),
-            label_next_strategy=str(data.get("label_next_strategy", Strategy.ENTROPY.value)),
-            label_next_count=int(data.get("label_next_count", 20)),
+            label_next_strategy=str(data.get("label_next_strategy", DEFAULT_STRATEGY)),
+            label_next_count=int(data.get("label_next_count", DEFAULT_LABEL_NEXT_COUNT)),
             label_next_project=str(data.get("label_next_project", "")),
             label_next_priority=int(data.get("label_next_priority", DEFAULT_BATCH_PRIORITY)),
             label_next_slice=data.get("label_next_slice") or None,

@@ -25,6 +25,8 @@ def in_pool(split: str, labeled: bool) -> bool:
     return not labeled or split == UNASSIGNED
 
 
+DEFAULT_STRATEGY = Strategy.ENTROPY.value  # a run's default where neither it nor the deployment chose
+DEFAULT_LABEL_NEXT_COUNT = 20
 MAX_LABEL_NEXT = 1000  # rows listed at most: the run record and the report carry each one
 
 # Model-assisted labeling: the rows to label next go to a labeling project as one batch.
