@@ -97,13 +97,24 @@ def _local_backend(settings: Settings, svc: Services) -> TrainingBackend:
 
 def _vertex_backend(settings: Settings, svc: Services) -> TrainingBackend:
     from shared.training.vertex import VertexBackend
+    from shared.training.vertex_custom import VertexCustomBackend
+    from shared.training.vertex_training import VertexTraining
 
     cloud = _cloud(settings)
-    return VertexBackend(
+    automl = VertexBackend(
         project=cloud.project,
         region=cloud.region,
         staging_bucket=f"gs://{cloud.bucket}",
         vertex=settings.vertex,
+    )
+    custom = settings.vertex_custom
+    return VertexTraining(
+        automl,
+        None
+        if custom is None
+        else VertexCustomBackend(
+            project=cloud.project, region=cloud.region, store=svc.store, vertex=settings.vertex, custom=custom
+        ),
     )
 
 

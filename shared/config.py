@@ -28,6 +28,7 @@ from shared.domain.label_next import (
     Strategy,
     project_id_problem,
 )
+from shared.domain.machines import DEFAULT_ACCELERATOR, DEFAULT_MACHINE_TYPE, NO_ACCELERATOR, Machine
 from shared.domain.model_types import Backend, ModelType, Task, offered
 from shared.domain.run_record import CHAIN_STAGES
 from shared.secret import Secret
@@ -171,6 +172,39 @@ class VertexSettings:
         return self.budget_milli_node_hours(task) / 1000 * 3600
 
 
+ENGINE_PACKAGE_MODULE = "shared.engine.vertex_job"  # what a custom job runs: `python -m` it
+# Vertex's prebuilt PyTorch GPU training image, by the multi-region of the job's region; the engine
+# package needs Python 3.11 or later (its wheel says so), so the image must be a py311+ one.
+PYTORCH_TRAINING_IMAGE = "{area}-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-2.py311:latest"
+MACHINE_VARIABLES = ("VERTEX_CUSTOM_MACHINE_TYPE", "VERTEX_CUSTOM_ACCELERATOR_TYPE", "VERTEX_CUSTOM_ACCELERATOR_COUNT")
+DEFAULT_CUSTOM_STEPS = 2_000  # on one L4 at input 512: a few minutes of training
+
+
+def default_training_image(region: str) -> str:
+    area = (
+        "europe"
+        if region.startswith(("europe-", "me-"))
+        else "asia"
+        if region.startswith(("asia-", "australia-"))
+        else "us"
+    )
+    return PYTORCH_TRAINING_IMAGE.format(area=area)
+
+
+@dataclass(frozen=True)
+class VertexCustomSettings:
+    """The project's engine as a Vertex AI CustomJob (the `vertex_custom_*` model types)."""
+
+    package_uri: str  # the engine wheel deploy.sh uploaded; "" = not uploaded, the types are not offered
+    image_uri: str  # the prebuilt training image Vertex installs the package into
+    machine: Machine  # the training job's machine, also the batch prediction job's
+    steps: int  # training steps unless a run's config says otherwise
+    timeout_s: float  # Vertex stops a job that runs longer (scheduling.timeout)
+    check_region: bool
+    usd_per_hour: float | None = None  # None: the machine's estimated on-demand rate (shared.domain.machines)
+    unavailable: str | None = None  # why the vertex_custom_* types are not offered here, if they are not
+
+
 @dataclass(frozen=True)
 class MonitorSettings:
     initial_delay_s: float
@@ -219,6 +253,7 @@ class Settings:
     etl: EtlSettings
     predict: PredictSettings
     vertex: VertexSettings
+    vertex_custom: VertexCustomSettings | None = None  # where CHAIN_BACKEND=vertex
     local: LocalSettings | None = None
     cloud: CloudSettings | None = None
     labelbox: LabelboxSettings | None = None
@@ -230,8 +265,13 @@ class Settings:
 
     def model_types(self) -> dict[str, ModelType]:
         """What `GET /models` offers: the model types this deployment can really train."""
-        unavailable = self.vertex.unavailable if self.backend is Backend.VERTEX else {}
-        return offered(self.backend, unavailable)
+        if self.backend is not Backend.VERTEX:
+            return offered(self.backend)
+        no_custom = self.vertex_custom is None or self.vertex_custom.unavailable is not None
+        return offered(
+            self.backend,
+            {Backend.VERTEX: set(self.vertex.unavailable), Backend.VERTEX_CUSTOM: set(Task) if no_custom else set()},
+        )
 
     def stage_url(self, stage: str) -> str:
         return self.stage_urls[stage]
@@ -470,6 +510,42 @@ def _local_settings(r: _Reader) -> LocalSettings:
     )
 
 
+def _vertex_custom_settings(r: _Reader, region: str) -> VertexCustomSettings:
+    """The custom jobs' settings; a machine Vertex would refuse is a configuration problem, named."""
+    package_uri = r.text("VERTEX_CUSTOM_PACKAGE_URI")
+    if package_uri and not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]*/\S+\.(whl|tar\.gz)", package_uri):
+        r.problems.append(f"VERTEX_CUSTOM_PACKAGE_URI must be the gs:// URI of a .whl or .tar.gz, got {package_uri!r}")
+        package_uri = ""
+    accelerator = r.text("VERTEX_CUSTOM_ACCELERATOR_TYPE", DEFAULT_ACCELERATOR)
+    count = 0 if accelerator == NO_ACCELERATOR else 1
+    machine = Machine(
+        r.text("VERTEX_CUSTOM_MACHINE_TYPE", DEFAULT_MACHINE_TYPE),
+        accelerator,
+        int(r.number("VERTEX_CUSTOM_ACCELERATOR_COUNT", count, low=0, high=16, integer=True)),
+    )
+    check_region = r.flag("VERTEX_CUSTOM_REGION_CHECK", True)
+    problem = machine.problem(region, check_region=check_region) if region else None
+    chosen = [name for name in MACHINE_VARIABLES if r.env.get(name, "").strip()]
+    if problem and chosen:  # the operator's own choice: say what to change before anything runs
+        r.problems.append(f"{'/'.join(chosen)}: {problem}")
+    unavailable = None
+    if problem and not chosen:  # the default machine does not suit this region: the custom types are not offered
+        unavailable = f"the default custom-job machine does not suit {region}: {problem}"
+    elif not package_uri:
+        unavailable = "no engine package (VERTEX_CUSTOM_PACKAGE_URI): deploy.sh builds and uploads it"
+    rate = r.env.get("VERTEX_CUSTOM_HOURLY_USD", "").strip()
+    return VertexCustomSettings(
+        package_uri=package_uri,
+        image_uri=r.text("VERTEX_CUSTOM_IMAGE_URI", default_training_image(region)),
+        machine=machine,
+        steps=int(r.number("VERTEX_CUSTOM_STEPS", DEFAULT_CUSTOM_STEPS, low=1, high=10**7, integer=True)),
+        timeout_s=r.number("VERTEX_CUSTOM_TIMEOUT_S", 4 * 3600, low=600, high=7 * 86_400),
+        check_region=check_region,
+        usd_per_hour=r.number("VERTEX_CUSTOM_HOURLY_USD", 0.0, low=0, high=1_000) if rate else None,
+        unavailable=unavailable,
+    )
+
+
 def _cloud_settings(r: _Reader, ports: Ports) -> CloudSettings:
     """Each Google Cloud variable is required only by the chosen ports that use it, and says which."""
 
@@ -585,6 +661,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             label_next_slice=_slice_id(r, "LABEL_NEXT_SLICE_ID"),
         ),
         vertex=vertex,
+        vertex_custom=_vertex_custom_settings(r, cloud.region) if cloud and ports.backend == "vertex" else None,
         local=local,
         cloud=cloud,
         labelbox=labelbox,

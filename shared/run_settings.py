@@ -32,6 +32,7 @@ from shared.domain.label_next import (
     Strategy,
     project_id_problem,
 )
+from shared.domain.machines import NO_ACCELERATOR, Machine
 from shared.domain.model_types import Backend, Task
 from shared.domain.run_record import RunRecord
 
@@ -53,7 +54,8 @@ class _Key:
 
 _BOTH = frozenset(Backend)
 _VERTEX = frozenset({Backend.VERTEX})
-_LOCAL = frozenset({Backend.LOCAL})
+_ENGINE = frozenset({Backend.LOCAL, Backend.VERTEX_CUSTOM})  # the project's engine, here or as a custom job
+_CUSTOM = frozenset({Backend.VERTEX_CUSTOM})
 
 
 def _model_types(task: Task) -> tuple[str, ...]:
@@ -77,19 +79,22 @@ KEYS: dict[str, _Key] = {
     "model_type": _Key(_VERTEX, str, "the AutoML model type", _model_types),
     "budget_milli_node_hours": _Key(_VERTEX, int, "the AutoML training budget (1000 = one node hour)"),
     "early_stopping": _Key(_VERTEX, bool, "let AutoML stop once the model converges"),
-    "steps": _Key(_LOCAL, int, "train exactly this many steps (the same weights for a seed)", lambda t: (1, 10**7)),
+    "steps": _Key(_ENGINE, int, "train exactly this many steps (the same weights for a seed)", lambda t: (1, 10**7)),
     "train_seconds": _Key(
-        _LOCAL, float, "train for this much wall time (when steps is not set)", lambda t: (1, 86_400)
+        _ENGINE, float, "train for this much wall time (when steps is not set)", lambda t: (1, 86_400)
     ),
-    "learning_rate": _Key(_LOCAL, float, "the engine's learning rate", lambda t: (1e-6, 1.0)),
-    "batch_size": _Key(_LOCAL, int, "the engine's batch size", lambda t: (1, 1024)),
-    "input_size": _Key(_LOCAL, int, "the engine's input side in pixels (a multiple of 32)", lambda t: (64, 1024)),
+    "learning_rate": _Key(_ENGINE, float, "the engine's learning rate", lambda t: (1e-6, 1.0)),
+    "batch_size": _Key(_ENGINE, int, "the engine's batch size", lambda t: (1, 1024)),
+    "input_size": _Key(_ENGINE, int, "the engine's input side in pixels (a multiple of 32)", lambda t: (64, 1024)),
     "backbone": _Key(
-        _LOCAL,
+        _ENGINE,
         str,
         "the engine's backbone (mobilenet_v2: ImageNet-pretrained; auto: by device)",
         lambda t: ("auto", *ENGINE_BACKBONES),
     ),
+    "machine_type": _Key(_CUSTOM, str, "the custom job's machine type (e.g. g2-standard-8, n1-standard-8)"),
+    "accelerator_type": _Key(_CUSTOM, str, "the custom job's GPU (NVIDIA_L4, NVIDIA_TESLA_T4)"),
+    "accelerator_count": _Key(_CUSTOM, int, "GPUs on the custom job's machine", lambda t: (0, 8)),
 }
 
 
@@ -162,6 +167,18 @@ def deployment_defaults(settings: Settings, task: Task, backend: Backend) -> Run
             "budget_milli_node_hours": settings.vertex.budget_milli_node_hours(task),
             "early_stopping": True,
         }
+    elif backend is Backend.VERTEX_CUSTOM:
+        custom = settings.vertex_custom  # a custom job runs only where its settings are
+        training = (
+            {}
+            if custom is None
+            else {
+                "steps": custom.steps,
+                "machine_type": custom.machine.machine_type,
+                "accelerator_type": custom.machine.accelerator_type,
+                "accelerator_count": custom.machine.accelerator_count,
+            }
+        )
     else:
         local = settings.local  # a local backend runs only where the local settings are
         training = (
@@ -206,10 +223,14 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
                 f"{NAMESPACE}.budget_milli_node_hours {values['budget_milli_node_hours']} is outside {low}..{high}, "
                 f"what Vertex AI accepts for {task.value} model type {model_type}"
             )
-    if problems:
-        raise RunConfigError("bad model run config: " + "; ".join(problems))
     training = dict(defaults.training)
     training.update({k: v for k, v in values.items() if KEYS[k].backends != _BOTH})  # the backend's own keys
+    if backend is Backend.VERTEX_CUSTOM and {"machine_type", "accelerator_type", "accelerator_count"} & set(values):
+        problem = machine_of(training).problem("", check_region=False)  # the region is checked at train
+        if problem:
+            problems.append(f"{NAMESPACE}.machine_type/accelerator_type/accelerator_count: {problem}")
+    if problems:
+        raise RunConfigError("bad model run config: " + "; ".join(problems))
     if "train_seconds" in values and "steps" not in values:
         training["steps"] = None  # a wall-time budget asked for: not the deployment's step count
     return RunSettings(
@@ -222,6 +243,15 @@ def resolve(config: Mapping[str, Any] | None, defaults: RunSettings, *, task: Ta
         label_next_project=values.get("label_next_project", defaults.label_next_project),
         label_next_priority=values.get("label_next_priority", defaults.label_next_priority),
         label_next_slice=values.get("label_next_slice", defaults.label_next_slice) or None,
+    )
+
+
+def machine_of(training: Mapping[str, Any]) -> Machine:
+    """The custom job's machine a run's training settings name."""
+    return Machine(
+        str(training.get("machine_type", "")),
+        str(training.get("accelerator_type", NO_ACCELERATOR)),
+        int(training.get("accelerator_count", 0)),
     )
 
 

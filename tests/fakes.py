@@ -77,7 +77,7 @@ class ScriptedBackend:
     def cancel_training(self, ref: str) -> None:
         self.calls.append(f"cancel_training {ref}")
 
-    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+    def training_deadline_s(self, ref: str, task: Task, settings: Mapping[str, object]) -> float | None:
         self.deadline_settings.append(dict(settings))
         return self.deadline_s
 

@@ -25,6 +25,8 @@ ADAPTERS = {
     "shared.platform.local_model_run",
     "shared.platform.export_stream",
     "shared.training.vertex",
+    "shared.training.vertex_custom",
+    "shared.training.vertex_training",
     "shared.training.local_engine",
     "shared.chain.cloud_tasks",
     "shared.chain.http",

@@ -108,6 +108,12 @@ class RunPaths:
     def local_dataset(self) -> str:
         return f"{self.root}local_dataset/import.jsonl"
 
+    def custom_job_output(self, job_key: str) -> str:
+        """A Vertex AI custom job's base output directory (its model goes in `model/` under it)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", job_key):
+            raise ValueError(f"{job_key!r} cannot name a folder")
+        return f"{self.root}custom/{job_key}/"
+
     @property
     def instances(self) -> str:
         return f"{self.root}inference/instances.jsonl"

@@ -41,7 +41,7 @@ from shared.stages.runner import StageAnswer, StageContext, StageFailed
 from shared.stages.shards import fan_out, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training.labels import resource_labels
-from shared.training.port import JobState, PredictionRequest
+from shared.training.port import JobState, PredictionRequest, RequestRefused
 
 __all__ = ["held_out_rows", "run_inference", "run_inference_shard"]  # the shard work, for the entry point
 
@@ -86,20 +86,23 @@ def _start_batch_prediction(ctx: StageContext, record: RunRecord) -> StageAnswer
             services.store.upload_file(key, tmp.name, content_type="application/jsonl")
         settings = run_settings.of_record(services.settings, record)
         record, job_key = ctx.update(lambda r: rr.intend_launch(r, "batch_prediction", ctx.now))
-        job = services.backend.start_batch_prediction(
-            PredictionRequest(
-                run_id=ctx.run_id,
-                task=Task(record.task),
-                model=record.jobs["model"],
-                instances_uri=services.store.uri(key),
-                output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
-                confidence_threshold=min(SCAN_CONFIDENCE, settings.confidence_threshold),
-                max_predictions=settings.max_predictions,
-                labels=resource_labels(services.settings, record),
-                display_name=f"lb-predict-{record.model_run_id}"[:120],
-                job_key=job_key,
-            )
+        request = PredictionRequest(
+            run_id=ctx.run_id,
+            task=Task(record.task),
+            model=record.jobs["model"],
+            instances_uri=services.store.uri(key),
+            output_uri_prefix=services.store.uri(RunPaths(ctx.run_id).prediction_output),
+            confidence_threshold=min(SCAN_CONFIDENCE, settings.confidence_threshold),
+            max_predictions=settings.max_predictions,
+            labels=resource_labels(services.settings, record),
+            display_name=f"lb-predict-{record.model_run_id}"[:120],
+            job_key=job_key,
+            backend=record.backend,
         )
+        try:
+            job = services.backend.start_batch_prediction(request)
+        except RequestRefused as exc:
+            raise StageFailed(f"batch prediction refused: {exc}") from exc
 
         def started(r: RunRecord) -> None:
             rr.launched(r, "batch_prediction", job.ref)

@@ -68,7 +68,7 @@ def start_training_run(services: Services, request: TrainingRequest) -> StageAns
             model_run_id=request.model_run_id,
             model_type=request.model_type.name,
             task=request.model_type.task.value,
-            backend=services.settings.backend.value,
+            backend=request.model_type.trainer(services.settings.backend).value,
             model_id=request.model_id,
             now=now,
         )
@@ -107,6 +107,7 @@ def _again(services: Services, request: TrainingRequest, existing: RunRecord) ->
                 return False
             rr.restart(r, now)
             r.model_type, r.task = request.model_type.name, request.model_type.task.value
+            r.backend = request.model_type.trainer(services.settings.backend).value
             r.model_id = request.model_id or r.model_id
             return True
 

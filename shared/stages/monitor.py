@@ -55,7 +55,7 @@ def max_wait_s(ctx: StageContext, record: RunRecord, watch: Watch) -> tuple[floa
     settings = ctx.services.settings
     if watch.kind is JobKind.TRAINING:
         training = run_settings.of_record(settings, record).training
-        deadline = ctx.services.backend.training_deadline_s(Task(record.task), training)
+        deadline = ctx.services.backend.training_deadline_s(watch.ref, Task(record.task), training)
         if deadline is not None:
             return deadline + settings.monitor.training_margin_s, "the training budget plus MONITOR_TRAINING_MARGIN_S"
     return settings.monitor.max_wait_s, "MONITOR_MAX_WAIT_S"
@@ -117,8 +117,8 @@ def run_monitor(ctx: StageContext) -> StageAnswer:
 
     def finished(r: RunRecord) -> bool:
         getattr(r, section)[key] = status.result or ""
-        if watch.kind is JobKind.TRAINING:
-            r.metrics["training"] = progress
+        if watch.kind in (JobKind.TRAINING, JobKind.BATCH_PREDICTION):  # a job's figures: machine, cost, counts
+            r.metrics[watch.kind] = progress
         r.watch = None
         r.stage(Stage.MONITOR).progress = {"job": watch.kind, "state": status.state.value, **progress}
         rr.release(r, Stage.MONITOR, ctx.owner, ctx.now, waiting_for="nothing")

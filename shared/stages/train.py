@@ -12,6 +12,8 @@ failed sets the failed job aside and launches a new one.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from shared import run_settings
@@ -23,7 +25,7 @@ from shared.services import Services
 from shared.stages.runner import REDO, StageAnswer, StageContext, StageFailed
 from shared.stages.watch import backoff_delay, ensure_monitor, schedule_look, watch_job
 from shared.training.labels import resource_labels
-from shared.training.port import DatasetRequest, JobState, TrainingRequest
+from shared.training.port import DatasetRequest, JobState, RequestRefused, TrainingRequest
 
 
 def _start_watch(ctx: StageContext, *, kind: JobKind, ref: str, next_stage: Stage, done: bool) -> None:
@@ -44,6 +46,15 @@ def _start_watch(ctx: StageContext, *, kind: JobKind, ref: str, next_stage: Stag
 
 
 FAILED_JOB = (JobState.FAILED, JobState.CANCELLED)
+
+
+@contextlib.contextmanager
+def _refused_fails(what: str) -> Iterator[None]:
+    """A start the backend refuses fails the run with its reason (what to change), not as a crash."""
+    try:
+        yield
+    except RequestRefused as exc:
+        raise StageFailed(f"{what} refused: {exc}") from exc
 
 
 def _set_aside_if_failed(
@@ -92,12 +103,14 @@ def _import_dataset(ctx: StageContext, record: RunRecord) -> RunRecord | StageAn
     """The imported dataset's record, or the answer that hands the wait for the import to monitor."""
     services, backend = ctx.services, ctx.services.backend
     if JobKind.DATASET_IMPORT not in record.jobs:
-        ctx.set_status(ModelRunStatus.TRAINING_MODEL, backend=backend.name, run_record=services.runs.uri(ctx.run_id))
+        ctx.set_status(ModelRunStatus.TRAINING_MODEL, backend=record.backend, run_record=services.runs.uri(ctx.run_id))
         record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.DATASET_IMPORT, ctx.now))
         labels = resource_labels(services.settings, record)
-        ref = backend.start_dataset_import(
-            DatasetRequest(ctx.run_id, Task(record.task), record.artifacts["import_jsonl"], labels, key)
-        )
+        import_uri = record.artifacts["import_jsonl"]
+        with _refused_fails("dataset import"):
+            ref = backend.start_dataset_import(
+                DatasetRequest(ctx.run_id, Task(record.task), import_uri, labels, key, backend=record.backend)
+            )
 
         def started_import(r: RunRecord) -> None:
             rr.launched(r, JobKind.DATASET_IMPORT, ref.ref)
@@ -126,17 +139,18 @@ def _import_dataset(ctx: StageContext, record: RunRecord) -> RunRecord | StageAn
 def _start_training(ctx: StageContext, record: RunRecord) -> StageAnswer:
     services = ctx.services
     record, key = ctx.update(lambda r: rr.intend_launch(r, JobKind.TRAINING, ctx.now))
-    job = services.backend.start_training(
-        TrainingRequest(
-            run_id=ctx.run_id,
-            task=Task(record.task),
-            dataset=record.jobs["dataset"],
-            labels=resource_labels(services.settings, record),
-            display_name=f"lb-{record.model_run_id}"[:120],
-            job_key=key,
-            settings=run_settings.of_record(services.settings, record).training,
-        )
+    request = TrainingRequest(
+        run_id=ctx.run_id,
+        task=Task(record.task),
+        dataset=record.jobs["dataset"],
+        labels=resource_labels(services.settings, record),
+        display_name=f"lb-{record.model_run_id}"[:120],
+        job_key=key,
+        settings=run_settings.of_record(services.settings, record).training,
+        backend=record.backend,
     )
+    with _refused_fails("training"):
+        job = services.backend.start_training(request)
 
     def started_training(r: RunRecord) -> None:
         rr.launched(r, JobKind.TRAINING, job.ref)

@@ -214,7 +214,7 @@ class LocalEngineBackend:
             return {"max_steps": settings.get("steps"), "train_seconds": float(seconds)}  # type: ignore[arg-type]
         return {"max_steps": self.max_steps, "train_seconds": self.train_seconds}
 
-    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+    def training_deadline_s(self, ref: str, task: Task, settings: Mapping[str, object]) -> float | None:
         """Wall-time training stops at its budget; step-bounded training has no time bound."""
         budget = self._budget(settings)
         return None if budget["max_steps"] is not None else budget["train_seconds"] + JOB_START_MARGIN_S

@@ -21,6 +21,11 @@ from typing import Protocol
 from shared.domain.model_types import Task
 
 
+class RequestRefused(ValueError):
+    """A start the backend refuses before anything is billed (a setting it cannot honour, or the service's
+    own 400); the message says what to change, and the stage fails the run with it."""
+
+
 class JobState(StrEnum):
     """Mirrors Vertex's PipelineState (and the matching JobState values)."""
 
@@ -60,6 +65,7 @@ class DatasetRequest:
     import_uri: str  # the import JSONL ETL wrote (a `*` wildcard names its chunks)
     labels: Mapping[str, str]
     job_key: str  # names this launch: a second start with the same key finds the first one's dataset
+    backend: str = ""  # the run's backend (shared.domain.model_types.Backend); "" = the deployment's only one
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class TrainingRequest:
     job_key: str  # names this launch: a second start with the same key returns the first one's job
     # the run's training settings (run_settings.KEYS of this backend), frozen at the run's start
     settings: Mapping[str, object] = field(default_factory=dict)
+    backend: str = ""  # the run's backend (shared.domain.model_types.Backend); "" = the deployment's only one
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class PredictionRequest:
     labels: Mapping[str, str]
     display_name: str
     job_key: str  # names this launch: a second start with the same key returns the first one's job
+    backend: str = ""  # the run's backend (shared.domain.model_types.Backend); "" = the deployment's only one
 
 
 class TrainingBackend(Protocol):
@@ -105,9 +113,9 @@ class TrainingBackend(Protocol):
 
     def cancel_training(self, ref: str) -> None: ...
 
-    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
-        """The longest a training of `task` with the run's `settings` can run within its budget, or None
-        when it has no time bound."""
+    def training_deadline_s(self, ref: str, task: Task, settings: Mapping[str, object]) -> float | None:
+        """The longest the training `ref` of `task` with the run's `settings` can run within its budget,
+        or None when it has no time bound."""
         ...
 
     def start_batch_prediction(self, request: PredictionRequest) -> JobRef: ...

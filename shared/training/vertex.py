@@ -55,7 +55,15 @@ from shared.config import VERTEX_CLS_MODEL_TYPES, VERTEX_OD_MODEL_TYPES, VertexS
 from shared.domain.model_types import Task
 from shared.formats.vertex_import import ML_USE
 from shared.gcp.errors import is_failed_precondition
-from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
+from shared.training.port import (
+    DatasetRequest,
+    JobRef,
+    JobState,
+    JobStatus,
+    PredictionRequest,
+    RequestRefused,
+    TrainingRequest,
+)
 
 _SCHEMA = "gs://google-cloud-aiplatform/schema"
 IMAGE_DATASET_METADATA_SCHEMA = f"{_SCHEMA}/dataset/metadata/image_1.0.0.yaml"
@@ -79,7 +87,7 @@ JOB_LABEL = "lb_job"
 # Creating the (empty) dataset takes seconds; only the import that follows is long.
 CREATE_DATASET_TIMEOUT_S = 120.0
 # Reads are idempotent, so a brief retry on a transient error saves a whole monitor round.
-_READ_RETRY = api_retry.Retry(
+READ_RETRY = api_retry.Retry(
     predicate=api_retry.if_exception_type(api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded),
     initial=0.5,
     maximum=5.0,
@@ -90,7 +98,11 @@ _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_BAD = re.compile(r"[^a-z0-9_-]")
 _IMPORT_OPERATION = re.compile(r"(projects/[^/]+/locations/[^/]+/datasets/[^/]+)/operations/[^/]+")
 _RESOURCE = re.compile(r"projects/([^/]+)/locations/([^/]+)/([A-Za-z]+)/([^/@]+)(?:@.*)?")
-_CONSOLE_PAGES = {"trainingPipelines": "training", "batchPredictionJobs": "batch-predictions"}
+_CONSOLE_PAGES = {
+    "trainingPipelines": "training",
+    "batchPredictionJobs": "batch-predictions",
+    "customJobs": "training",  # the SDK's CustomJob._job_type
+}
 
 # Keyed by int: proto-plus enums are IntEnums, and proto-plus ships no types, so mypy sees their members
 # as ints.
@@ -107,7 +119,7 @@ _PIPELINE_STATES: Mapping[int, JobState] = {
 }
 # EXPIRED is a job Vertex gave up on: to the user it failed. PARTIALLY_SUCCEEDED wrote predictions for
 # most instances; the failed ones show in `progress`, and the inference stage reads what is there.
-_BATCH_STATES: Mapping[int, JobState] = {
+JOB_STATES: Mapping[int, JobState] = {
     VertexJobState.JOB_STATE_UNSPECIFIED: JobState.PENDING,
     VertexJobState.JOB_STATE_QUEUED: JobState.QUEUED,
     VertexJobState.JOB_STATE_PENDING: JobState.PENDING,
@@ -123,7 +135,7 @@ _BATCH_STATES: Mapping[int, JobState] = {
 }
 
 
-class _ClientKwargs(TypedDict):
+class ClientKwargs(TypedDict):
     """What every gapic client here is built with."""
 
     credentials: Credentials | None
@@ -131,7 +143,16 @@ class _ClientKwargs(TypedDict):
     client_options: ClientOptions
 
 
-class VertexRequestError(ValueError):
+def client_kwargs(region: str, vertex: VertexSettings, credentials: Credentials | None) -> ClientKwargs:
+    """REST, at the region's endpoint unless VERTEX_API_ENDPOINT names another (a private endpoint, a test)."""
+    return {
+        "credentials": credentials,
+        "transport": "rest",
+        "client_options": ClientOptions(api_endpoint=vertex.api_endpoint or f"{region}-aiplatform.googleapis.com"),
+    }
+
+
+class VertexRequestError(RequestRefused):
     """A request Vertex would refuse; raised before anything is sent, so nothing is half started."""
 
 
@@ -285,14 +306,8 @@ class VertexBackend:
     def _parent(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"
 
-    def _client_kwargs(self) -> _ClientKwargs:
-        return {
-            "credentials": self._credentials,
-            "transport": "rest",
-            "client_options": ClientOptions(
-                api_endpoint=self.vertex.api_endpoint or f"{self.region}-aiplatform.googleapis.com"
-            ),
-        }
+    def _client_kwargs(self) -> ClientKwargs:
+        return client_kwargs(self.region, self.vertex, self._credentials)
 
     @cached_property
     def _datasets(self) -> DatasetServiceClient:
@@ -350,9 +365,7 @@ class VertexBackend:
 
     def dataset_status(self, ref: str) -> JobStatus:
         dataset_name = import_dataset_name(ref)
-        operation = self._datasets.get_operation(
-            request=operations_pb2.GetOperationRequest(name=ref), retry=_READ_RETRY
-        )
+        operation = self._datasets.get_operation(request=operations_pb2.GetOperationRequest(name=ref), retry=READ_RETRY)
         if not operation.done:
             return JobStatus(state=JobState.RUNNING)
         if operation.HasField("error") and operation.error.code != 0:
@@ -373,7 +386,7 @@ class VertexBackend:
         return JobRef(ref=pipeline.name, link=console_link(pipeline.name))
 
     def training_status(self, ref: str) -> JobStatus:
-        pipeline = self._pipelines.get_training_pipeline(name=ref, retry=_READ_RETRY)
+        pipeline = self._pipelines.get_training_pipeline(name=ref, retry=READ_RETRY)
         state = _PIPELINE_STATES[pipeline.state]
         link = console_link(ref)
         progress = _training_progress(pipeline)
@@ -393,7 +406,7 @@ class VertexBackend:
             return JobStatus(state=state, error=pipeline.error.message or fallback, progress=progress, link=link)
         return JobStatus(state=state, progress=progress, link=link)
 
-    def training_deadline_s(self, task: Task, settings: Mapping[str, object]) -> float | None:
+    def training_deadline_s(self, ref: str, task: Task, settings: Mapping[str, object]) -> float | None:
         budget = settings.get("budget_milli_node_hours")
         return self.vertex.training_wall_time_s(task) if budget is None else float(budget) / 1000 * 3600  # type: ignore[arg-type]
 
@@ -416,8 +429,8 @@ class VertexBackend:
         return JobRef(ref=job.name, link=console_link(job.name))
 
     def batch_prediction_status(self, ref: str) -> JobStatus:
-        job = self._jobs.get_batch_prediction_job(name=ref, retry=_READ_RETRY)
-        state = _BATCH_STATES[job.state]
+        job = self._jobs.get_batch_prediction_job(name=ref, retry=READ_RETRY)
+        state = JOB_STATES[job.state]
         link = console_link(ref)
         stats = job.completion_stats
         progress: dict[str, object] = {

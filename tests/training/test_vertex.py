@@ -332,8 +332,8 @@ def test_a_runs_own_settings_replace_the_deployments_in_the_exact_pipeline_reque
     expected = expected_pipeline("automl_image_object_detection_1.0.0.yaml", inputs)
     create.assert_called_once_with(parent=PARENT, training_pipeline=expected)
     # monitor's limit follows the run's budget: 40 node hours on one node
-    assert backend(DEFAULTS).training_deadline_s(Task.OBJECT_DETECTION, run_settings) == 40 * 3600
-    assert backend(DEFAULTS).training_deadline_s(Task.OBJECT_DETECTION, {}) == 20 * 3600
+    assert backend(DEFAULTS).training_deadline_s(PIPELINE, Task.OBJECT_DETECTION, run_settings) == 40 * 3600
+    assert backend(DEFAULTS).training_deadline_s(PIPELINE, Task.OBJECT_DETECTION, {}) == 20 * 3600
 
 
 @pytest.mark.parametrize(
