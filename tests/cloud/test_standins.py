@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import google.auth.credentials
@@ -54,6 +56,7 @@ SA = DEFAULT_SERVICE_ACCOUNT
 OTHER_SA = "someone-else@test-project.iam.gserviceaccount.com"
 PROJECT, NUMBER, REGION, QUEUE = "test-project", "123456789", "us-central1", "chain"
 ML_USE = "aiplatform.googleapis.com/ml_use"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Sink(LoopbackServer):
@@ -448,8 +451,14 @@ def bucket(gcs_emulator: GcsEmulator) -> tuple[str, storage.Client]:
 
 
 @pytest.fixture
-def vertex(authority: TokenAuthority, bucket: tuple[str, storage.Client]) -> Iterator[VertexStandIn]:
-    with VertexStandIn(authority, bucket[1], project_id=PROJECT, project_number=NUMBER, location=REGION) as standin:
+def vertex(
+    authority: TokenAuthority, bucket: tuple[str, storage.Client], gcs_emulator: GcsEmulator
+) -> Iterator[VertexStandIn]:
+    # A custom job's module is imported from the repo, and reaches the emulator as a real job reaches GCS.
+    job_env = {**gcs_emulator.env, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    with VertexStandIn(
+        authority, bucket[1], project_id=PROJECT, project_number=NUMBER, location=REGION, job_env=job_env
+    ) as standin:
         yield standin
 
 
@@ -851,6 +860,200 @@ def test_classification_batch_prediction_and_refused_jobs(
     pending = jobs.create_batch_prediction_job(parent=PARENT, batch_prediction_job=body)
     jobs.cancel_batch_prediction_job(name=pending.name)
     assert jobs.get_batch_prediction_job(name=pending.name).state == v1.JobState.JOB_STATE_CANCELLED
+
+
+def _custom_job(
+    bucket_name: str, job_key: str, *args: str, package: str = "packages/trainer-0.1.tar.gz"
+) -> v1.CustomJob:
+    """A one-replica python-package job, as shared/training builds one, running the stand-in's probe."""
+    return v1.CustomJob(
+        display_name=f"lb-custom-{job_key}",
+        job_spec=v1.CustomJobSpec(
+            worker_pool_specs=[
+                v1.WorkerPoolSpec(
+                    machine_spec=v1.MachineSpec(machine_type="n1-standard-4"),
+                    replica_count=1,
+                    python_package_spec=v1.PythonPackageSpec(
+                        executor_image_uri="us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
+                        package_uris=[f"gs://{bucket_name}/{package}"],
+                        python_module="tests.cloud.standin_job_probe",
+                        args=list(args),
+                        env=[v1.EnvVar(name="PROBE_SPEC_ENV", value=job_key)],
+                    ),
+                )
+            ],
+            base_output_directory=v1.GcsDestination(output_uri_prefix=f"gs://{bucket_name}/runs/{job_key}/"),
+        ),
+        labels={"lb_job": job_key},
+    )
+
+
+def _until(get: Any, name: str, done: Any, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        resource = get(name=name)
+        if done(resource):
+            return resource
+        time.sleep(0.05)
+    raise AssertionError(f"{name} did not get there within {timeout_s} s")
+
+
+def test_a_custom_job_runs_its_module_with_the_vertex_env_and_is_listed_cancelled_and_deleted(
+    vertex: VertexStandIn, clients: tuple[Any, ...], bucket: tuple[str, storage.Client]
+) -> None:
+    _, _, jobs = clients
+    bucket_name, storage_client = bucket
+    storage_client.bucket(bucket_name).blob("packages/trainer-0.1.tar.gz").upload_from_string(b"sdist")
+
+    created = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "j1", "--", "x", "y"))
+    sleeper = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "j2", "--sleep", "60"))
+    running = _until(jobs.get_custom_job, sleeper.name, lambda j: j.state == v1.JobState.JOB_STATE_RUNNING)
+    with pytest.raises(gexc.BadRequest) as delete_running:
+        jobs.delete_custom_job(name=sleeper.name)
+    listed = jobs.list_custom_jobs(request={"parent": PARENT, "filter": 'labels.lb_job="j2"'})
+    cancelled_at = time.monotonic()
+    jobs.cancel_custom_job(name=sleeper.name)
+    ended = {j["name"]: j for j in vertex.wait_custom_jobs(60)}
+    kill_s = time.monotonic() - cancelled_at
+
+    assert re.fullmatch(rf"projects/{NUMBER}/locations/{REGION}/customJobs/\d+", created.name)
+    assert created.state == v1.JobState.JOB_STATE_QUEUED and created.create_time
+    assert created.display_name == "lb-custom-j1" and dict(created.labels) == {"lb_job": "j1"}
+    assert created.job_spec.worker_pool_specs[0].python_package_spec.python_module == "tests.cloud.standin_job_probe"
+    assert running.start_time and not running.end_time
+    assert delete_running.value.response.json()["error"]["status"] == "FAILED_PRECONDITION"
+    assert [j.name for j in listed] == [sleeper.name]
+    done = jobs.get_custom_job(name=created.name.replace(NUMBER, PROJECT))
+    assert done.state == v1.JobState.JOB_STATE_SUCCEEDED, vertex.custom_job_log(created.name)
+    assert done.start_time and done.end_time >= done.start_time and not done.error.message
+    assert ended[sleeper.name]["state"] == "JOB_STATE_CANCELLED" and kill_s < 30  # killed, not slept out
+    assert jobs.get_custom_job(name=sleeper.name).error.code == 1
+    job_id = created.name.rsplit("/", 1)[-1]
+    base = f"gs://{bucket_name}/runs/j1"
+    summary = json.loads(storage_client.bucket(bucket_name).blob("runs/j1/model/summary.json").download_as_text())
+    assert summary["env"] == {
+        "AIP_MODEL_DIR": f"{base}/model/",
+        "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+        "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/",
+        "CLOUD_ML_JOB_ID": job_id,
+        "CUDA_VISIBLE_DEVICES": "",
+        "PROBE_SPEC_ENV": "j1",
+    }
+    assert summary["argv"] == ["--", "x", "y"]
+    assert not Path(summary["cwd"]).resolve().is_relative_to(REPO)
+    assert f"wrote {base}/model/summary.json" in vertex.custom_job_log(created.name)
+    with pytest.raises(gexc.BadRequest) as cancel_done:
+        jobs.cancel_custom_job(name=created.name)
+    assert cancel_done.value.response.json()["error"]["status"] == "FAILED_PRECONDITION"
+    deleting = jobs.delete_custom_job(name=created.name)
+    assert deleting.done() and deleting.result(timeout=10) is not None
+    with pytest.raises(gexc.NotFound):
+        jobs.get_custom_job(name=created.name)
+    assert [j["name"] for j in vertex.custom_jobs()] == [sleeper.name]
+
+
+def test_a_custom_job_fails_as_vertex_says_when_a_package_is_missing_or_its_module_fails(
+    vertex: VertexStandIn, clients: tuple[Any, ...], bucket: tuple[str, storage.Client]
+) -> None:
+    _, _, jobs = clients
+    bucket_name, storage_client = bucket
+    storage_client.bucket(bucket_name).blob("packages/trainer-0.1.tar.gz").upload_from_string(b"sdist")
+
+    missing = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "m", package="nope.tar.gz"))
+    failing = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "f", "--fail", "no labels"))
+    vertex.fail_next_custom_job("Internal error: the replica was preempted")
+    knob = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "k"))
+    vertex.wait_custom_jobs(60)
+    after = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "a"))
+    vertex.wait_custom_jobs(60)
+
+    gone = jobs.get_custom_job(name=missing.name)
+    assert gone.state == v1.JobState.JOB_STATE_FAILED and gone.error.code == 5
+    assert gone.error.message.startswith(f"Failed to download package gs://{bucket_name}/nope.tar.gz: No such object")
+    assert "started" not in vertex.custom_job_log(missing.name)
+    broken = jobs.get_custom_job(name=failing.name)
+    assert broken.state == v1.JobState.JOB_STATE_FAILED and broken.error.code == 13
+    assert broken.error.message == (
+        "The replica workerpool0-0 exited with a non-zero status of 1. Termination reason: Error. "
+        "Last lines: error: no labels"
+    )
+    assert "started" in vertex.custom_job_log(failing.name)
+    assert "giving up" in vertex.custom_job_log(failing.name)
+    preempted = jobs.get_custom_job(name=knob.name)
+    assert (preempted.state, preempted.error.message) == (
+        v1.JobState.JOB_STATE_FAILED,
+        "Internal error: the replica was preempted",
+    )
+    assert vertex.custom_job_log(knob.name) == ""  # it never ran
+    assert jobs.get_custom_job(name=after.name).state == v1.JobState.JOB_STATE_SUCCEEDED  # the knob is spent
+
+
+def test_stopping_the_stand_in_kills_the_custom_jobs_still_running(
+    authority: TokenAuthority, bucket: tuple[str, storage.Client], gcs_emulator: GcsEmulator
+) -> None:
+    bucket_name, storage_client = bucket
+    storage_client.bucket(bucket_name).blob("packages/trainer-0.1.tar.gz").upload_from_string(b"sdist")
+    job_env = {**gcs_emulator.env, "PYTHONPATH": str(REPO)}
+    with VertexStandIn(
+        authority, storage_client, project_id=PROJECT, project_number=NUMBER, location=REGION, job_env=job_env
+    ) as standin:
+        jobs = JobServiceClient(
+            transport="rest",
+            credentials=_credentials(authority),
+            client_options=ClientOptions(api_endpoint=standin.url),
+        )
+        name = jobs.create_custom_job(parent=PARENT, custom_job=_custom_job(bucket_name, "s", "--sleep", "60")).name
+        _until(jobs.get_custom_job, name, lambda j: "started" in standin.custom_job_log(name))
+    stopped_at = time.monotonic()
+    (job,) = standin.wait_custom_jobs(30)
+
+    assert job["state"] == "JOB_STATE_CANCELLED" and time.monotonic() - stopped_at < 30
+    started = re.search(r"probe (\d+) started", standin.custom_job_log(name))
+    assert started is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started[1]), 0)
+
+
+def test_custom_jobs_vertex_would_refuse_are_refused_naming_the_field(
+    vertex: VertexStandIn, clients: tuple[Any, ...], bucket: tuple[str, storage.Client]
+) -> None:
+    _, _, jobs = clients
+    bucket_name, _ = bucket
+
+    def refused(change: Any) -> str:
+        job = _custom_job(bucket_name, "r")
+        change(job, job.job_spec.worker_pool_specs[0])
+        with pytest.raises(gexc.BadRequest) as caught:
+            jobs.create_custom_job(parent=PARENT, custom_job=job)
+        assert caught.value.response.json()["error"]["status"] == "INVALID_ARGUMENT"
+        return caught.value.message
+
+    pool = "custom_job.job_spec.worker_pool_specs[0]"
+    spec = f"{pool}.python_package_spec"
+    assert "custom_job.display_name" in refused(lambda j, p: setattr(j, "display_name", ""))
+    assert "at most 128" in refused(lambda j, p: setattr(j, "display_name", "x" * 129))
+    assert "worker_pool_specs" in refused(lambda j, p: j.job_spec.__setattr__("worker_pool_specs", []))
+    assert "only one replica" in refused(lambda j, p: j.job_spec.worker_pool_specs.append(p))
+    assert f"{pool}.machine_spec.machine_type" in refused(lambda j, p: setattr(p.machine_spec, "machine_type", ""))
+    two = refused(lambda j, p: setattr(p, "replica_count", 2))
+    assert f"{pool}.replica_count" in two and "only one replica" in two
+    container = v1.ContainerSpec(image_uri="us-docker.pkg.dev/x/y:z")
+    assert f"{pool}.container_spec is not supported" in refused(lambda j, p: setattr(p, "container_spec", container))
+    assert "exactly one of python_package_spec or container_spec" in refused(
+        lambda j, p: p.__setattr__("python_package_spec", None)
+    )
+    no_image = refused(lambda j, p: setattr(p.python_package_spec, "executor_image_uri", ""))
+    assert f"{spec}.executor_image_uri" in no_image
+    assert f"{spec}.package_uris" in refused(lambda j, p: setattr(p.python_package_spec, "package_uris", []))
+    many = [f"gs://{bucket_name}/p{i}.tar.gz" for i in range(101)]
+    assert "1 to 100" in refused(lambda j, p: setattr(p.python_package_spec, "package_uris", many))
+    local = refused(lambda j, p: setattr(p.python_package_spec, "package_uris", ["dist/trainer.tar.gz"]))
+    assert f"{spec}.package_uris[0]" in local
+    assert f"{spec}.python_module" in refused(lambda j, p: setattr(p.python_package_spec, "python_module", ""))
+    assert "Invalid label" in refused(lambda j, p: setattr(j, "labels", {"lb_job": "Has Spaces"}))
+    output = "custom_job.job_spec.base_output_directory.output_uri_prefix"
+    assert output in refused(lambda j, p: setattr(j.job_spec.base_output_directory, "output_uri_prefix", "/tmp/x"))
+    assert vertex.custom_jobs() == []
 
 
 def test_vertex_wants_an_access_token_from_the_authority(vertex: VertexStandIn) -> None:

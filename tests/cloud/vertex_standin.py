@@ -1,4 +1,5 @@
-"""A stand-in for Vertex AI (aiplatform v1 REST): AutoML image datasets, training pipelines, batch prediction.
+"""A stand-in for Vertex AI (aiplatform v1 REST): AutoML image datasets, training pipelines, batch prediction,
+and custom jobs that really run.
 
 The gapic `DatasetServiceClient`, `PipelineServiceClient`, `JobServiceClient` (and `ModelServiceClient.
 get_model`) with `transport="rest"` and `ClientOptions(api_endpoint=standin.url)` talk to it unchanged.
@@ -21,35 +22,52 @@ Cloud Storage through the storage client given (the GCS emulator in tests):
 - a batch prediction job reads its instances and writes `prediction-<model>-<time>/predictions_0000N.jsonl`
   (and `errors_0000N.jsonl` when some instances failed) as AutoML image does: the ground truth of each
   known image with a small deterministic jitter and high confidence, plus a low-confidence false positive.
+- a custom job (one worker pool, one replica, `python_package_spec` only) is checked as Vertex refuses it,
+  then really runs from a background thread: QUEUED -> PENDING (each package URI must exist in Cloud
+  Storage, else FAILED) -> RUNNING (`python -m <python_module> <args>` in a fresh temp dir, in its own
+  process group, with the Vertex env: `AIP_MODEL_DIR` etc. under `base_output_directory`, `CLOUD_ML_JOB_ID`,
+  the spec's `env`, then the stand-in's `job_env`) -> SUCCEEDED on exit 0, FAILED with Vertex's
+  "The replica workerpool0-0 exited with a non-zero status of N" otherwise. The packages are NOT installed:
+  the module must be importable already (the tests put the repo on PYTHONPATH through `job_env`).
 
 What it does NOT prove: real training or model quality, IAM, quotas, the service agent's access to the
 bucket, long queueing and run times, image size/format limits beyond "Pillow can decode it", the
 per-label minimums (10 images per label), Vertex's exact error wording, and whether Vertex writes an
-empty errors file when no instance failed (this stand-in writes none).
+empty errors file when no instance failed (this stand-in writes none); for custom jobs: that the packages
+install in the executor image, machines, accelerators, multi-replica clusters (CLUSTER_SPEC, TF_CONFIG),
+`scheduling.timeout`, and the service account the job runs as.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
 import itertools
 import json
 import math
+import os
 import random
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
-from google.protobuf import json_format
+from google.protobuf import empty_pb2, json_format
 from google.rpc import status_pb2
 from PIL import Image
 
@@ -114,6 +132,10 @@ _FILTER_TERM = re.compile(
 )
 _PIPELINE_DONE = {"PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"}
 _JOB_DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
+MAX_DISPLAY_NAME = 128
+MAX_PACKAGE_URIS = 100
+_LOG_TAIL_LINES = 50
+_ERROR_LINE = re.compile(r"(?:[\w.-]+: )?error:", re.IGNORECASE)  # "error: x", argparse's "prog: error: x"
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,22 @@ class _BatchJob:
     outputs: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _CustomJob:
+    data: dict[str, Any]
+    module: str
+    args: list[str]
+    env: dict[str, str]  # what Vertex sets: the spec's env, AIP_*, CLOUD_ML_JOB_ID
+    packages: list[str]
+    failure: str | None = None  # fail_next_custom_job: ends FAILED with this, without running
+    cancel: bool = False
+    deleted: bool = False
+    process: subprocess.Popen[bytes] | None = None
+    thread: threading.Thread | None = None
+    directory: Path | None = None  # holds work/ (its cwd), stdout.log, stderr.log
+    log: str | None = None  # stdout + stderr, once it ended
+
+
 class VertexStandIn(LoopbackServer):
     """Vertex AI AutoML image on loopback, reading and writing GCS through `storage_client`.
 
@@ -193,10 +231,13 @@ class VertexStandIn(LoopbackServer):
     `training_polls`, `batch_polls` (GETs answered "not done yet" before the resource finishes);
     `prediction_lines_per_file`; `fail_training` (a message: every pipeline that finishes from now on
     FAILS with it; `fail_pipeline(name, message)` for one); `fail_instances` (image uri suffixes whose
-    prediction becomes an error line).
-    Inspection: `datasets()`, `items(dataset)`, `pipelines()`, `models()`, `batch_jobs()`,
-    `operations()`, `output_uris(job)`, `requests` (every API call); `register_model(...)` makes a model
-    without a pipeline.
+    prediction becomes an error line); `fail_next_custom_job(message)` (the next custom job created ends
+    FAILED with it, without running). Custom jobs run `[python, "-m", module, *args]` (`python` defaults to
+    this interpreter) with this process's environment, the job's Vertex env, then `job_env` on top.
+    Inspection: `datasets()`, `items(dataset)`, `pipelines()`, `models()`, `batch_jobs()`, `custom_jobs()`,
+    `custom_job_log(name)`, `wait_custom_jobs(timeout_s)`, `operations()`, `output_uris(job)`, `requests`
+    (every API call); `register_model(...)` makes a model without a pipeline. `stop()` kills the process
+    groups of the custom jobs still running.
     """
 
     def __init__(
@@ -214,6 +255,8 @@ class VertexStandIn(LoopbackServer):
         prediction_lines_per_file: int = 100,
         fail_training: str | None = None,
         fail_instances: Collection[str] = (),
+        python: str = sys.executable,
+        job_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__("vertex-stand-in")
         self.authority = authority
@@ -235,6 +278,13 @@ class VertexStandIn(LoopbackServer):
         self._pipelines: dict[str, _Pipeline] = {}
         self._models: dict[str, _Model] = {}
         self._jobs: dict[str, _BatchJob] = {}
+        self.python = python
+        self.job_env = dict(job_env or {})
+        self._custom_jobs: dict[str, _CustomJob] = {}
+        self._fail_next_custom_job: str | None = None
+        self._location_operations: dict[str, operations_pb2.Operation] = {}
+        self._job_root: Path | None = None
+        self._stopping = False
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -274,6 +324,60 @@ class VertexStandIn(LoopbackServer):
         """The pipeline ends FAILED with `message` when it would otherwise succeed."""
         with self._lock:
             self._pipelines[self._canonical(name, "trainingPipelines")].failure = message
+
+    def custom_jobs(self) -> list[dict[str, Any]]:
+        """The custom jobs as `GET` shows them (deleted ones left out)."""
+        with self._lock:
+            return [json.loads(json.dumps(j.data)) for j in self._custom_jobs.values() if not j.deleted]
+
+    def custom_job_log(self, name: str) -> str:
+        """What the job's process wrote: its stdout, then its stderr (so far, while it runs)."""
+        with self._lock:
+            job = self._custom_jobs[self._canonical(name, "customJobs")]
+            if job.log is not None:
+                return job.log
+            return _read_log(job.directory)
+
+    def wait_custom_jobs(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        """Waits until every custom job has ended; TimeoutError naming those still going after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = [(name, j.thread) for name, j in self._custom_jobs.items() if j.thread is not None]
+        for _, thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        going = [name for name, thread in threads if thread.is_alive()]
+        if going:
+            raise TimeoutError(f"custom jobs still going after {timeout_s} s: {going}")
+        return self.custom_jobs()
+
+    def fail_next_custom_job(self, message: str) -> None:
+        """The next custom job created ends FAILED with `message` (code 13) without running its module."""
+        with self._lock:
+            self._fail_next_custom_job = message
+
+    def start(self) -> VertexStandIn:
+        with self._lock:
+            self._stopping = False
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving, then kills the custom jobs' process groups and waits for their threads."""
+        super().stop()
+        with self._lock:
+            self._stopping = True
+            jobs = list(self._custom_jobs.values())
+            for job in jobs:
+                if job.log is None:
+                    job.cancel = True
+                    _kill(job)
+        for job in jobs:
+            if job.thread is not None:
+                job.thread.join(30)
+        with self._lock:
+            if self._job_root is not None:
+                shutil.rmtree(self._job_root, ignore_errors=True)
+                self._job_root = None
 
     def register_model(
         self,
@@ -337,6 +441,12 @@ class VertexStandIn(LoopbackServer):
             ("GET", rf"{p}/batchPredictionJobs/(?P<rid>[^/:]+)", self._get_job),
             ("POST", rf"{p}/batchPredictionJobs/(?P<rid>[^/:]+):cancel", self._cancel_job),
             ("GET", rf"{p}/models/(?P<rid>[^/:]+)", self._get_model),
+            ("POST", rf"{p}/customJobs", self._create_custom_job),
+            ("GET", rf"{p}/customJobs", self._list_custom_jobs),
+            ("GET", rf"{p}/customJobs/(?P<rid>[^/:]+)", self._get_custom_job),
+            ("POST", rf"{p}/customJobs/(?P<rid>[^/:]+):cancel", self._cancel_custom_job),
+            ("DELETE", rf"{p}/customJobs/(?P<rid>[^/:]+)", self._delete_custom_job),
+            ("GET", rf"{p}/operations/(?P<op>[^/:]+)", self._get_location_operation),
         ]
         table = [(method, re.compile(pattern), handler) for method, pattern, handler in routes]
 
@@ -930,6 +1040,255 @@ class VertexStandIn(LoopbackServer):
         if model.task == "object_detection":
             prediction["bboxes"] = [[_f32(v) for v in box or ()] for _, _, box in scored]
         return prediction
+
+    # -- custom jobs ---------------------------------------------------------------------------
+
+    def _create_custom_job(self) -> Response:
+        job = parse_proto(request.get_data(), v1.CustomJob.pb()())
+        _check_custom_job(job)
+        data = to_dict(job)
+        job_id = self._new_id(6)
+        name = f"{self.parent}/customJobs/{job_id}"
+        now = rfc3339(time.time())
+        data.update(name=name, state="JOB_STATE_QUEUED", createTime=now, updateTime=now)
+        spec = job.job_spec.worker_pool_specs[0].python_package_spec
+        env = {e.name: e.value for e in spec.env}
+        if job.job_spec.HasField("base_output_directory"):
+            base = job.job_spec.base_output_directory.output_uri_prefix.rstrip("/")
+            env |= {
+                "AIP_MODEL_DIR": f"{base}/model/",
+                "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+                "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/",
+            }
+        env["CLOUD_ML_JOB_ID"] = job_id
+        custom = _CustomJob(
+            data,
+            spec.python_module,
+            list(spec.args),
+            env,
+            list(spec.package_uris),
+            failure=self._fail_next_custom_job,
+        )
+        self._fail_next_custom_job = None
+        self._custom_jobs[name] = custom
+        answer = self._answer_dict(data, v1.CustomJob)  # before the thread can move it on
+        custom.thread = threading.Thread(
+            target=self._run_custom_job, args=(custom,), name=f"custom-job-{job_id}", daemon=True
+        )
+        custom.thread.start()
+        return answer
+
+    def _custom_job(self, rid: str) -> _CustomJob:
+        job = self._custom_jobs.get(f"{self.parent}/customJobs/{rid}")
+        if job is None or job.deleted:
+            raise GoogleApiError(404, f"CustomJob {self.parent}/customJobs/{rid} does not exist")
+        return job
+
+    def _get_custom_job(self, rid: str) -> Response:
+        return self._answer_dict(self._custom_job(rid).data, v1.CustomJob)
+
+    def _list_custom_jobs(self) -> Response:
+        jobs = [j.data for j in self._custom_jobs.values() if not j.deleted]
+        return self._page(jobs, v1.ListCustomJobsResponse, "customJobs")
+
+    def _cancel_custom_job(self, rid: str) -> Response:
+        job = self._custom_job(rid)
+        state = job.data["state"]
+        if state in _JOB_DONE:
+            raise GoogleApiError(400, f"Cannot cancel CustomJob {rid} in state {state}", "FAILED_PRECONDITION")
+        if not job.cancel:
+            job.cancel = True
+            job.data.update(state="JOB_STATE_CANCELLING", updateTime=rfc3339(time.time()))
+            _kill(job)
+        return Response("{}", mimetype="application/json")
+
+    def _delete_custom_job(self, rid: str) -> Response:
+        job = self._custom_job(rid)
+        state = job.data["state"]
+        if state not in _JOB_DONE:
+            message = f"CustomJob {job.data['name']} is in state {state}; cancel it before deleting"
+            raise GoogleApiError(400, message, "FAILED_PRECONDITION")
+        job.deleted = True
+        now = rfc3339(time.time())
+        op = operations_pb2.Operation(name=f"{self.parent}/operations/{self._new_id(7)}", done=True)
+        metadata = {"genericMetadata": {"createTime": now, "updateTime": now}}
+        op.metadata.Pack(json_format.ParseDict(metadata, v1.DeleteOperationMetadata.pb()()))
+        op.response.Pack(empty_pb2.Empty())
+        self._location_operations[op.name] = op
+        return self._answer(op)
+
+    def _get_location_operation(self, op: str) -> Response:
+        found = self._location_operations.get(f"{self.parent}/operations/{op}")
+        if found is None:
+            raise GoogleApiError(404, f"Operation {request.path} does not exist")
+        return self._answer(found)
+
+    def _run_custom_job(self, job: _CustomJob) -> None:
+        """The job's life, from its own thread; every change to the job is made under the lock."""
+        with self._lock:
+            if self._ended_by_cancel(job):
+                return
+            if job.failure is not None:
+                self._end_custom_job(job, "JOB_STATE_FAILED", {"code": 13, "message": job.failure})
+                return
+            self._set_custom_state(job, "JOB_STATE_PENDING")
+        for uri in job.packages:
+            try:
+                present = self._exists(uri)
+            except Exception:  # the storage answered something else than the object or a 404
+                present = False
+            if not present:
+                with self._lock:
+                    if not self._ended_by_cancel(job):
+                        message = f"Failed to download package {uri}: No such object: {uri.removeprefix('gs://')}"
+                        self._end_custom_job(job, "JOB_STATE_FAILED", {"code": 5, "message": message})
+                return
+        with self._lock:
+            if self._ended_by_cancel(job):
+                return
+            try:
+                job.process = self._start_process(job)
+            except OSError as exc:
+                message = f"The replica workerpool0-0 could not start {self.python!r}: {exc}"
+                self._end_custom_job(job, "JOB_STATE_FAILED", {"code": 13, "message": message})
+                return
+            self._set_custom_state(job, "JOB_STATE_RUNNING")
+            job.data["startTime"] = job.data["updateTime"]
+        status = job.process.wait()
+        with self._lock:
+            job.log = _read_log(job.directory)
+            if self._ended_by_cancel(job):
+                return
+            if status == 0:
+                self._end_custom_job(job, "JOB_STATE_SUCCEEDED", None)
+                return
+            assert job.directory is not None
+            stderr = (job.directory / "stderr.log").read_text("utf-8", "replace")
+            stdout = (job.directory / "stdout.log").read_text("utf-8", "replace")
+            message = _exit_message(status, stderr, stdout)
+            self._end_custom_job(job, "JOB_STATE_FAILED", {"code": 13, "message": message})
+
+    def _start_process(self, job: _CustomJob) -> subprocess.Popen[bytes]:
+        if self._job_root is None:
+            self._job_root = Path(tempfile.mkdtemp(prefix="vertex-standin-jobs-"))
+        job.directory = self._job_root / job.data["name"].rsplit("/", 1)[-1]
+        work = job.directory / "work"
+        work.mkdir(parents=True)
+        env = {**os.environ, **job.env, **self.job_env}
+        with open(job.directory / "stdout.log", "wb") as out, open(job.directory / "stderr.log", "wb") as err:
+            return subprocess.Popen(
+                [self.python, "-m", job.module, *job.args],
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, which cancel and stop kill
+            )
+
+    def _ended_by_cancel(self, job: _CustomJob) -> bool:
+        if job.cancel or self._stopping:
+            self._end_custom_job(job, "JOB_STATE_CANCELLED", {"code": 1, "message": "CANCELED"})
+            return True
+        return False
+
+    def _set_custom_state(self, job: _CustomJob, state: str) -> None:
+        job.data.update(state=state, updateTime=rfc3339(time.time()))
+
+    def _end_custom_job(self, job: _CustomJob, state: str, error: dict[str, Any] | None) -> None:
+        self._set_custom_state(job, state)
+        job.data["endTime"] = job.data["updateTime"]
+        if error is not None:
+            job.data["error"] = error
+        if job.log is None:
+            job.log = _read_log(job.directory)
+
+
+def _check_custom_job(job: Any) -> None:
+    """What Vertex refuses in a CustomJob, and what the stand-in cannot run (said as such)."""
+    if not job.display_name:
+        raise _required("custom_job.display_name")
+    if len(job.display_name) > MAX_DISPLAY_NAME:
+        raise GoogleApiError(
+            400, f"custom_job.display_name is {len(job.display_name)} characters long; at most {MAX_DISPLAY_NAME}"
+        )
+    pools = job.job_spec.worker_pool_specs
+    if not pools:
+        raise _required("custom_job.job_spec.worker_pool_specs")
+    if len(pools) > 1:
+        raise GoogleApiError(
+            400,
+            f"custom_job.job_spec.worker_pool_specs has {len(pools)} worker pools; the stand-in runs only one "
+            "replica: give one worker pool with replica_count 1",
+        )
+    pool, at = pools[0], "custom_job.job_spec.worker_pool_specs[0]"
+    if not pool.machine_spec.machine_type:
+        raise _required(f"{at}.machine_spec.machine_type")
+    if pool.replica_count != 1:
+        raise GoogleApiError(
+            400, f"{at}.replica_count must be 1, got {pool.replica_count}: the stand-in runs only one replica"
+        )
+    task = pool.WhichOneof("task")
+    if task is None:
+        raise GoogleApiError(400, f"{at}: exactly one of python_package_spec or container_spec must be set")
+    if task != "python_package_spec":
+        raise GoogleApiError(400, f"{at}.{task} is not supported by the stand-in; it runs python_package_spec only")
+    spec = pool.python_package_spec
+    if not spec.executor_image_uri:
+        raise _required(f"{at}.python_package_spec.executor_image_uri")
+    uris = list(spec.package_uris)
+    if not 1 <= len(uris) <= MAX_PACKAGE_URIS:
+        raise GoogleApiError(
+            400, f"{at}.python_package_spec.package_uris must hold 1 to {MAX_PACKAGE_URIS} URIs, got {len(uris)}"
+        )
+    for index, uri in enumerate(uris):
+        try:
+            _split_gs(uri)
+        except ValueError:
+            raise GoogleApiError(
+                400, f"{at}.python_package_spec.package_uris[{index}] must be a gs:// object URI, got {uri!r}"
+            ) from None
+    if not spec.python_module:
+        raise _required(f"{at}.python_package_spec.python_module")
+    for index, variable in enumerate(spec.env):
+        if not variable.name:
+            raise _required(f"{at}.python_package_spec.env[{index}].name")
+    _check_labels(dict(job.labels))
+    if job.job_spec.HasField("base_output_directory"):
+        prefix = job.job_spec.base_output_directory.output_uri_prefix
+        if not re.fullmatch(r"gs://[^/]+(/.*)?", prefix):
+            raise GoogleApiError(
+                400, f"custom_job.job_spec.base_output_directory.output_uri_prefix must be a gs:// URI, got {prefix!r}"
+            )
+
+
+def _kill(job: _CustomJob) -> None:
+    """Kills the job's process group (its module and whatever it started), if it has one still there."""
+    if job.process is None or job.process.returncode is not None or job.log is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(job.process.pid, signal.SIGKILL)
+
+
+def _read_log(directory: Path | None) -> str:
+    if directory is None:
+        return ""
+    parts = [directory / "stdout.log", directory / "stderr.log"]
+    return "".join(p.read_text("utf-8", "replace") for p in parts if p.exists())
+
+
+def _exit_message(status: int, stderr: str, stdout: str) -> str:
+    """Vertex's words for a replica that exited non-zero; the line shown is the last `error:` line among
+    the last lines of stderr, else its last line (else stdout's)."""
+    code = status if status >= 0 else 128 - status  # killed by signal N: the shell's 128 + N
+    tail = [line.strip() for line in stderr.splitlines()[-_LOG_TAIL_LINES:] if line.strip()]
+    errors = [line for line in tail if _ERROR_LINE.match(line)]
+    out = [line.strip() for line in stdout.splitlines() if line.strip()]
+    last = errors[-1] if errors else tail[-1] if tail else out[-1] if out else "(the replica wrote nothing)"
+    return (
+        f"The replica workerpool0-0 exited with a non-zero status of {code}. Termination reason: Error. "
+        f"Last lines: {last}"
+    )
 
 
 class _JobFailed(Exception):
