@@ -9,10 +9,8 @@ that could not be predicted. So the chain parses local and Vertex output with on
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,13 +170,6 @@ def classification_line(
 
 def error_line(instance: object, message: str) -> dict[str, object]:
     return {"instance": instance, "error": {"code": INVALID_ARGUMENT, "message": message}}
-
-
-def output_directory_name(display_name: str, now: dt.datetime) -> str:
-    """`prediction-<model display name>-<YYYY-MM-DDThh:mm:ss.sssZ>`, as Vertex names its output folder."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", display_name).strip("_") or "model"
-    stamp = now.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return f"prediction-{safe}-{stamp}"
 
 
 def predictions_file_name(index: int) -> str:

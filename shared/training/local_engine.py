@@ -27,8 +27,8 @@ from typing import Any
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
 from shared.engine import job_folders
-from shared.engine.vertex_io import output_directory_name
 from shared.engine.worker import BATCH_PREDICTION, TRAINING
+from shared.formats.vertex_output import output_directory_name
 from shared.store.port import ObjectStore
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 

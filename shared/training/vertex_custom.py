@@ -23,6 +23,7 @@ billed time (start to end, as Vertex bills) and the estimated cost at the machin
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
@@ -47,10 +48,10 @@ from shared.config import ENGINE_PACKAGE_MODULE, VertexCustomSettings, VertexSet
 from shared.domain.machines import NO_ACCELERATOR, Machine, estimated_cost_usd
 from shared.domain.model_types import Task
 from shared.domain.run_paths import RunPaths
-from shared.engine.vertex_io import output_directory_name
+from shared.formats.vertex_output import output_directory_name
 from shared.gcp.errors import is_failed_precondition
 from shared.run_settings import machine_of
-from shared.store.port import ObjectStore
+from shared.store.port import NotFound, ObjectStore
 from shared.training.port import (
     DatasetRequest,
     JobRef,
@@ -71,6 +72,20 @@ from shared.training.vertex import (
 )
 
 SUMMARY_FILE = "summary.json"  # shared.engine.vertex_job.SUMMARY_FILE: written last, once the model is whole
+# the engine's figures from summary.json that the run record keeps (as the local engine's job status has them)
+SUMMARY_FIGURES = (
+    "step",
+    "total_steps",
+    "loss",
+    "images_per_s",
+    "validation_map50",
+    "validation_map",
+    "validation_accuracy",
+    "backbone",
+    "input_size",
+    "device",
+    "onnx_error",
+)
 MODEL_SUBDIR = "model/"  # Vertex's AIP_MODEL_DIR under the base output directory
 BOOT_DISK_GB = 100  # the SDK's default; the CUDA torch wheel and its libraries need about 10 GB of it
 JOB_START_MARGIN_S = 1800.0  # queueing for a GPU and installing the package, beyond the job's own timeout
@@ -148,14 +163,19 @@ class VertexCustomBackend:
         if status.state is not JobState.SUCCEEDED:
             return status
         model_dir = job.job_spec.base_output_directory.output_uri_prefix.rstrip("/") + "/" + MODEL_SUBDIR
-        if not self.store.exists(self.store.key_from_uri(model_dir + SUMMARY_FILE)):
+        try:
+            summary = json.loads(self.store.read(self.store.key_from_uri(model_dir + SUMMARY_FILE)))
+        except NotFound:
             return JobStatus(
                 JobState.FAILED,
                 error=f"the custom job succeeded but wrote no model to {model_dir} (no {SUMMARY_FILE})",
                 progress=status.progress,
                 link=status.link,
             )
-        return JobStatus(JobState.SUCCEEDED, result=model_dir, progress=status.progress, link=status.link)
+        figures = {k: summary[k] for k in SUMMARY_FIGURES if isinstance(summary.get(k), int | float | str)}
+        return JobStatus(
+            JobState.SUCCEEDED, result=model_dir, progress={**status.progress, **figures}, link=status.link
+        )
 
     def cancel_training(self, ref: str) -> None:
         """Cancelling a job that has already ended is a no-op, as a repeated cancel must be."""

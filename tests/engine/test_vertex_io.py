@@ -14,10 +14,10 @@ from shared.engine.vertex_io import (
     classification_line,
     detection_line,
     error_line,
-    output_directory_name,
     parse_import_line,
     predictions_file_name,
 )
+from shared.formats.vertex_output import output_directory_name
 from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"

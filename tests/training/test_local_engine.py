@@ -292,7 +292,9 @@ def test_a_runs_own_settings_reach_the_engines_job_spec(
         "input_size": 128,
         "backbone": "mobilenet_v2",
     }
-    assert engine.training_deadline_s("local-engine://jobs/j", Task.OBJECT_DETECTION, settings) is None  # steps: no time bound
+    assert (
+        engine.training_deadline_s("local-engine://jobs/j", Task.OBJECT_DETECTION, settings) is None
+    )  # steps: no time bound
     wall = {"steps": None, "train_seconds": 30.0}
     assert engine.training_deadline_s("local-engine://jobs/j", Task.OBJECT_DETECTION, wall) == 30.0 + JOB_START_MARGIN_S
 
