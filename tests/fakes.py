@@ -24,7 +24,15 @@ from typing import Any
 from shared.domain.model_types import Task
 from shared.platform.local_model_run import LocalModelRuns
 from shared.platform.port import ExportState, ExportStatus, SendResult, UploadResult
-from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
+from shared.training.port import (
+    DatasetRequest,
+    JobRef,
+    JobState,
+    JobStatus,
+    PredictionRequest,
+    RequestRefused,
+    TrainingRequest,
+)
 
 # -- the training backend -----------------------------------------------------------------------------------
 
@@ -48,6 +56,7 @@ class ScriptedBackend:
         self.predictions: dict[str, str] = {}  # job key -> batch prediction job
         self.prediction_requests: list[PredictionRequest] = []
         self.training_requests: list[TrainingRequest] = []
+        self.refuse_training: str | None = None  # a start the backend refuses (RequestRefused), with this reason
 
     def start_dataset_import(self, request: DatasetRequest) -> JobRef:
         self.calls.append("start_dataset_import")
@@ -60,6 +69,8 @@ class ScriptedBackend:
     def start_training(self, request: TrainingRequest) -> JobRef:
         self.calls.append(f"start_training {request.dataset}")
         self.training_requests.append(request)
+        if self.refuse_training:
+            raise RequestRefused(self.refuse_training)
         ref = self.trainings.setdefault(request.job_key, f"pipelines/{41 + len(self.trainings) + 1}")
         return JobRef(ref, link=f"https://console.example/{ref}")
 

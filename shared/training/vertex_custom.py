@@ -257,8 +257,11 @@ def machine_from(job: CustomJob) -> Machine:
 
 def job_costs(job: CustomJob, usd_per_hour: float | None) -> dict[str, object]:
     """The job's machine, the seconds it has been billed for so far, and their estimated cost."""
+    progress: dict[str, object] = {"job": job.name}
+    if not job.job_spec.worker_pool_specs:  # not one of ours: nothing to price
+        return progress
     machine = machine_from(job)
-    progress: dict[str, object] = {"job": job.name, "machine": machine.describe()}
+    progress["machine"] = machine.describe()
     raw = CustomJob.pb(job)
     if raw.HasField("start_time"):
         start = raw.start_time.ToDatetime(dt.UTC)

@@ -143,3 +143,16 @@ def test_a_plain_re_run_of_train_whose_job_died_before_monitor_noticed_restarts_
     backend.training_state = JobState.SUCCEEDED
     assert _monitor(services, run_id, look=record.watch.look).body["outcome"] == "handed_off"
     assert chain.handoffs == [("inference", run_id)]
+
+
+def test_a_start_the_backend_refuses_fails_the_run_with_what_to_change(etl_done) -> None:
+    services, backend, _chain, run_id = etl_done
+    backend.refuse_training = "NVIDIA_L4 attaches to g2-standard-* machines, not n1-standard-8; change the machine"
+    answer = _train(services, run_id)
+    assert answer.status == 200 and answer.body["outcome"] == "failed"  # a 200: the queue must not retry it
+    record = services.runs.get(run_id)
+    assert record.status is rr.RunStatus.FAILED
+    assert "training refused: NVIDIA_L4 attaches to g2-standard-*" in record.error
+    statuses = LocalModelRuns(services.platform.root).statuses(run_id)
+    assert statuses[-1]["status"] == "FAILED" and "change the machine" in statuses[-1]["error_message"]
+    assert backend.training_requests[0].backend == record.backend  # the run's backend travels with every start
