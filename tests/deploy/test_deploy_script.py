@@ -352,3 +352,60 @@ def test_in_a_terminal_secrets_are_asked_for_without_echo_and_an_empty_webhook_s
         assert value not in result.stdout and value not in result.stderr
         assert value not in json.dumps(result.calls)
     assert "gcloud secrets versions access latest --secret=lbc-webhook-secret" in result.stdout
+
+
+# --- The machine the custom jobs of the vertex_custom_* model types ask for.
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_K80"},
+            "accelerator 'NVIDIA_TESLA_K80' is not one this chain knows for custom training",
+        ),
+        (
+            {"VERTEX_CUSTOM_MACHINE_TYPE": "g2-standard-8", "VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_T4"},
+            "NVIDIA_TESLA_T4 attaches to n1-standard-* or n1-highmem-* machines, not g2-standard-8",
+        ),
+        ({"REGION": "us-west2"}, "Vertex AI training offers NVIDIA_L4 in "),  # the default L4, where there is none
+        ({"VERTEX_CUSTOM_ACCELERATOR_COUNT": "two"}, "VERTEX_CUSTOM_ACCELERATOR_COUNT=two is not a whole number"),
+        ({"VERTEX_CUSTOM_REGION_CHECK": "maybe"}, "VERTEX_CUSTOM_REGION_CHECK=maybe must be on or off"),
+    ],
+)
+def test_a_custom_training_machine_vertex_would_refuse_stops_deploy_before_any_gcloud_call(
+    sandbox: Sandbox, settings: dict[str, str], message: str
+) -> None:
+    result = sandbox.run("deploy.sh", **settings)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "VERTEX_CUSTOM_" in result.stderr, "the message names the setting to change"
+    assert result.calls == [], "nothing may be read or changed in the cloud"
+    assert not (sandbox.root / "build").exists(), "the check comes before anything is staged"
+
+
+def test_the_region_check_can_be_turned_off_and_the_machine_is_named(sandbox: Sandbox) -> None:
+    result = sandbox.run("deploy.sh", "--dry-run", REGION="us-west2", VERTEX_CUSTOM_REGION_CHECK="off")
+    assert result.returncode == 0, result.stderr
+    assert "g2-standard-8 + 1 x NVIDIA_L4 in us-west2 (region not checked" in result.stdout
+    assert "VERTEX_CUSTOM_REGION_CHECK: 'off'" in result.stdout  # the functions skip it too
+
+
+def test_custom_training_settings_from_the_env_file_reach_the_functions(sandbox: Sandbox) -> None:
+    custom = {
+        "VERTEX_CUSTOM_MACHINE_TYPE": "n1-standard-8",
+        "VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_T4",
+        "VERTEX_CUSTOM_ACCELERATOR_COUNT": "2",
+        "VERTEX_CUSTOM_IMAGE_URI": "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
+        "VERTEX_CUSTOM_STEPS": "800",
+        "VERTEX_CUSTOM_TIMEOUT_S": "7200",
+        "VERTEX_CUSTOM_REGION_CHECK": "on",
+        "VERTEX_CUSTOM_HOURLY_USD": "1.25",
+    }
+    env_file = sandbox.base / "custom.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in custom.items()))
+    result = sandbox.deploy("--env-file", str(env_file))
+    assert "n1-standard-8 + 2 x NVIDIA_TESLA_T4 in us-central1" in result.stdout
+    for spec in FUNCTIONS.values():
+        env = sandbox.state["functions"][f"{REGION}/{spec['name']}"]["env"]
+        assert {key: env.get(key) for key in custom} == custom
