@@ -3,7 +3,7 @@
 # Sourced, never run. Portable to bash 3.2 (macOS): no associative arrays, no mapfile, no ${x,,}.
 
 # The settings a user may put in .env (or the environment; the environment wins).
-CONFIG_KEYS="PROJECT REGION BUCKET PREFIX STAGING_RETENTION_DAYS LABELBOX_API_KEY WEBHOOK_SECRET"
+CONFIG_KEYS="PROJECT REGION BUCKET PREFIX STAGING_RETENTION_DAYS LABELBOX_API_KEY WEBHOOK_SECRET ENGINE_WEIGHTS_WHEEL"
 # Optional tuning passed through to every function unchanged (shared/config.py validates them).
 TUNING_KEYS="VERTEX_OD_MODEL_TYPE VERTEX_CLASSIFICATION_MODEL_TYPE VERTEX_BUDGET_MILLI_NODE_HOURS
 VERTEX_OD_BUDGET_MILLI_NODE_HOURS VERTEX_CLASSIFICATION_BUDGET_MILLI_NODE_HOURS
