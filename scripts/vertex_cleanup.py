@@ -1,8 +1,10 @@
 """Deletes the Vertex AI resources one deployment created, found by the label the chain puts on them.
 
 `teardown.sh --delete-data` runs it. gcloud has no commands for datasets, training pipelines or batch
-prediction jobs, so this speaks Vertex AI's REST API (v1) with the caller's gcloud access token.
-Running jobs are cancelled and waited for first, because Vertex refuses to delete a running job.
+prediction jobs, so this speaks Vertex AI's REST API (v1) with the caller's gcloud access token, for the
+custom jobs the engine trains and predicts in too (JobService's customJobs list, cancel and delete).
+Running jobs are cancelled and waited for first, because Vertex refuses to delete a running job. What a
+custom job trained is files in the bucket (teardown.sh deletes the bucket), not a Vertex AI model.
 Standard library only: it runs on the deployer's machine, not in the project's virtualenv.
 """
 
@@ -21,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # In deletion order: jobs that read models and datasets go first.
-KINDS = ("batchPredictionJobs", "trainingPipelines", "models", "datasets")
-CANCELLABLE = ("batchPredictionJobs", "trainingPipelines")
+KINDS = ("customJobs", "batchPredictionJobs", "trainingPipelines", "models", "datasets")
+CANCELLABLE = ("customJobs", "batchPredictionJobs", "trainingPipelines")
 ACTIVE_STATES = {
     "JOB_STATE_QUEUED",
     "JOB_STATE_PENDING",

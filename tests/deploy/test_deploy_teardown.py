@@ -108,13 +108,16 @@ def test_teardown_without_a_terminal_needs_yes(sandbox: Sandbox) -> None:
 
 
 class FakeVertex:
-    """Vertex AI's REST list/cancel/get/delete for the four kinds teardown removes; records requests."""
+    """Vertex AI's REST list/cancel/get/delete for the five kinds teardown removes; records requests."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self.auth: set[str] = set()
         self.resources: dict[str, dict[str, Any]] = {}
         for kind, rid, labels, state in (
+            ("customJobs", "51", OURS, "JOB_STATE_RUNNING"),
+            ("customJobs", "52", OURS, "JOB_STATE_SUCCEEDED"),
+            ("customJobs", "53", THEIRS, "JOB_STATE_RUNNING"),
             ("batchPredictionJobs", "11", OURS, "JOB_STATE_RUNNING"),
             ("batchPredictionJobs", "12", THEIRS, "JOB_STATE_RUNNING"),
             ("trainingPipelines", "21", OURS, "PIPELINE_STATE_SUCCEEDED"),
@@ -197,10 +200,16 @@ def test_delete_data_removes_the_bucket_and_only_this_deployments_vertex_resourc
     assert sandbox.state["buckets"] == {}
     assert sorted(vertex.resources) == [
         f"projects/{PROJECT_NUMBER}/locations/{REGION}/batchPredictionJobs/12",
+        f"projects/{PROJECT_NUMBER}/locations/{REGION}/customJobs/53",
         f"projects/{PROJECT_NUMBER}/locations/{REGION}/datasets/43",
     ]
+    listed = [p.rsplit("/", 1)[1] for m, p, q in vertex.requests if m == "GET" and "filter" in q]
+    assert listed[0] == "customJobs", "custom jobs (engine training) go first: nothing else reads them"
     changes = [(m, p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]) for m, p, _ in vertex.requests if m != "GET"]
     assert changes == [
+        ("POST", "customJobs/51:cancel"),  # running: cancelled, and deleted once it stopped
+        ("DELETE", "customJobs/51"),
+        ("DELETE", "customJobs/52"),
         ("POST", "batchPredictionJobs/11:cancel"),
         ("DELETE", "batchPredictionJobs/11"),
         ("DELETE", "trainingPipelines/21"),
@@ -237,6 +246,9 @@ def test_teardown_dry_run_deletes_nothing_and_lists_every_deletion(
     assert {m for m, _, _ in vertex.requests} == {"GET"}
     assert json.dumps(vertex.resources, sort_keys=True) == vertex_before
     assert "would cancel batchPredictionJobs/11 (run-11) (JOB_STATE_RUNNING)" in result.stdout
+    assert "would cancel customJobs/51 (run-51) (JOB_STATE_RUNNING)" in result.stdout
+    assert "would delete customJobs/52 (run-52)" in result.stdout
+    assert "customJobs/53" not in result.stdout, "another deployment's custom job is not even listed"
     assert "would delete datasets/42 (run-42)" in result.stdout
     for expected in (
         "+ gcloud functions delete models ",
@@ -249,3 +261,11 @@ def test_teardown_dry_run_deletes_nothing_and_lists_every_deletion(
         "+ gcloud projects remove-iam-policy-binding demo-proj ",
     ):
         assert expected in result.stdout
+
+
+def test_the_help_says_delete_data_takes_custom_jobs_and_the_engines_models_in_the_bucket(sandbox: Sandbox) -> None:
+    result = sandbox.run("teardown.sh", "--help")
+    assert result.returncode == 0 and result.calls == []
+    text = " ".join(result.stdout.split())
+    assert "the engine package and the models its custom jobs trained, which are files there" in text
+    assert "training pipeline, custom job and batch prediction job labelled lb_chain=<PREFIX>" in text

