@@ -494,3 +494,80 @@ def test_etl_rare_labels_setting(value: str | None, expected: str) -> None:
     assert load_settings(env).etl.rare_labels == expected
     with pytest.raises(ConfigError, match="ETL_RARE_LABELS must be one of drop, fail, got 'sometimes'"):
         load_settings({**env, "ETL_RARE_LABELS": "sometimes"})
+
+
+PACKAGE = "gs://my-bucket/engine/lbchain_engine-0.1.0-py3-none-any.whl"
+CUSTOM_TYPES = {
+    "vertex_custom_detector",
+    "vertex_custom_single_label_classifier",
+    "vertex_custom_multi_label_classifier",
+}
+
+
+def test_the_custom_types_are_offered_once_the_engine_package_is_uploaded() -> None:
+    without = load_settings(CLOUD)
+    assert not CUSTOM_TYPES & set(without.model_types())
+    assert without.vertex_custom is not None and "deploy.sh" in (without.vertex_custom.unavailable or "")
+    settings = load_settings({**CLOUD, "VERTEX_CUSTOM_PACKAGE_URI": PACKAGE})
+    assert set(settings.model_types()) >= CUSTOM_TYPES and not any(
+        n.startswith("local_") for n in settings.model_types()
+    )
+    custom = settings.vertex_custom
+    assert custom is not None and custom.package_uri == PACKAGE
+    assert custom.machine.describe() == "g2-standard-8 + 1 x NVIDIA_L4"  # the default: one L4
+    assert custom.image_uri.startswith("europe-docker.pkg.dev/vertex-ai/training/pytorch-gpu.")  # by the region
+    assert settings.model_types()["vertex_custom_detector"].trainer(Backend.VERTEX) is Backend.VERTEX_CUSTOM
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_K80"},
+            "accelerator 'NVIDIA_TESLA_K80' is not one this chain knows",
+        ),
+        ({"VERTEX_CUSTOM_MACHINE_TYPE": "a2-megagpu-16g"}, "machine type 'a2-megagpu-16g' is not one this chain knows"),
+        (
+            {"VERTEX_CUSTOM_ACCELERATOR_TYPE": "NVIDIA_TESLA_T4"},
+            "NVIDIA_TESLA_T4 attaches to n1-standard-* or n1-highmem-*",
+        ),
+        (
+            {"VERTEX_CUSTOM_MACHINE_TYPE": "g2-standard-8", "GCP_REGION": "us-west2"},
+            "Vertex AI training offers NVIDIA_L4 in",
+        ),
+        (
+            {"VERTEX_CUSTOM_PACKAGE_URI": "https://example.com/engine.whl"},
+            "VERTEX_CUSTOM_PACKAGE_URI must be the gs:// URI",
+        ),
+    ],
+)
+def test_a_custom_machine_vertex_would_refuse_stops_every_function_naming_the_variable(
+    extra: dict[str, str], expected: str
+) -> None:
+    message = config_error({**CLOUD, "VERTEX_CUSTOM_PACKAGE_URI": PACKAGE, **extra})
+    assert expected in message
+    assert message.split(expected)[0].endswith(
+        (
+            "VERTEX_CUSTOM_ACCELERATOR_TYPE: ",
+            "VERTEX_CUSTOM_MACHINE_TYPE: ",
+            "VERTEX_CUSTOM_MACHINE_TYPE/VERTEX_CUSTOM_ACCELERATOR_TYPE: ",
+            "configuration: ",
+        )
+    )
+
+
+def test_a_default_machine_the_region_lacks_only_leaves_the_custom_types_out() -> None:
+    settings = load_settings({**CLOUD, "GCP_REGION": "us-west2", "VERTEX_CUSTOM_PACKAGE_URI": PACKAGE})
+    assert not CUSTOM_TYPES & set(settings.model_types())  # AutoML still works there
+    assert "vertex_automl_object_detection" in settings.model_types()
+    assert settings.vertex_custom is not None and "us-west2" in (settings.vertex_custom.unavailable or "")
+    unchecked = load_settings(
+        {**CLOUD, "GCP_REGION": "us-west2", "VERTEX_CUSTOM_PACKAGE_URI": PACKAGE, "VERTEX_CUSTOM_REGION_CHECK": "off"}
+    )
+    assert set(unchecked.model_types()) >= CUSTOM_TYPES
+
+
+def test_a_local_deployment_trains_every_type_with_the_engine(tmp_path: Path) -> None:
+    offered = load_settings(local_env(tmp_path)).model_types()
+    assert CUSTOM_TYPES | {"local_detector", "vertex_automl_object_detection"} <= set(offered)
+    assert {m.trainer(Backend.LOCAL) for m in offered.values()} == {Backend.LOCAL}

@@ -145,3 +145,45 @@ def test_results_go_under_chain_and_never_replace_a_users_key() -> None:
     merged = merged_results(user, {"report": "gs://b/r.html"})
     assert merged == {"train": {"steps": 40}, "metrics": {"mine": 1}, "chain": {"report": "gs://b/r.html"}}
     assert merged_results(None, {"report": "r"}) == {"chain": {"report": "r"}}
+
+
+CUSTOM_ENV = {
+    **ENV,
+    "CHAIN_MODE": "cloud",
+    "LABELBOX_API_KEY": "k",
+    "GCP_PROJECT": "p",
+    "GCP_REGION": "us-central1",
+    "BUCKET": "b",
+    "TASKS_QUEUE": "q",
+    "SERVICE_ACCOUNT_EMAIL": "sa@p.iam.gserviceaccount.com",
+    "MODEL_RUN_URL": "http://127.0.0.1:9/model_run",
+    "VERTEX_CUSTOM_STEPS": "1500",
+}
+
+
+def test_a_custom_job_run_takes_the_engine_s_settings_and_its_machine() -> None:
+    custom = deployment_defaults(load_settings(CUSTOM_ENV), DETECTION, Backend.VERTEX_CUSTOM)
+    assert custom.training == {
+        "steps": 1500,
+        "machine_type": "g2-standard-8",
+        "accelerator_type": "NVIDIA_L4",
+        "accelerator_count": 1,
+    }
+    config = {
+        "train": {
+            "steps": 200,
+            "input_size": 512,
+            "machine_type": "n1-standard-8",
+            "accelerator_type": "NVIDIA_TESLA_T4",
+        }
+    }
+    resolved = resolve(config, custom, task=DETECTION, backend=Backend.VERTEX_CUSTOM)
+    assert resolved.training["machine_type"] == "n1-standard-8" and resolved.training["steps"] == 200
+    with pytest.raises(
+        RunConfigError, match=r"train.machine_type/accelerator_type/accelerator_count: NVIDIA_L4 attaches"
+    ):
+        resolve({"train": {"machine_type": "n1-standard-8"}}, custom, task=DETECTION, backend=Backend.VERTEX_CUSTOM)
+    assert "train.machine_type is not a setting of the local backend" in refused(
+        {"train": {"machine_type": "g2-standard-8"}}
+    )
+    assert "train.steps is not a setting of the vertex backend" in refused({"train": {"steps": 5}}, Backend.VERTEX)
