@@ -19,9 +19,10 @@ from shared import run_settings
 from shared.dataset.manifest import ManifestRow, read_chunk
 from shared.domain.label_next import Strategy
 from shared.domain.model_types import Task
+from shared.domain.predictions import VertexPrediction
 from shared.domain.run_paths import RunPaths
 from shared.evaluation import Evaluated, evaluate_rows, join_predictions
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
+from shared.formats.vertex_prediction import PredictionLineError, parse_prediction_line
 from shared.metrics.merged import classification_partial, detection_partial
 from shared.metrics.partial_io import Partial
 from shared.report.assemble import label_next_candidates, sample_candidates
