@@ -92,3 +92,13 @@ def test_a_module_that_failed_half_way_is_not_run_again(
     first = model_type_modules.load({VAR: "types_half"})
     assert first == ["CHAIN_MODEL_TYPE_MODULES: importing 'types_half' failed: ImportError: then broke"]
     assert model_type_modules.load({VAR: "types_half"}) == first  # not "radio_half is already registered"
+
+
+def test_the_readme_shows_the_whole_example_module_as_it_is() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Add your own model type") :]
+    listing = section[section.index("```python\n") + len("```python\n") :]
+    listing = listing[: listing.index("```\n")]
+    assert listing == (root / "shared" / "examples" / "large_object_detector.py").read_text()
+    assert f"{VAR}={EXAMPLE}" in section
