@@ -23,7 +23,7 @@ from shared.dataset.manifest import ManifestRow
 from shared.dataset.training_set import training_row
 from shared.domain.data_quality import DataQuality
 from shared.domain.examples import Example
-from shared.domain.model_types import ConversionFailed, ModelType, Task
+from shared.domain.model_types import ConversionFailed, ModelType, Task, unchanged
 from shared.formats.labelbox_export import Converted
 from shared.formats.vertex_import import LabelNames
 
@@ -55,7 +55,8 @@ class TrainingSetBuilder:
         self.task = task
         self.quality = DataQuality(task)
         self.names = names
-        self.model_type = model_type
+        converts = model_type is not None and model_type.training_example is not unchanged
+        self.model_type = model_type if converts else None  # a built-in type's rows go through as before
 
     def without_repeats(self, rows: Sequence[Converted], repeats: set[int]) -> list[Converted]:
         """The rows of a shard less those whose data row id an earlier row had (counted)."""
