@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import model_type_modules
 from shared.domain.label_next import (
     BATCH_PRIORITIES,
     DEFAULT_BATCH_PRIORITY,
@@ -590,6 +591,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Builds the validated settings, or raises ConfigError naming every missing or wrong variable."""
     env = os.environ if env is None else env
     r = _Reader(env)
+    r.problems.extend(model_type_modules.load(env))  # CHAIN_MODEL_TYPE_MODULES: before any type is offered
     mode = r.choice("CHAIN_MODE", "local", ("local", "cloud"))
     ports = _ports(r, mode)
     local_engine = ports.backend == "local"  # it finishes in minutes: the monitor looks often

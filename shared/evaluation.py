@@ -19,9 +19,10 @@ from shared.dataset.manifest import ManifestRow
 from shared.domain.examples import to_pixels
 from shared.domain.label_next import in_pool
 from shared.domain.model_types import Task
+from shared.domain.predictions import PredictedLabel, VertexPrediction
 from shared.formats.labelbox_metrics import metric_import_rows, uncertainty_import_rows
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows, classification_prediction_rows
-from shared.formats.vertex_prediction import PredictedLabel, PredictionLineError, VertexPrediction, apply_limits
+from shared.formats.vertex_prediction import PredictionLineError, apply_limits
 from shared.metrics import uncertainty as al
 from shared.metrics.detections import ClassificationItem, ImageDetections
 from shared.metrics.row_metrics import classification_row_metrics, detection_row_metrics

@@ -1,4 +1,5 @@
-"""Fixtures shared across test areas: the GCS emulator, a small demo model run, and both object stores."""
+"""Fixtures shared across test areas: the GCS emulator, a small demo model run, both object stores, and a
+model-type registry a test may add to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from shared.store.local_folder import LocalFolderStore
 from shared.store.port import ObjectStore
 from tests.demo_run import demo, demo_template  # noqa: F401 - pytest fixtures
+from tests.model_type_registry import model_type_registry  # noqa: F401 - a pytest fixture
 from tests.store.gcs_emulator import gcs_emulator  # noqa: F401 - a pytest fixture
 
 

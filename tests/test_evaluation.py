@@ -10,8 +10,9 @@ import pytest
 from shared.dataset.manifest import ManifestRow
 from shared.domain.examples import Split
 from shared.domain.model_types import Task
+from shared.domain.predictions import PredictedBox, VertexPrediction
 from shared.evaluation import Joined, chunk_by_rows, evaluate_rows, join_predictions
-from shared.formats.vertex_prediction import PredictedBox, VertexPrediction, parse_prediction_line
+from shared.formats.vertex_prediction import parse_prediction_line
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
 

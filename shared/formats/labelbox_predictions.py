@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.formats.vertex_prediction import PredictedLabel, VertexPrediction
+from shared.domain.predictions import PredictedLabel, VertexPrediction
 
 # Namespace for prediction uuids: the same seed in another product must not collide with ours.
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "labelbox-vertex-chain/predictions")

@@ -1,4 +1,4 @@
-"""Vertex AI batch-prediction output lines -> the chain's predictions. Pure, no I/O.
+"""Vertex AI batch-prediction output lines -> the chain's predictions (`shared.domain.predictions`). No I/O.
 
 One line per image: {"instance": {"content", "mimeType"}, "prediction": {"ids", "displayNames",
 "confidences", "bboxes"?}} or, for an image Vertex could not predict, {"instance": ..., "error": {"code",
@@ -14,38 +14,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shared.domain.predictions import PredictedBox, PredictedLabel, VertexPrediction
+
 # Vertex writes float32 values; a box edge a hair outside [0, 1] is rounding, not a broken prediction.
 COORDINATE_TOLERANCE = 0.01
-
-
-@dataclass(frozen=True)
-class PredictedBox:
-    """One detected object, normalized to [0, 1] of the image size."""
-
-    label: str
-    confidence: float
-    x_min: float
-    x_max: float
-    y_min: float
-    y_max: float
-
-
-@dataclass(frozen=True)
-class PredictedLabel:
-    """One classification answer with its confidence."""
-
-    label: str
-    confidence: float
-
-
-@dataclass(frozen=True)
-class VertexPrediction:
-    """What the model said about one image: boxes (detection) or labels (classification)."""
-
-    content_uri: str
-    mime_type: str | None
-    boxes: tuple[PredictedBox, ...] = ()
-    labels: tuple[PredictedLabel, ...] = ()
 
 
 @dataclass(frozen=True)

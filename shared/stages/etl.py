@@ -10,9 +10,11 @@ shards) and shards run in parallel, as many at once as the queue allows:
    of ETL_SHARD_ROWS, and what every shard must agree on written to the plan (`export_shards`). Then
    one call per shard is handed off and the stage waits (pending) for its shards (`shards.py`).
 2. Shards (`{"run_id": ..., "shard": i}`, in parallel): each stages its rows' images, in blocks of
-   ETL_CHUNK_ROWS copied concurrently, and writes its chunk of the import JSONL and of the manifest
-   (one line per kept row, including the unassigned rows that do not train: `inference` joins
-   predictions and ground truth through it), and its counts. The last shard to finish hands off:
+   ETL_CHUNK_ROWS copied concurrently, converts each labeled example with the run's model type
+   (`ModelType.training_example`, found by name in this process's registry), and writes its chunk of
+   the import JSONL and of the manifest (one line per kept row, including the unassigned rows that do
+   not train: `inference` joins predictions and ground truth through it), and its counts, all of the
+   converted examples. The last shard to finish hands off:
 3. Fan-in (a plain call once every shard is done): the counts are merged; labels with too few images
    for Vertex, known only now, are dropped (ETL_RARE_LABELS=drop, the default) from the few chunks
    that hold them; the rules over the whole set (every split non-empty, Vertex's minimums) are
@@ -43,12 +45,12 @@ from shared.domain import run_record as rr
 from shared.domain import shards as sh
 from shared.domain.data_quality import BOX_OF_DROPPED_LABEL, MIN_IMAGES_PER_LABEL, ROW_OF_DROPPED_LABELS, DataQuality
 from shared.domain.examples import Split
-from shared.domain.model_types import Backend, Task
+from shared.domain.model_types import Backend, ConversionFailed, Task
 from shared.domain.run_paths import RunPaths
 from shared.domain.run_record import JobKind, Stage
 from shared.domain.shards import ShardSet
 from shared.platform.port import ExportState, ExportStatus, ModelRunStatus, PlatformError, SliceNotFound
-from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.stages.runner import StageAnswer, StageContext, StageFailed, model_type_of
 from shared.stages.shards import ShardContext, fan_out, shard_states, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.store.port import NotFound, ObjectStore
@@ -122,6 +124,7 @@ def _export_ready(ctx: StageContext) -> tuple[str, ExportStatus] | StageAnswer:
 def run_etl(ctx: StageContext) -> StageAnswer:
     """The plain call: split (once the export is ready), fan out the unfinished shards, or fan in."""
     record = ctx.record()
+    model_type_of(record)  # a type this process has not registered fails before anything is exported
     if not record.settings:  # before anything is exported or staged: a bad config fails at once
         _freeze_settings(ctx, record)
     shards = sh.shards_of(record, Stage.ETL)
@@ -242,7 +245,7 @@ def run_etl_shard(ctx: ShardContext) -> dict[str, Any]:
     if plan.generation != ctx.shards.generation:  # a new split is being written: deliver again later
         raise RuntimeError(f"the plan is of split {plan.generation}, the shard of split {ctx.shards.generation}")
     rows, repeats = read_part(store, paths, ctx.index)
-    builder = TrainingSetBuilder(Task(record.task), plan.names())
+    builder = TrainingSetBuilder(Task(record.task), plan.names(), model_type_of(record))
     rows = builder.without_repeats(rows, repeats)
     out = Block()
     with ImageStager(
@@ -256,7 +259,11 @@ def run_etl_shard(ctx: ShardContext) -> dict[str, Any]:
         shard=ctx.index,
     ) as stager:
         for block in _batches(rows, settings.etl.chunk_rows):
-            done = builder.training_rows(block, stager.stage_many([c.example for c in block]))
+            staged = stager.stage_many([c.example for c in block])
+            try:  # the model type's conversion of each example: a bug in it fails the run, as no retry mends it
+                done = builder.training_rows(block, staged)
+            except ConversionFailed as exc:
+                raise StageFailed(str(exc)) from exc
             out.import_lines.extend(done.import_lines)
             out.manifest_rows.extend(done.manifest_rows)
             out.copies.update(done.copies)

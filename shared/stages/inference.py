@@ -7,9 +7,10 @@ Then, in shards, so that no invocation grows with the run (a million held-out ro
    line routed to the manifest chunk of its row (`inference_split`); the held-out rows are cut into
    delivery shards of INFERENCE_SHARD_ROWS (`inference_plan`), one call each is handed off, and the
    stage waits (pending) for its shards (`shards.py`).
-2. Shards (`{"run_id": ..., "shard": i}`, in parallel, `inference_delivery`): each joins its rows to
-   their predictions, uploads them with per-row diagnostics in marked chunks (a re-delivery never
-   uploads a chunk twice), and stores a metrics partial per split and its report candidates.
+2. Shards (`{"run_id": ..., "shard": i}`, in parallel, `inference_delivery`): each converts its
+   predictions with the run's model type (`ModelType.prediction`), joins its rows to them, uploads
+   them with per-row diagnostics in marked chunks (a re-delivery never uploads a chunk twice), and
+   stores a metrics partial per split and its report candidates.
 3. Fan-in (a plain call once every shard is done, `inference_fan_in`): the partials are merged into the
    run-level metrics, the report written, and the run marked COMPLETE.
 
@@ -37,7 +38,7 @@ from shared.stages.inference_delivery import run_inference_shard
 from shared.stages.inference_fan_in import fan_in
 from shared.stages.inference_plan import is_predicted
 from shared.stages.inference_split import current_split, predicted_splits, predicts_pool, split_delivery
-from shared.stages.runner import StageAnswer, StageContext, StageFailed
+from shared.stages.runner import StageAnswer, StageContext, StageFailed, model_type_of
 from shared.stages.shards import fan_out, wait_for_shards
 from shared.stages.watch import backoff_delay, schedule_look, watch_job
 from shared.training.labels import resource_labels
@@ -59,6 +60,7 @@ def held_out_rows(services: Services, run_id: str) -> Iterator[ManifestRow]:
 
 def run_inference(ctx: StageContext) -> StageAnswer:
     record = ctx.record()
+    model_type_of(record)  # a type this process has not registered fails before a job starts
     if rr.inference_phase(record) is InferencePhase.PREDICTING:
         return _start_batch_prediction(ctx, record)
     return _deliver(ctx, record)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from shared.chain.port import HandOffFailed
 from shared.domain import run_record as rr
+from shared.domain.model_types import ModelType, UnknownModelType, lookup
 from shared.domain.run_record import ClaimOutcome, LostOwnership, RunRecord, RunStatus
 from shared.platform.port import ModelRunStatus, cut_message
 from shared.run_repository import RunNotFound
@@ -42,6 +43,15 @@ class StageFailed(Exception):
 class JobFailed(StageFailed):
     """The long job `monitor` watches failed: the stage that started it is the one that failed, so a
     re-run of that stage (or "Train model" clicked again) starts the job anew."""
+
+
+def model_type_of(record: RunRecord) -> ModelType:
+    """The run's model type as this process registered it (its conversions apply to the run's data);
+    StageFailed, naming the type and how to register it, when this process has not."""
+    try:
+        return lookup(record.model_type)
+    except UnknownModelType as exc:
+        raise StageFailed(str(exc)) from None
 
 
 @dataclass(frozen=True)

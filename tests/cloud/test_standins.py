@@ -37,7 +37,8 @@ from google.longrunning import operations_pb2
 from google.oauth2.credentials import Credentials as AccessTokenCredentials
 from PIL import Image
 
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
+from shared.domain.predictions import VertexPrediction
+from shared.formats.vertex_prediction import PredictionLineError, parse_prediction_line
 from tests.cloud._http import LoopbackServer
 from tests.cloud.front_door import FrontDoor
 from tests.cloud.google_tokens import DEFAULT_SERVICE_ACCOUNT, InvalidToken, MetadataServer, TokenAuthority

@@ -20,7 +20,8 @@ from typing import cast
 
 import pytest
 
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
+from shared.domain.predictions import VertexPrediction
+from shared.formats.vertex_prediction import PredictionLineError, parse_prediction_line
 from shared.services import Services
 from shared.stages.inference_split import output_lines
 from shared.store.gcs import GcsStore

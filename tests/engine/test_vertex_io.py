@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.domain.predictions import VertexPrediction
 from shared.engine.vertex_io import (
     class_id,
     classification_line,
@@ -18,7 +19,7 @@ from shared.engine.vertex_io import (
     predictions_file_name,
 )
 from shared.formats.vertex_output import output_directory_name
-from shared.formats.vertex_prediction import PredictionLineError, VertexPrediction, parse_prediction_line
+from shared.formats.vertex_prediction import PredictionLineError, parse_prediction_line
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "vertex_automl_bbox_batch_prediction_output.jsonl"
 INSTANCE = {"content": "gs://local-bucket/runs/r/images/abc.jpg", "mimeType": "image/jpeg"}

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from shared.domain.predictions import PredictedBox, PredictedLabel, VertexPrediction
 from shared.formats.labelbox_predictions import (
     RowContext,
     bbox_prediction_rows,
     classification_prediction_rows,
 )
-from shared.formats.vertex_prediction import (
-    PredictedBox,
-    PredictedLabel,
-    VertexPrediction,
-    apply_limits,
-    parse_prediction_line,
-)
+from shared.formats.vertex_prediction import apply_limits, parse_prediction_line
 from tests.vertex_fixture import fixture_row
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

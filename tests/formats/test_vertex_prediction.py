@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.formats.vertex_prediction import (
-    PredictedBox,
-    PredictedLabel,
-    PredictionLineError,
-    VertexPrediction,
-    apply_limits,
-    parse_prediction_line,
-)
+from shared.domain.predictions import PredictedBox, PredictedLabel, VertexPrediction
+from shared.formats.vertex_prediction import PredictionLineError, apply_limits, parse_prediction_line
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_OUTPUT = FIXTURES / "vertex_automl_bbox_batch_prediction_output.jsonl"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from shared.domain.predictions import VertexPrediction
 from shared.formats.labelbox_predictions import RowContext, bbox_prediction_rows
-from shared.formats.vertex_prediction import VertexPrediction, apply_limits, parse_prediction_line
+from shared.formats.vertex_prediction import apply_limits, parse_prediction_line
 from shared.report import ReportData, ReportSample, render_report
 from shared.report.data import SampleBox
 from tests.vertex_fixture import fixture_row

@@ -10,8 +10,8 @@ import pytest
 from shared.dataset.manifest import ManifestRow
 from shared.domain.examples import Split
 from shared.domain.model_types import Task
+from shared.domain.predictions import PredictedBox, PredictedLabel, VertexPrediction
 from shared.evaluation import Evaluated, Joined, evaluate_rows
-from shared.formats.vertex_prediction import PredictedBox, PredictedLabel, VertexPrediction
 from shared.report.assemble import SampleCandidate, chosen_samples, sample_candidates
 
 
