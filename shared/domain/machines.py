@@ -6,10 +6,10 @@ the configuration is loaded (at deploy and at every function's start) and again 
 override at `train`, so the model run fails before anything is billed, with a message that says what
 to change.
 
-The tables are Google's published facts as of 2026 (machine families and which GPU attaches to them;
-regions where Vertex AI training offers each GPU; us-central1 on-demand prices). Regions and prices
-change: `VERTEX_CUSTOM_REGION_CHECK=off` skips the region check, and `VERTEX_CUSTOM_HOURLY_USD` replaces
-the estimated rate with your own.
+The tables follow Google's published pages (machine families and which GPU attaches to them, regions
+where Vertex AI training offers each GPU, us-central1 on-demand prices); they were not checked against
+a live project here, and Google changes them: `VERTEX_CUSTOM_REGION_CHECK=off` skips the region check,
+and `VERTEX_CUSTOM_HOURLY_USD` replaces the estimated rate with your own.
 """
 
 from __future__ import annotations

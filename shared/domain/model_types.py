@@ -51,11 +51,6 @@ class Backend(StrEnum):
     VERTEX_CUSTOM = "vertex_custom"  # the project's engine as a Vertex AI CustomJob (cloud GPUs)
     LOCAL = "local"  # the project's engine on this machine
 
-    @property
-    def is_engine(self) -> bool:
-        """Trained by the project's own engine (here or on Vertex), so the engine's settings apply."""
-        return self is not Backend.VERTEX
-
 
 DEPLOYMENTS = (Backend.VERTEX, Backend.LOCAL)  # the values CHAIN_BACKEND takes
 # What each deployment kind can train with: a cloud deployment has no local engine, a local one no Vertex.

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from shared.demo import IMAGE_SIZE, _ids, create_demo_model_run
+from shared.domain.model_types import ModelType
 from shared.domain.predictions import VertexPrediction
-from shared.examples.large_object_detector import MIN_AREA
 from shared.formats.vertex_prediction import parse_prediction_line
 from shared.local_chain import LocalChain, sign
 
@@ -29,7 +29,12 @@ ENV = {
 
 
 @pytest.mark.slow
-def test_a_model_type_from_your_own_module_runs_through_the_local_chain(tmp_path: Path) -> None:
+def test_a_model_type_from_your_own_module_runs_through_the_local_chain(
+    tmp_path: Path, model_type_registry: dict[str, ModelType]
+) -> None:
+    # imported here, under the fixture: importing the module registers its type, for this test only
+    from shared.examples.large_object_detector import MIN_AREA
+
     create_demo_model_run(tmp_path / "model_runs", images=80, seed=SEED, unlabeled=6)
     model_run_id, _ = _ids(SEED)
     with LocalChain(tmp_path, env=ENV) as chain:
