@@ -5,7 +5,7 @@ of deployment (`CHAIN_BACKEND`: `vertex` in Google Cloud, `local` on one machine
 trains it there. A cloud deployment trains the `vertex_automl_*` types on Vertex AI AutoML and the
 `vertex_custom_*` types with the project's own engine as a Vertex AI CustomJob; a local deployment
 trains every type with the local engine (the same engine the custom jobs run), so a run's model type
-and config can be tried on one machine first. A type a deployment has no backend for is not offered
+and engine settings can be tried on one machine first. A type a deployment has no backend for is not offered
 there (`GET /models` does not list it, a webhook naming it is refused).
 
 A model type may also carry two pure conversions, both unchanged by default: `training_example`, applied
