@@ -18,12 +18,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from shared.store.port import Generation, NotFound, ObjectStore, gs_uri, split_gs_uri
+from shared.store.port import WILDCARD, Generation, NotFound, ObjectStore, gs_uri, matching, split_gs_uri
 
 if TYPE_CHECKING:
     import google.cloud.storage as storage
-
-WILDCARD = "*"
 
 
 class UriStore:
@@ -99,18 +97,8 @@ class UriStore:
         store.upload_file(name, path, content_type=content_type)
 
     def matching(self, pattern: str) -> list[str]:
-        """The URIs a one-`*` pattern names, in lexical order; the `*` matches within one folder, as in
-        `local_engine`'s gathering of the ETL's chunks."""
-        head, _, tail = pattern.partition(WILDCARD)
-        if WILDCARD in tail:
-            raise ValueError(f"{pattern} has more than one {WILDCARD}")
-        return [
-            uri
-            for uri in self.list(head)
-            if len(uri) >= len(head) + len(tail)
-            and uri.endswith(tail)
-            and "/" not in uri[len(head) : len(uri) - len(tail)]
-        ]
+        """The URIs a one-`*` pattern names (`shared.store.port.matching`)."""
+        return matching(self, pattern)
 
     def open_read(self, key: str, *, read_ahead: int | None = None) -> BinaryIO:
         if WILDCARD in key:

@@ -16,6 +16,7 @@ from typing import BinaryIO, Protocol
 
 Generation = int | str
 NO_OBJECT: Generation = 0
+WILDCARD = "*"  # in an import URI, as Vertex's import takes it: every chunk ETL wrote
 
 
 class NotFound(KeyError):
@@ -100,3 +101,16 @@ def key_in_bucket(bucket: str, uri: str) -> str:
     if other != bucket:
         raise ValueError(f"{uri!r} is not in bucket {bucket!r}")
     return key
+
+
+def matching(store: ObjectStore, pattern: str) -> list[str]:
+    """The keys of `store` a one-`*` pattern names, in the store's listing order; the `*` matches within
+    one folder, as Vertex's import reads the ETL's chunks (`.../import-*.jsonl`)."""
+    head, _, tail = pattern.partition(WILDCARD)
+    if WILDCARD in tail:
+        raise ValueError(f"{pattern} has more than one {WILDCARD}")
+    return [
+        key
+        for key in store.list(head)
+        if len(key) >= len(head) + len(tail) and key.endswith(tail) and "/" not in key[len(head) : len(key) - len(tail)]
+    ]

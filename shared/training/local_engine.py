@@ -29,7 +29,7 @@ from shared.domain.run_paths import RunPaths
 from shared.engine import job_folders
 from shared.engine.worker import BATCH_PREDICTION, TRAINING
 from shared.formats.vertex_output import output_directory_name
-from shared.store.port import ObjectStore
+from shared.store.port import WILDCARD, ObjectStore, matching
 from shared.training.port import DatasetRequest, JobRef, JobState, JobStatus, PredictionRequest, TrainingRequest
 
 SCHEME = "local-engine://"
@@ -118,11 +118,10 @@ class LocalEngineBackend:
 
         Gathering again under the same key writes the same file: repeating a start is harmless."""
         import_uri, run_id = request.import_uri, request.run_id
-        if "*" not in import_uri:
+        if WILDCARD not in import_uri:
             self._existing_key(import_uri, "import file")
             return JobRef(import_uri)
-        head, _, tail = self.store.key_from_uri(import_uri).partition("*")
-        keys = [k for k in self.store.list(head) if k.endswith(tail) and "/" not in k[len(head) :]]
+        keys = matching(self.store, self.store.key_from_uri(import_uri))
         if not keys:
             raise ValueError(f"no import file matches {import_uri}")
         dataset_key = RunPaths(run_id).local_dataset

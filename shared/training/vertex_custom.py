@@ -51,7 +51,7 @@ from shared.domain.run_paths import RunPaths
 from shared.formats.vertex_output import output_directory_name
 from shared.gcp.errors import is_failed_precondition
 from shared.run_settings import machine_of
-from shared.store.port import NotFound, ObjectStore
+from shared.store.port import WILDCARD, NotFound, ObjectStore, matching
 from shared.training.port import (
     DatasetRequest,
     JobRef,
@@ -142,12 +142,8 @@ class VertexCustomBackend:
 
     def _import_keys(self, uri: str) -> list[str]:
         key = self.store.key_from_uri(uri)
-        head, star, tail = key.partition("*")
-        if star:
-            keys = [k for k in self.store.list(head) if k.endswith(tail) and "/" not in k[len(head) :]]
-        else:
-            keys = [key] if self.store.exists(key) else []
-        if not keys:
+        keys = matching(self.store, key) if WILDCARD in key else [key]
+        if not keys or (WILDCARD not in key and not self.store.exists(key)):
             raise RequestRefused(f"the import file {uri} does not exist; re-run etl to write it")
         return keys
 

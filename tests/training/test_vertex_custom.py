@@ -210,9 +210,8 @@ def test_the_router_starts_by_the_run_s_backend_and_follows_each_ref_to_its_owne
     training = VertexTraining(automl, custom)
     automl_request = dataclasses.replace(request(), backend=Backend.VERTEX, dataset="datasets/1")
     assert training.start_training(automl_request).ref.startswith("pipelines/")
-    assert training.start_dataset_import(
-        DatasetRequest("run-7", Task.OBJECT_DETECTION, IMPORT, {}, "k0", "vertex_custom")
-    )
+    custom_import = DatasetRequest("run-7", Task.OBJECT_DETECTION, IMPORT, {}, "k0", "vertex_custom")
+    assert training.start_dataset_import(custom_import).ref == IMPORT
     assert automl.calls == ["start_training datasets/1"]  # the custom dataset never reached AutoML
     with mock.patch.object(JobServiceClient, "get_custom_job", return_value=finished_job(3)) as get:
         assert training.training_status(JOB).state is State.RUNNING
