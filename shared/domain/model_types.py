@@ -52,9 +52,9 @@ class Backend(StrEnum):
     LOCAL = "local"  # the project's engine on this machine
 
 
-DEPLOYMENTS = (Backend.VERTEX, Backend.LOCAL)  # the values CHAIN_BACKEND takes
 # What each deployment kind can train with: a cloud deployment has no local engine, a local one no Vertex.
 BACKENDS_OF = {Backend.VERTEX: (Backend.VERTEX, Backend.VERTEX_CUSTOM), Backend.LOCAL: (Backend.LOCAL,)}
+DEPLOYMENTS = tuple(BACKENDS_OF)  # the values CHAIN_BACKEND takes
 
 
 def unchanged(value: T) -> T:
